@@ -1,0 +1,67 @@
+"""Model configuration: a dataclass saved with the weights."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ase.data import atomic_numbers
+
+
+@dataclass
+class E2FormerConfig:
+    """Hyper-parameters of E2Former-V2. Lengths in Å, energies in eV.
+
+    Paper configuration: channels 256, lmax 2, num_layers 4, num_heads 128, head_dim 8,
+    num_rbf 256, cutoff 5 Å (SPICE) or 6 Å (OMol25).
+    """
+
+    elements: list[str]
+    cutoff: float = 5.0
+    channels: int = 32
+    lmax: int = 2
+    num_layers: int = 2
+    num_heads: int = 4
+    head_dim: int = 8
+    num_rbf: int = 32
+    radial_hidden: int = 64
+    ffn_channels: int = 64
+    avg_degree: float = 16.0
+    # eps of the envelope-weighted softmax. Larger than a numerical guard on purpose: with
+    # few neighbours, a / (sum a + eps) ~ a / eps grows smoothly instead of jumping to 1 the
+    # moment the first neighbour crosses the cutoff (steep forces would break NVE).
+    softmax_eps: float = 1.0
+    charge_spin: bool = False
+    reference_energies: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.elements = list(self.elements)
+        unknown = [e for e in self.elements if e not in atomic_numbers]
+        if unknown:
+            raise ValueError(f"unknown element symbol(s) {unknown} in E2FormerConfig.elements")
+        if len(set(self.elements)) != len(self.elements):
+            raise ValueError(f"duplicate elements in {self.elements}")
+        if not 1 <= self.lmax <= 2:
+            raise ValueError(f"lmax must be 1 or 2, got {self.lmax}")
+        if self.channels % self.num_heads:
+            raise ValueError(
+                f"channels ({self.channels}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff} Å")
+        extra = set(self.reference_energies) - set(self.elements)
+        if extra:
+            raise ValueError(f"reference_energies for elements not in the model: {sorted(extra)}")
+
+    @property
+    def atomic_numbers(self) -> list[int]:
+        return [atomic_numbers[e] for e in self.elements]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "E2FormerConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown E2FormerConfig keys {sorted(unknown)}")
+        return cls(**d)

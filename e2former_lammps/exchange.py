@@ -1,0 +1,44 @@
+"""Feature exchange between layers: fills ghost-atom rows from the atoms that own them.
+
+The model computes features only for its receiving atoms (rows 0..n_recv) and calls the
+exchange after each layer to get rows for all n_total atoms. One interface, several
+transports:
+- `NoGhosts`: every atom is computed here (plain structures, or LAMMPS ghost-shell mode).
+- `LocalImages`: one rank; each ghost is a periodic image of an owned atom.
+- `MPIExchange` (e2former_lammps.parallel): owners on other ranks, through mpi4py.
+Backward of every exchange adds ghost gradients back into their owners.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+class Exchange:
+    """Maps receiver rows [n_recv, ...] to all rows [n_total, ...]."""
+
+    n_recv: int
+    n_total: int
+
+    def __call__(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class NoGhosts(Exchange):
+    def __init__(self, n_atoms: int):
+        self.n_recv = self.n_total = n_atoms
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+
+class LocalImages(Exchange):
+    """Ghost g (row n_recv + g) is a copy of owned row owner[g]; autograd scatters back."""
+
+    def __init__(self, owner: Tensor, n_local: int):
+        self.owner = owner
+        self.n_recv = n_local
+        self.n_total = n_local + owner.numel()
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return torch.cat([x, x[self.owner]], dim=0)

@@ -1,0 +1,34 @@
+"""Forces and virial from dE/drij (rij = x_j - x_i): the only derivative the model needs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .model import AtomGraph, E2FormerV2
+
+
+def energy_and_pair_gradient(model: E2FormerV2, graph: AtomGraph,
+                             create_graph: bool = False) -> tuple[Tensor, Tensor]:
+    """(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) with E the sum of the local energies."""
+    rij = graph.rij.detach().requires_grad_(True)
+    graph.rij = rij
+    with torch.enable_grad():
+        eatoms = model(graph)
+        (grad,) = torch.autograd.grad(eatoms.sum(), rij, create_graph=create_graph,
+                                      allow_unused=True)
+    if grad is None:  # no pairs at all
+        grad = torch.zeros_like(rij)
+    return eatoms, grad
+
+
+def pair_gradient_to_forces(grad: Tensor, pair_i: Tensor, pair_j: Tensor, n_atoms: int) -> Tensor:
+    """F_k = -dE/dx_k: rij = x_j - x_i gives +grad on i and -grad on j."""
+    forces = torch.zeros(n_atoms, 3, dtype=grad.dtype, device=grad.device)
+    forces.index_add_(0, pair_i, grad)
+    forces.index_add_(0, pair_j, -grad)
+    return forces
+
+
+def pair_gradient_to_virial(grad: Tensor, rij: Tensor) -> Tensor:
+    """sum_e rij (x) dE/drij [3, 3] (eV); stress = this / volume, LAMMPS pressure = -this / V."""
+    return rij.detach().T @ grad

@@ -1,0 +1,217 @@
+"""E2Former-V2: energy of a set of atoms from a pair list (pair_i <- pair_j, rij = x_j - x_i)."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .config import E2FormerConfig
+from .exchange import Exchange, NoGhosts
+from .nn.attention import EquivariantAttention
+from .nn.embedding import ChargeSpinEmbedding, EdgeDegreeEmbedding
+from .nn.ffn import GatedFeedForward
+from .nn.norm import EquivariantRMSNorm
+from .nn.radial import GaussianBasis
+
+FORMAT_VERSION = 1
+PACKAGED_MODELS = Path(__file__).parent / "models"
+
+
+@dataclass
+class AtomGraph:
+    """What the model sees: atoms, directed pairs and who owns which rows.
+
+    species [n_total] element indices in config.elements order; pair_i [E] receivers
+    (< exchange.n_recv, sorted ascending), pair_j [E] senders (< n_total); rij [E, 3] Å;
+    the first n_local atoms are those whose energies are returned. batch [n_local] maps
+    atoms to structures (for charge/spin), charge/spin [n_structures].
+    """
+
+    species: Tensor
+    pair_i: Tensor
+    pair_j: Tensor
+    rij: Tensor
+    n_local: int
+    exchange: Exchange
+    batch: Tensor | None = None
+    charge: Tensor | None = None
+    spin: Tensor | None = None
+
+
+class TransformerBlock(nn.Module):
+    """x <- x + Attention(Norm(x)); x <- x + FFN(Norm(x)) (pre-norm)."""
+
+    def __init__(self, cfg: E2FormerConfig, basis: GaussianBasis):
+        super().__init__()
+        c, lmax = cfg.channels, cfg.lmax
+        self.norm_attn = EquivariantRMSNorm(c, lmax)
+        self.attention = EquivariantAttention(
+            basis, len(cfg.elements), c, lmax, cfg.num_heads, cfg.head_dim, cfg.radial_hidden,
+            cfg.cutoff, cfg.softmax_eps,
+        )
+        self.norm_ffn = EquivariantRMSNorm(c, lmax)
+        self.ffn = GatedFeedForward(c, cfg.ffn_channels, lmax)
+
+    def forward(self, x: Tensor, graph: AtomGraph) -> Tensor:
+        """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]."""
+        n_recv = graph.exchange.n_recv
+        x_recv = x[:n_recv] + self.attention(
+            self.norm_attn(x), n_recv, graph.species, graph.pair_i, graph.pair_j, graph.rij
+        )
+        return x_recv + self.ffn(self.norm_ffn(x_recv))
+
+
+class E2FormerV2(nn.Module):
+    """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
+
+    def __init__(self, config: E2FormerConfig):
+        super().__init__()
+        self.config = cfg = config
+        basis = GaussianBasis(cfg.cutoff, cfg.num_rbf)
+        self.embedding = EdgeDegreeEmbedding(
+            basis, len(cfg.elements), cfg.channels, cfg.lmax, cfg.radial_hidden, cfg.avg_degree,
+            cfg.cutoff,
+        )
+        self.charge_spin = ChargeSpinEmbedding(cfg.channels) if cfg.charge_spin else None
+        self.blocks = nn.ModuleList(TransformerBlock(cfg, basis) for _ in range(cfg.num_layers))
+        self.final_norm = EquivariantRMSNorm(cfg.channels, cfg.lmax)
+        self.energy_head = nn.Sequential(
+            nn.Linear(cfg.channels, cfg.channels), nn.SiLU(), nn.Linear(cfg.channels, 1)
+        )
+        self.register_buffer(
+            "reference_energies",
+            torch.tensor([cfg.reference_energies.get(e, 0.0) for e in cfg.elements],
+                         dtype=torch.float64),
+        )
+
+    @property
+    def elements(self) -> list[str]:
+        return self.config.elements
+
+    def set_attention_impl(self, impl: str) -> None:
+        for block in self.blocks:
+            block.attention.impl = impl
+
+    def set_reference_energies(self, energies: dict[str, float]) -> None:
+        """Per-element energies (eV) added to each atom; stored in the config too."""
+        self.config.reference_energies = {e: float(energies.get(e, 0.0)) for e in self.elements}
+        self.reference_energies.copy_(torch.tensor(
+            [self.config.reference_energies[e] for e in self.elements], dtype=torch.float64))
+
+    def _node_energy(self, x: Tensor) -> Tensor:
+        return self.energy_head(self.final_norm(x)[:, 0]).squeeze(-1)
+
+    def _features(self, graph: AtomGraph) -> Tensor:
+        ex = graph.exchange
+        x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
+        for block in self.blocks:
+            x = ex(x)
+            if self.charge_spin is not None and graph.charge is not None:
+                x = self._add_charge_spin(x, graph)
+            x = block(x, graph)
+        return x
+
+    def _add_charge_spin(self, x: Tensor, graph: AtomGraph) -> Tensor:
+        emb = self.charge_spin(graph.charge.to(x.dtype), graph.spin.to(x.dtype))
+        batch = graph.batch if graph.batch is not None else torch.zeros(
+            x.shape[0], dtype=torch.long, device=x.device)
+        n = min(batch.numel(), x.shape[0])
+        l0 = x[:, 0].clone()
+        l0[:n] = l0[:n] + emb[batch[:n]]
+        return torch.cat([l0[:, None], x[:, 1:]], dim=1)
+
+    def isolated_atom_energies(self) -> Tensor:
+        """Network output of each element with no neighbours [n_elements] (eV)."""
+        ref = self.reference_energies
+        dtype, device = self.energy_head[0].weight.dtype, self.energy_head[0].weight.device
+        n = len(self.elements)
+        graph = AtomGraph(
+            species=torch.arange(n, device=device),
+            pair_i=torch.zeros(0, dtype=torch.long, device=device),
+            pair_j=torch.zeros(0, dtype=torch.long, device=device),
+            rij=torch.zeros(0, 3, dtype=dtype, device=device),
+            n_local=n, exchange=NoGhosts(n),
+        )
+        return self._node_energy(self._features(graph)).to(ref.dtype)
+
+    def forward(self, graph: AtomGraph) -> Tensor:
+        """Per-atom energies eatoms [n_local] in eV (model dtype promoted to the rij dtype).
+
+        Each atom's energy is measured from the same element with no neighbours, so an
+        isolated atom has exactly its reference energy.
+        """
+        x = self._features(graph)
+        n_local = graph.n_local
+        species = graph.species[:n_local]
+        baseline = self.isolated_atom_energies()
+        e_node = self._node_energy(x[:n_local])
+        return e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
+            species].to(e_node.dtype)
+
+    # --- persistence -------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write config + weights (+ metadata such as training metrics) to one file."""
+        torch.save(
+            {
+                "format": "e2former-lammps",
+                "format_version": FORMAT_VERSION,
+                "config": self.config.to_dict(),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                "dtype": str(self.energy_head[0].weight.dtype).removeprefix("torch."),
+                "metadata": metadata or {},
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path_or_name: str | os.PathLike, map_location: str = "cpu") -> "E2FormerV2":
+        """Load a file written by `save`, or a model shipped with the package by name."""
+        path = resolve_model_path(path_or_name)
+        ckpt = read_checkpoint(path, map_location)
+        model = cls(E2FormerConfig.from_dict(ckpt["config"]))
+        model.to(getattr(torch, ckpt.get("dtype", "float32")))
+        model.load_state_dict(ckpt["state_dict"])
+        model.metadata = ckpt.get("metadata", {})
+        return model
+
+
+def packaged_models() -> list[str]:
+    return sorted(p.stem for p in PACKAGED_MODELS.glob("*.pt"))
+
+
+def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
+    path = Path(path_or_name)
+    if path.is_file():
+        return path
+    named = PACKAGED_MODELS / f"{path_or_name}.pt"
+    if named.is_file():
+        return named
+    raise FileNotFoundError(
+        f"no model file {str(path)!r} and no packaged model of that name "
+        f"(packaged: {packaged_models() or 'none'})"
+    )
+
+
+def read_checkpoint(path: Path, map_location: str = "cpu") -> dict:
+    """torch.load with a clear error for files that are not E2Former checkpoints."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for truncated/foreign files
+        raise ValueError(
+            f"{path} is not a readable E2Former checkpoint (corrupt or not a torch file): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "e2former-lammps":
+        raise ValueError(f"{path} is a torch file but not an E2Former checkpoint")
+    missing = {"config", "state_dict"} - set(ckpt)
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {sorted(missing)}")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: checkpoint format {ckpt['format_version']} is newer than this "
+            f"e2former-lammps understands ({FORMAT_VERSION}); upgrade the package"
+        )
+    return ckpt

@@ -1,0 +1,39 @@
+"""Pair lists for ASE structures: all j within r_c of i, periodic images by shift vectors."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from .exchange import NoGhosts
+from .model import AtomGraph
+from .validation import check_positions, species_index
+
+
+def atoms_to_graph(atoms: Atoms, elements: list[str], atomic_numbers: list[int],
+                   cutoff: float, dtype: torch.dtype = torch.float64,
+                   device: str | torch.device = "cpu") -> tuple[AtomGraph, torch.Tensor]:
+    """AtomGraph of one structure and its positions tensor (leaf, for force autograd).
+
+    rij = x_j - x_i + S . cell (S the integer image shift), so ghosts are never made: an
+    image of atom j is atom j itself, reached with another displacement.
+    """
+    positions = torch.tensor(atoms.get_positions(), dtype=torch.float64)
+    check_positions(positions)
+    species = species_index(atoms.get_atomic_numbers(), atomic_numbers, elements)
+    i, j, shifts = neighbor_list("ijS", atoms, cutoff)
+    order = np.argsort(i, kind="stable")
+    i, j, shifts = i[order], j[order], shifts[order]
+    cell = torch.tensor(np.asarray(atoms.get_cell()), dtype=torch.float64)
+    offsets = torch.tensor(shifts, dtype=torch.float64) @ cell
+    pos = positions.to(device=device, dtype=dtype)
+    pair_i = torch.as_tensor(i, dtype=torch.long, device=device)
+    pair_j = torch.as_tensor(j, dtype=torch.long, device=device)
+    rij = pos[pair_j] - pos[pair_i] + offsets.to(device=device, dtype=dtype)
+    n = len(atoms)
+    graph = AtomGraph(
+        species=species.to(device), pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=n,
+        exchange=NoGhosts(n),
+    )
+    return graph, pos

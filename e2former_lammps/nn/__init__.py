@@ -1,0 +1,1 @@
+"""Building blocks of E2Former-V2, one idea per module."""

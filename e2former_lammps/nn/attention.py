@@ -1,0 +1,60 @@
+"""Equivariant attention block: invariant query/key, gated envelope softmax, EAAS message."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from e2former_lammps.o3 import path_rows
+from kernels.attention import equivariant_attention
+
+from .linear import SO3Linear
+from .radial import EdgeRadialMLP, GaussianBasis
+
+
+class EquivariantAttention(nn.Module):
+    def __init__(self, basis: GaussianBasis, n_elements: int, channels: int, lmax: int,
+                 num_heads: int, head_dim: int, radial_hidden: int, cutoff: float,
+                 softmax_eps: float):
+        super().__init__()
+        self.lmax, self.num_heads, self.head_dim = lmax, num_heads, head_dim
+        self.cutoff, self.softmax_eps = cutoff, softmax_eps
+        self.impl = "reference"
+        self.w_query_key_1 = SO3Linear(channels, channels, lmax, bias=False)
+        self.w_query_key_2 = SO3Linear(channels, channels, lmax, bias=False)
+        self.qk_mlp = nn.Sequential(
+            nn.Linear((lmax + 1) * channels, channels), nn.SiLU(),
+            nn.Linear(channels, 2 * num_heads * head_dim),
+        )
+        self.value = SO3Linear(channels, channels, lmax)
+        self.radial = EdgeRadialMLP(basis, n_elements, radial_hidden, 2 * num_heads)
+        self.rows = path_rows(lmax)
+        # Per-l3 linear mix over the paths that end in l3.
+        self.path_mix = nn.ParameterList(
+            nn.Parameter(torch.randn(len(self.rows[l3]) * channels, channels)
+                         / (len(self.rows[l3]) * channels) ** 0.5)
+            for l3 in range(lmax + 1)
+        )
+
+    def invariants(self, x: Tensor) -> Tensor:
+        """s_{l,c} = sum_m (W1 x)_{lm,c} (W2 x)_{lm,c}: [N, (lmax+1) C]."""
+        prod = self.w_query_key_1(x) * self.w_query_key_2(x)
+        return torch.cat(
+            [prod[:, l * l:(l + 1) ** 2].sum(1) for l in range(self.lmax + 1)], dim=-1
+        )
+
+    def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
+                pair_j: Tensor, rij: Tensor) -> Tensor:
+        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C]."""
+        qk = self.qk_mlp(self.invariants(x)).view(-1, 2, self.num_heads, self.head_dim)
+        q, k = qk[:n_recv, 0], qk[:, 1]
+        msg = equivariant_attention(
+            q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
+            self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
+        )
+        out = []
+        for l3 in range(self.lmax + 1):
+            rows = self.rows[l3]
+            width = 2 * l3 + 1
+            paths = torch.cat([msg[:, s:s + width] for _, s, _ in rows], dim=-1)
+            out.append(paths @ self.path_mix[l3])
+        return torch.cat(out, dim=1)

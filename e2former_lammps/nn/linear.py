@@ -1,0 +1,32 @@
+"""SO(3)-equivariant linear map: one C_in x C_out matrix per degree l, bias on l = 0 only."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class SO3Linear(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int, lmax: int, bias: bool = True):
+        super().__init__()
+        self.lmax = lmax
+        self.weight = nn.Parameter(
+            torch.randn(lmax + 1, in_channels, out_channels) / math.sqrt(in_channels)
+        )
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
+        # Row r of [atoms, (lmax+1)^2, C] has degree l = floor(sqrt(r)).
+        self.register_buffer(
+            "row_degree",
+            torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)]),
+            persistent=False,
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [N, (lmax+1)^2, C_in] -> [N, (lmax+1)^2, C_out]."""
+        out = torch.cat(
+            [x[:, l * l:(l + 1) ** 2] @ self.weight[l] for l in range(self.lmax + 1)], dim=1
+        )
+        if self.bias is not None:
+            out = torch.cat([out[:, :1] + self.bias, out[:, 1:]], dim=1)
+        return out

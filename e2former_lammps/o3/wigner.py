@@ -1,0 +1,72 @@
+"""Wigner D matrices (real basis, e3nn order) and the rotation that takes a direction to the pole.
+
+D^l(R) is defined by Y_l(R r) = D^l(R) Y_l(r). With component-normalised Y^1 = sqrt(3) r,
+D^1(R) = R. D^2(R) is quadratic in R: because Y^2 is a homogeneous quadratic, evaluating it
+on R applied to fixed points P and multiplying by pinv(Y^2(P)) gives D^2 exactly for any
+orthogonal R (and keeps it differentiable and batched).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from .spherical_harmonics import sh_l2
+
+
+@functools.lru_cache(maxsize=None)
+def _d2_probe(dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    # Six generic directions; Y^2 on them has rank 5, so pinv gives the exact inverse map.
+    pts = torch.tensor(
+        [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0],
+         [1.0, 1.0, 0.0], [0.0, 1.0, 1.0], [1.0, 0.0, 1.0]],
+        dtype=torch.float64,
+    )
+    pts = pts / pts.norm(dim=-1, keepdim=True)
+    inv = torch.linalg.pinv(sh_l2(pts).T)  # [6, 5]
+    return pts.T.to(dtype=dtype, device=device), inv.to(dtype=dtype, device=device)
+
+
+def wigner_d(rot: Tensor, l: int) -> Tensor:
+    """D^l(R) for rotation matrices rot [..., 3, 3] -> [..., 2l+1, 2l+1]."""
+    if l == 0:
+        return torch.ones(rot.shape[:-2] + (1, 1), dtype=rot.dtype, device=rot.device)
+    if l == 1:
+        return rot
+    if l == 2:
+        pts, inv = _d2_probe(rot.dtype, rot.device)
+        y_rot = sh_l2((rot @ pts).transpose(-1, -2))  # [..., 6, 5]
+        return y_rot.transpose(-1, -2) @ inv
+    raise ValueError(f"wigner_d supports l <= 2, got {l}")
+
+
+def rotation_to_pole(r_hat: Tensor) -> Tensor:
+    """A rotation R [..., 3, 3] with R @ r_hat = y_hat, smooth on each of two branches.
+
+    Rodrigues' formula R = I + [k]x + [k]x^2 / (1 + c), k = r_hat x t, c = r_hat . t, is
+    singular only at c = -1. We use target t = +y when r_hat_y >= 0 and t = -y otherwise
+    (then a half turn about x maps -y to +y), so 1 + c >= 1 on both branches. Any rotation
+    that takes r_hat to the pole gives the same equivariant product, so the switch between
+    branches changes nothing downstream.
+    """
+    sign = torch.where(r_hat[..., 1:2] >= 0, 1.0, -1.0).to(r_hat.dtype)  # [..., 1]
+    x, y, z = r_hat.unbind(-1)
+    s = sign[..., 0]
+    # k = r_hat x (s*y_hat) = s * (-z, 0, x); c = s * y
+    kx, kz = -s * z, s * x
+    c = s * y
+    f = 1.0 / (1.0 + c)
+    zero = torch.zeros_like(x)
+    one = torch.ones_like(x)
+    kmat = torch.stack(
+        [torch.stack([zero, -kz, zero], -1),
+         torch.stack([kz, zero, -kx], -1),
+         torch.stack([zero, kx, zero], -1)],
+        dim=-2,
+    )
+    eye = torch.diag_embed(torch.stack([one, one, one], -1))
+    rot = eye + kmat + (kmat @ kmat) * f[..., None, None]
+    # Half turn about x on the negative branch: diag(1, -1, -1) applied on the left.
+    flip = torch.stack([one, s, s], -1)[..., :, None]
+    return rot * flip

@@ -1,0 +1,54 @@
+"""Shared pieces of the attention op: its weights, edge geometry, radial basis, envelope."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def polynomial_envelope(x: Tensor) -> Tensor:
+    """p(x) = 1 - 6x^5 + 15x^4 - 10x^3 on [0, 1], 0 beyond; value, slope, curvature vanish at 1."""
+    x = x.clamp(max=1.0)
+    x3 = x * x * x
+    return 1.0 + x3 * (-10.0 + x * (15.0 - 6.0 * x))
+
+
+def edge_geometry(rij: Tensor, cutoff: float) -> tuple[Tensor, Tensor, Tensor]:
+    """(d [E] in Å, r_hat [E, 3], envelope p(d / r_c) [E])."""
+    dist = rij.norm(dim=-1)
+    return dist, rij / dist[:, None], polynomial_envelope(dist / cutoff)
+
+
+def gaussian_rbf(dist: Tensor, centers: Tensor, width: float) -> Tensor:
+    """exp(-((d - mu_k) / width)^2 / 2): [E] -> [E, R]."""
+    return torch.exp(-0.5 * ((dist[:, None] - centers) / width) ** 2)
+
+
+def scatter_max(src: Tensor, index: Tensor, n: int) -> Tensor:
+    """Row-wise max of src [E, H] grouped by index; 0 for empty groups."""
+    out = torch.full((n, src.shape[1]), -torch.inf, dtype=src.dtype, device=src.device)
+    out = out.scatter_reduce(0, index[:, None].expand_as(src), src, reduce="amax")
+    return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+
+
+@dataclass
+class EdgeRadialWeights:
+    """Weights of the per-edge radial MLP that gives each head a gate and a signed weight.
+
+    hidden = SiLU(rbf(d) @ w_rbf + emb_recv[Z_i] + emb_send[Z_j]); [gate_raw, weight] =
+    hidden @ w_out + b_out. emb_recv / emb_send are the element embeddings E'_t, E'_s already
+    projected into the hidden layer (a linear layer on the concatenation [rbf, E'_t, E'_s]
+    is exactly this sum).
+    """
+
+    rbf_centers: Tensor  # [R], Å
+    rbf_width: float  # Å
+    w_rbf: Tensor  # [R, hidden]
+    emb_recv: Tensor  # [n_elements, hidden]
+    emb_send: Tensor  # [n_elements, hidden]
+    w_out: Tensor  # [hidden, 2 H]
+    b_out: Tensor  # [2 H]
+
+    def rbf(self, dist: Tensor) -> Tensor:
+        return gaussian_rbf(dist, self.rbf_centers, self.rbf_width)

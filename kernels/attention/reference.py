@@ -1,0 +1,77 @@
+"""PyTorch reference of the on-the-fly equivariant attention (materialises per-edge tensors).
+
+For each edge i <- j (pair_i receives) and head h:
+    d = |r_ij|,  r_hat = r_ij / d,  p = envelope(d / r_c)
+    hidden = SiLU(rbf(d) @ w_rbf + emb_recv[Z_i] + emb_send[Z_j])
+    (gate_raw, weight) = hidden @ w_out + b_out              # [2H]
+    s_ijh = sigmoid(gate_raw) * <q_ih, k_jh> / sqrt(d_k)
+    a_ijh = p * exp(s_ijh)
+    alpha_ijh = weight_ijh * a_ijh / (sum_j a_ijh + eps)
+    out_i = sum_j alpha_ijh TP(v_j, r_hat_ij)                 # per path, channels split by head
+exp(s) is evaluated as exp(s - m_i) with m_i = max_j s_ijh and eps * exp(-m_i) in the
+denominator: the same number, without overflow, and independent of m (so m carries no
+gradient and the energy stays smooth when neighbours enter the cutoff).
+TP is the EAAS product (pole-frame gather, one rotation per edge; see e2former_lammps.o3).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from e2former_lammps.o3 import eaas_paths, rotation_to_pole, tp_pole_frame, wigner_d
+
+from .common import EdgeRadialWeights, edge_geometry, scatter_max
+
+
+def edge_gate_weight(
+    dist: Tensor, species_i: Tensor, species_j: Tensor, radial: EdgeRadialWeights
+) -> tuple[Tensor, Tensor]:
+    """Per-edge (gate in (0, 1), signed weight), each [E, H], from the radial MLP."""
+    rbf = radial.rbf(dist)
+    hidden = torch.nn.functional.silu(
+        rbf @ radial.w_rbf + radial.emb_recv[species_i] + radial.emb_send[species_j]
+    )
+    gate_raw, weight = (hidden @ radial.w_out + radial.b_out).chunk(2, dim=-1)
+    return torch.sigmoid(gate_raw), weight
+
+
+def attention_weights(
+    q: Tensor, k: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor, species: Tensor,
+    radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+) -> Tensor:
+    """alpha_ijh [E, H] as in the module docstring."""
+    n_recv, _, d_k = q.shape
+    dist, _, env = edge_geometry(rij, cutoff)
+    gate, weight = edge_gate_weight(dist, species[pair_i], species[pair_j], radial)
+    score = gate * (q[pair_i] * k[pair_j]).sum(-1) / math.sqrt(d_k)  # [E, H]
+    smax = scatter_max(score.detach(), pair_i, n_recv)  # [n_recv, H]
+    a = torch.exp(score - smax[pair_i]) * env[:, None]
+    denom = torch.zeros_like(smax).index_add_(0, pair_i, a) + softmax_eps * torch.exp(-smax)
+    return weight * a / denom[pair_i]
+
+
+def equivariant_attention_reference(
+    q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
+    species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
+) -> Tensor:
+    """See `kernels.attention.equivariant_attention` for shapes. Returns [n_recv, rows, C]."""
+    n_recv, n_heads, _ = q.shape
+    channels = v.shape[-1]
+    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    alpha_c = alpha.repeat_interleave(channels // n_heads, dim=-1)  # [E, C]
+    _, r_hat, _ = edge_geometry(rij, cutoff)
+    rot = rotation_to_pole(r_hat)
+    vj = v[pair_j] * alpha_c[:, None, :]  # the product is linear in v: weight first
+    u = {}
+    for l in range(lmax + 1):
+        u[l] = wigner_d(rot, l) @ vj[:, l * l:(l + 1) * (l + 1)]
+    out = []
+    for path, t in zip(eaas_paths(lmax), tp_pole_frame(u, lmax)):
+        edge_msg = wigner_d(rot, path.l3).transpose(-1, -2) @ t
+        out.append(
+            torch.zeros(n_recv, *edge_msg.shape[1:], dtype=v.dtype, device=v.device)
+            .index_add_(0, pair_i, edge_msg)
+        )
+    return torch.cat(out, dim=1)
