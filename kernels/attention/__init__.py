@@ -4,9 +4,23 @@ from __future__ import annotations
 from torch import Tensor
 
 from .common import EdgeRadialWeights
-from .reference import equivariant_attention_reference
 
-IMPLEMENTATIONS = ("reference",)
+IMPLEMENTATIONS = ("reference", "triton", "auto")
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_impl(impl: str, q: Tensor, lmax: int) -> str:
+    """"auto" -> "triton" for CUDA tensors with triton importable and lmax 2, else "reference"."""
+    if impl == "auto":
+        return "triton" if (q.is_cuda and lmax == 2 and triton_available()) else "reference"
+    return impl
 
 
 def equivariant_attention(
@@ -21,9 +35,31 @@ def equivariant_attention(
     in Å; pair_i [E] receivers (< n_recv, sorted ascending), pair_j [E] senders; species
     [n_total] element indices. Returns [n_recv, n_path_rows(lmax), C], path-major rows
     (see e2former_lammps.o3.path_rows).
+    impl: "reference" (PyTorch, materialises per-edge tensors), "triton" (fused kernel,
+    lmax 2; runs on CPU only under TRITON_INTERPRET=1) or "auto" (triton on CUDA when
+    available and lmax == 2, else reference).
     """
+    impl = resolve_impl(impl, q, lmax)
     if impl == "reference":
+        from .reference import equivariant_attention_reference
+
         return equivariant_attention_reference(
             q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
         )
+    if impl == "triton":
+        from .autograd import equivariant_attention_triton
+
+        return equivariant_attention_triton(
+            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
+        )
     raise ValueError(f"unknown attention implementation {impl!r}; have {IMPLEMENTATIONS}")
+
+
+def __getattr__(name: str):
+    # Lazy: importing the reference at package import time would close an import cycle
+    # (reference -> e2former_lammps.o3 -> e2former_lammps -> nn.attention -> here).
+    if name == "equivariant_attention_reference":
+        from .reference import equivariant_attention_reference
+
+        return equivariant_attention_reference
+    raise AttributeError(name)

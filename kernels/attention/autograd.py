@@ -1,0 +1,155 @@
+"""autograd.Function around the fused Triton attention.
+
+Forward: the fused Triton kernel (no per-edge tensor in memory); it also returns the
+per-receiver softmax statistics (m, den) [n_recv, H].
+Backward (first derivatives, the force path, create_graph=False): `backward_impl` picks
+  - "triton": the fused Triton backward (triton_backward.py) when it is available, else
+  - "chunked": recompute the PyTorch reference under autograd over receiver chunks of at most
+    `CHUNK_EDGES` edges, so its memory is bounded by the chunk, not by the system.
+Double backward (create_graph=True, training with a force loss): the backward recomputes the
+reference on the original inputs under autograd with create_graph, so the returned gradients
+are themselves differentiable (exact, but edge-materialising).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .common import EdgeRadialWeights
+
+CHUNK_EDGES = 1 << 15
+BACKWARD_IMPL = "triton"  # "triton" or "chunked"
+
+
+def _reference(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j,
+               species, centers, width, cutoff, eps):
+    from .reference import equivariant_attention_reference
+
+    radial = EdgeRadialWeights(centers, width, w_rbf, emb_recv, emb_send, w_out, b_out)
+    return equivariant_attention_reference(
+        q, k, v, rij, pair_i, pair_j, species, radial, cutoff, eps, 2)
+
+
+def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, species,
+                             centers, width, cutoff, eps, rowptr, needs):
+    """Gradients of <grad_out, reference(...)> by recomputation over receiver chunks."""
+    n_recv = q.shape[0]
+    grads = [torch.zeros_like(t) if need else None
+             for t, need in zip((q, k, v, rij, *weights), needs)]
+    rp = rowptr.tolist()
+    r0 = 0
+    while r0 < n_recv:
+        # largest r1 with edges(r0..r1) <= CHUNK_EDGES (at least one receiver)
+        r1 = r0 + 1
+        lo, hi = r1, n_recv
+        target = rp[r0] + CHUNK_EDGES
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rp[mid] <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        r1 = max(r1, lo)
+        e0, e1 = rp[r0], rp[r1]
+        if e1 > e0:
+            pj = pair_j[e0:e1]
+            uniq, inv = torch.unique(pj, return_inverse=True)
+            nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
+            nr = r1 - r0
+            leaves = [q[r0:r1], k[nodes], v[nodes], rij[e0:e1], *weights]
+            leaves = [t.detach().requires_grad_(need) for t, need in zip(leaves, needs)]
+            with torch.enable_grad():
+                out = _reference(*leaves, pair_i[e0:e1] - r0, nr + inv, species[nodes],
+                                 centers, width, cutoff, eps)
+                req = [t for t in leaves if t.requires_grad]
+                got = torch.autograd.grad(out, req, grad_out[r0:r1], allow_unused=True)
+            got = iter(got)
+            for idx, need in enumerate(needs):
+                if not need:
+                    continue
+                g = next(got)
+                if g is None:
+                    continue
+                if idx == 0:
+                    grads[0][r0:r1] += g
+                elif idx in (1, 2):
+                    grads[idx].index_add_(0, nodes, g)
+                elif idx == 3:
+                    grads[3][e0:e1] += g
+                else:
+                    grads[idx] += g
+        r0 = r1
+    return grads
+
+
+class TritonAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
+                pair_i, pair_j, species, rowptr, centers, width, cutoff, eps):
+        from .triton_forward import attention_forward
+
+        out, m, den = attention_forward(
+            q, k, v, rij, pair_j, species, rowptr, centers, width, w_rbf, emb_recv,
+            emb_send, w_out, b_out, cutoff, eps)
+        ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
+                              pair_i, pair_j, species, rowptr, centers, out, m, den)
+        ctx.consts = (width, cutoff, eps)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j, species,
+         rowptr, centers, out, m, den) = ctx.saved_tensors
+        width, cutoff, eps = ctx.consts
+        needs = list(ctx.needs_input_grad[:9])
+        diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
+        tail = [None] * 8
+        if not any(needs):
+            return (None,) * 9 + tuple(tail)
+        if torch.is_grad_enabled():
+            # create_graph: differentiable recomputation with the reference.
+            with torch.enable_grad():
+                ref = _reference(*diff, pair_i, pair_j, species, centers, width, cutoff, eps)
+                req = [t for t, need in zip(diff, needs) if need]
+                got = iter(torch.autograd.grad(ref, req, grad_out, create_graph=True,
+                                               allow_unused=True))
+            grads = [next(got) if need else None for need in needs]
+            return tuple(grads) + tuple(tail)
+        grad_out = grad_out.contiguous()
+        if BACKWARD_IMPL == "triton":
+            try:
+                from .triton_backward import attention_backward
+            except ImportError:
+                attention_backward = None
+            if attention_backward is not None:
+                grads = attention_backward(
+                    grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
+                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den)
+                return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
+        grads = _chunked_reference_grads(
+            grad_out, q, k, v, rij, (w_rbf, emb_recv, emb_send, w_out, b_out), pair_i, pair_j,
+            species, centers, width, cutoff, eps, rowptr, needs)
+        return tuple(grads) + tuple(tail)
+
+
+def equivariant_attention_triton(
+    q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
+    species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
+) -> Tensor:
+    """Fused Triton attention (lmax 2). Same interface and result as the reference."""
+    from .triton_forward import receiver_rowptr
+
+    if lmax != 2:
+        raise ValueError(f"the Triton attention supports lmax 2 only, got {lmax}")
+    n_heads = q.shape[1]
+    if v.shape[-1] % n_heads:
+        raise ValueError("channels must be divisible by the number of heads")
+    dtype = q.dtype
+    c = lambda t: t.to(dtype).contiguous()  # noqa: E731
+    rowptr = receiver_rowptr(pair_i, q.shape[0])
+    return TritonAttention.apply(
+        c(q), c(k), c(v), c(rij), c(radial.w_rbf), c(radial.emb_recv), c(radial.emb_send),
+        c(radial.w_out), c(radial.b_out), pair_i.contiguous(), pair_j.contiguous(),
+        species.contiguous(), rowptr, c(radial.rbf_centers), float(radial.rbf_width),
+        float(cutoff), float(softmax_eps),
+    )

@@ -1,0 +1,324 @@
+"""Triton forward of the fused equivariant attention (lmax = 2); see _triton_geometry for the plan.
+
+Launch: `attention_forward(...)` -> (out [n_recv, 20, C], m [n_recv, H], den [n_recv, H]).
+Accumulation dtype = input dtype (fp32 on the GPU; fp64 works in the interpreter for tests).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_geometry import _rotation_to_pole, _wigner2
+
+N_ROWS_IN = 9
+N_ROWS_OUT = 20
+
+# Pole-frame gather pattern the kernels hard-code (checked against o3.eaas_paths at launch).
+EXPECTED_SRC = ((0, 0, 0), (1,), (2, 0, 0), (0, 0, 1, 2, 0), (1, 2, 3), (4, 3, 0, 1, 0))
+EXPECTED_ZERO = ((0, 2), (), (1,), (0, 4), (), (2,))
+
+
+def eaas_constants() -> dict[str, float]:
+    """The non-zero pole-frame scales of the 6 lmax-2 paths, by name, from o3.eaas_paths."""
+    from e2former_lammps.o3 import eaas_paths
+
+    paths = eaas_paths(2)
+    for p, src, zero in zip(paths, EXPECTED_SRC, EXPECTED_ZERO):
+        nz_src = tuple(s for s, c in zip(p.src, p.scale) if c != 0.0)
+        exp_src = tuple(s for m, s in enumerate(src) if m not in zero)
+        zeros = tuple(m for m, c in enumerate(p.scale) if c == 0.0)
+        if nz_src != exp_src or zeros != zero:
+            raise RuntimeError(f"EAAS path {p} does not match the pattern the kernel hard-codes")
+    s = [p.scale for p in paths]
+    return dict(
+        S01=s[0][1], S10=s[1][0], S11A=s[2][0], S11C=s[2][2],
+        S12B=s[3][1], S12C=s[3][2], S12D=s[3][3],
+        S21A=s[4][0], S21B=s[4][1], S21C=s[4][2],
+        S22A=s[5][0], S22B=s[5][1], S22D=s[5][3], S22E=s[5][4],
+    )
+
+
+@triton.jit
+def _edge_tile_scalars(
+    offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
+    centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
+    n_rbf, n_hid, inv_width, cutoff, offs_h, hmask,
+    H: tl.constexpr, HID_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Geometry and radial MLP of one edge tile: j, (x, y, z) unit, d, envelope p, gate, weight."""
+    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
+    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
+    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+    x = rx / d
+    y = ry / d
+    z = rz / d
+    xc = tl.minimum(d / cutoff, 1.0)
+    env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
+    env = tl.where(emask, env, 0.0)
+    # Radial MLP: hidden = SiLU(rbf @ w_rbf + emb_recv[Z_i] + emb_send[Z_j]).
+    offs_k = tl.arange(0, HID_P)
+    kmask = offs_k < n_hid
+    zj = tl.load(species_ptr + j, mask=emask, other=0)
+    pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :],
+                  mask=emask[:, None] & kmask[None, :], other=0.0)
+    pre += tl.load(emb_recv_ptr + i_species * n_hid + offs_k, mask=kmask, other=0.0)[None, :]
+    for r0 in range(0, n_rbf, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        rmask = offs_r < n_rbf
+        mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
+        t = (d[:, None] - mu[None, :]) * inv_width
+        rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        pre += tl.dot(rbf, w, input_precision="ieee")
+    hidden = pre / (1.0 + tl.exp(-pre))
+    wmask = kmask[:, None] & hmask[None, :]
+    w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask, other=0.0)
+    w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
+                  other=0.0)
+    graw = tl.dot(hidden, w_g, input_precision="ieee")
+    graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
+    wt = tl.dot(hidden, w_w, input_precision="ieee")
+    wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
+    gate = 1.0 / (1.0 + tl.exp(-graw))
+    return j, x, y, z, d, env, pre, hidden, gate, wt
+
+
+@triton.jit
+def _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK: tl.constexpr, H: tl.constexpr):
+    """<q_ih, k_jh> for the tile: [BLOCK_E, BLOCK_H] (and k_j [BLOCK_E, BLOCK_H, DK_P])."""
+    kp = k_ptr + j.to(tl.int64)[:, None, None] * (H * DK) + offs_h[None, :, None] * DK \
+        + offs_d[None, None, :]
+    kmask = emask[:, None, None] & hmask[None, :, None] & (offs_d < DK)[None, None, :]
+    kj = tl.load(kp, mask=kmask, other=0.0)
+    return tl.sum(kj * q[None, :, :], axis=2), kj
+
+
+@triton.jit
+def _b(t):
+    """Per-edge scalar [BLOCK_E] -> [BLOCK_E, 1, 1] for channel tiles."""
+    return t[:, None, None]
+
+
+@triton.jit
+def _attention_fwd_kernel(
+    q_ptr, k_ptr, v_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
+    centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
+    out_ptr, m_ptr, den_ptr,
+    n_rbf, n_hid, inv_width, cutoff, eps, qk_scale,
+    H: tl.constexpr, DK: tl.constexpr, CH: tl.constexpr,
+    DK_P: tl.constexpr, CH_P: tl.constexpr, HID_P: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
+    S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
+    S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
+    S22A: tl.constexpr, S22B: tl.constexpr, S22D: tl.constexpr, S22E: tl.constexpr,
+):
+    i = tl.program_id(0)
+    hb = tl.program_id(1)
+    C: tl.constexpr = H * CH
+    offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = offs_h < H
+    offs_d = tl.arange(0, DK_P)
+    offs_c = tl.arange(0, CH_P)
+    cmask = hmask[:, None] & (offs_c < CH)[None, :]  # [BLOCK_H, CH_P]
+    q = tl.load(q_ptr + i * (H * DK) + offs_h[:, None] * DK + offs_d[None, :],
+                mask=hmask[:, None] & (offs_d < DK)[None, :], other=0.0)
+    dtype = q.dtype
+    i_species = tl.load(species_ptr + i)
+    start = tl.load(rowptr_ptr + i)
+    end = tl.load(rowptr_ptr + i + 1)
+    chan = (offs_h * CH)[:, None] + offs_c[None, :]  # [BLOCK_H, CH_P] channel index
+
+    m = tl.full([BLOCK_H], -1.0e30, dtype)
+    lsum = tl.zeros([BLOCK_H], dtype)
+    a00 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a01 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a02 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a03 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a04 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a05 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a06 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a07 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a08 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a09 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a10 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a11 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a12 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a13 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a14 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a15 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a16 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a17 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a18 = tl.zeros([BLOCK_H, CH_P], dtype)
+    a19 = tl.zeros([BLOCK_H, CH_P], dtype)
+
+    for e0 in range(start, end, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        emask = offs_e < end
+        j, x, y, z, d, env, pre, hidden, gate, wt = _edge_tile_scalars(
+            offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
+            centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
+            n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R)
+        qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
+        s = gate * qk * qk_scale
+        s = tl.where(emask[:, None], s, -1.0e30)
+        m_new = tl.maximum(m, tl.max(s, axis=0))
+        corr = tl.exp(m - m_new)
+        a = tl.exp(s - m_new[None, :]) * env[:, None]
+        lsum = lsum * corr + tl.sum(a, axis=0)
+        wa = (a * wt)[:, :, None]  # [BLOCK_E, BLOCK_H, 1]
+        corr2 = corr[:, None]
+        m = m_new
+
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(x, y, z)
+        (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+         d30, d31, d32, d33, d34, d40, d41, d42, d43, d44) = _wigner2(
+            r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        r00 = _b(r00)
+        r01 = _b(r01)
+        r02 = _b(r02)
+        r10 = _b(r10)
+        r11 = _b(r11)
+        r12 = _b(r12)
+        r20 = _b(r20)
+        r21 = _b(r21)
+        r22 = _b(r22)
+        vp = v_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
+        vmask = emask[:, None, None] & cmask[None, :, :]
+        v0 = tl.load(vp, mask=vmask, other=0.0) * wa
+        # path 0 -> 1: t = (0, S01 u0, 0); out = R^T t
+        a00 = a00 * corr2 + tl.sum(r10 * v0, axis=0) * S01
+        a01 = a01 * corr2 + tl.sum(r11 * v0, axis=0) * S01
+        a02 = a02 * corr2 + tl.sum(r12 * v0, axis=0) * S01
+        v1 = tl.load(vp + 1 * C, mask=vmask, other=0.0) * wa
+        v2 = tl.load(vp + 2 * C, mask=vmask, other=0.0) * wa
+        v3 = tl.load(vp + 3 * C, mask=vmask, other=0.0) * wa
+        u0 = r00 * v1 + r01 * v2 + r02 * v3
+        u1 = r10 * v1 + r11 * v2 + r12 * v3
+        u2 = r20 * v1 + r21 * v2 + r22 * v3
+        # path 1 -> 0
+        a03 = a03 * corr2 + tl.sum(u1, axis=0) * S10
+        # path 1 -> 1: t = (S11A u2, 0, S11C u0)
+        t0 = S11A * u2
+        t2 = S11C * u0
+        a04 = a04 * corr2 + tl.sum(r00 * t0 + r20 * t2, axis=0)
+        a05 = a05 * corr2 + tl.sum(r01 * t0 + r21 * t2, axis=0)
+        a06 = a06 * corr2 + tl.sum(r02 * t0 + r22 * t2, axis=0)
+        # path 1 -> 2: t = (0, S12B u0, S12C u1, S12D u2, 0); out = D2^T t
+        t1 = S12B * u0
+        t2 = S12C * u1
+        t3 = S12D * u2
+        a07 = a07 * corr2 + tl.sum(_b(d10) * t1 + _b(d20) * t2 + _b(d30) * t3, axis=0)
+        a08 = a08 * corr2 + tl.sum(_b(d11) * t1 + _b(d21) * t2 + _b(d31) * t3, axis=0)
+        a09 = a09 * corr2 + tl.sum(_b(d12) * t1 + _b(d22) * t2 + _b(d32) * t3, axis=0)
+        a10 = a10 * corr2 + tl.sum(_b(d13) * t1 + _b(d23) * t2 + _b(d33) * t3, axis=0)
+        a11 = a11 * corr2 + tl.sum(_b(d14) * t1 + _b(d24) * t2 + _b(d34) * t3, axis=0)
+        # l1 = 2: u = D2 v
+        w0 = tl.load(vp + 4 * C, mask=vmask, other=0.0) * wa
+        w1 = tl.load(vp + 5 * C, mask=vmask, other=0.0) * wa
+        w2 = tl.load(vp + 6 * C, mask=vmask, other=0.0) * wa
+        w3 = tl.load(vp + 7 * C, mask=vmask, other=0.0) * wa
+        w4 = tl.load(vp + 8 * C, mask=vmask, other=0.0) * wa
+        g0 = _b(d00) * w0 + _b(d01) * w1 + _b(d02) * w2 + _b(d03) * w3 + _b(d04) * w4
+        g1 = _b(d10) * w0 + _b(d11) * w1 + _b(d12) * w2 + _b(d13) * w3 + _b(d14) * w4
+        g2 = _b(d20) * w0 + _b(d21) * w1 + _b(d22) * w2 + _b(d23) * w3 + _b(d24) * w4
+        g3 = _b(d30) * w0 + _b(d31) * w1 + _b(d32) * w2 + _b(d33) * w3 + _b(d34) * w4
+        g4 = _b(d40) * w0 + _b(d41) * w1 + _b(d42) * w2 + _b(d43) * w3 + _b(d44) * w4
+        # path 2 -> 1: t = (S21A g1, S21B g2, S21C g3); out = R^T t
+        t0 = S21A * g1
+        t1 = S21B * g2
+        t2 = S21C * g3
+        a12 = a12 * corr2 + tl.sum(r00 * t0 + r10 * t1 + r20 * t2, axis=0)
+        a13 = a13 * corr2 + tl.sum(r01 * t0 + r11 * t1 + r21 * t2, axis=0)
+        a14 = a14 * corr2 + tl.sum(r02 * t0 + r12 * t1 + r22 * t2, axis=0)
+        # path 2 -> 2: t = (S22A g4, S22B g3, 0, S22D g1, S22E g0); out = D2^T t
+        t0 = S22A * g4
+        t1 = S22B * g3
+        t3 = S22D * g1
+        t4 = S22E * g0
+        a15 = a15 * corr2 + tl.sum(
+            _b(d00) * t0 + _b(d10) * t1 + _b(d30) * t3 + _b(d40) * t4, axis=0)
+        a16 = a16 * corr2 + tl.sum(
+            _b(d01) * t0 + _b(d11) * t1 + _b(d31) * t3 + _b(d41) * t4, axis=0)
+        a17 = a17 * corr2 + tl.sum(
+            _b(d02) * t0 + _b(d12) * t1 + _b(d32) * t3 + _b(d42) * t4, axis=0)
+        a18 = a18 * corr2 + tl.sum(
+            _b(d03) * t0 + _b(d13) * t1 + _b(d33) * t3 + _b(d43) * t4, axis=0)
+        a19 = a19 * corr2 + tl.sum(
+            _b(d04) * t0 + _b(d14) * t1 + _b(d34) * t3 + _b(d44) * t4, axis=0)
+
+    m = tl.where(m == -1.0e30, 0.0, m)
+    den = lsum + eps * tl.exp(-m)
+    tl.store(m_ptr + i * H + offs_h, m, mask=hmask)
+    tl.store(den_ptr + i * H + offs_h, den, mask=hmask)
+    inv = (1.0 / den)[:, None]
+    op = out_ptr + i.to(tl.int64) * (20 * C) + chan
+    tl.store(op + 0 * C, a00 * inv, mask=cmask)
+    tl.store(op + 1 * C, a01 * inv, mask=cmask)
+    tl.store(op + 2 * C, a02 * inv, mask=cmask)
+    tl.store(op + 3 * C, a03 * inv, mask=cmask)
+    tl.store(op + 4 * C, a04 * inv, mask=cmask)
+    tl.store(op + 5 * C, a05 * inv, mask=cmask)
+    tl.store(op + 6 * C, a06 * inv, mask=cmask)
+    tl.store(op + 7 * C, a07 * inv, mask=cmask)
+    tl.store(op + 8 * C, a08 * inv, mask=cmask)
+    tl.store(op + 9 * C, a09 * inv, mask=cmask)
+    tl.store(op + 10 * C, a10 * inv, mask=cmask)
+    tl.store(op + 11 * C, a11 * inv, mask=cmask)
+    tl.store(op + 12 * C, a12 * inv, mask=cmask)
+    tl.store(op + 13 * C, a13 * inv, mask=cmask)
+    tl.store(op + 14 * C, a14 * inv, mask=cmask)
+    tl.store(op + 15 * C, a15 * inv, mask=cmask)
+    tl.store(op + 16 * C, a16 * inv, mask=cmask)
+    tl.store(op + 17 * C, a17 * inv, mask=cmask)
+    tl.store(op + 18 * C, a18 * inv, mask=cmask)
+    tl.store(op + 19 * C, a19 * inv, mask=cmask)
+
+
+def _pow2(n: int, lo: int = 1) -> int:
+    return max(lo, triton.next_power_of_2(int(n)))
+
+
+def default_blocks(n_heads: int, device: torch.device) -> dict[str, int]:
+    """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk."""
+    return dict(BLOCK_E=16, BLOCK_H=min(_pow2(n_heads, 16), 64), BLOCK_R=32)
+
+
+def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
+    """CSR row pointer [n_recv + 1] of the receiver-sorted pair list (int32)."""
+    counts = torch.bincount(pair_i, minlength=n_recv)
+    rowptr = torch.zeros(n_recv + 1, dtype=torch.int64, device=pair_i.device)
+    rowptr[1:] = torch.cumsum(counts, 0)
+    return rowptr
+
+
+def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf,
+                      emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps, blocks=None):
+    """Run the fused forward. All float tensors one dtype, contiguous. See module docstring."""
+    n_recv, n_heads, d_k = q.shape
+    channels = v.shape[-1]
+    ch = channels // n_heads
+    n_rbf, n_hid = w_rbf.shape
+    out = torch.empty(n_recv, N_ROWS_OUT, channels, dtype=q.dtype, device=q.device)
+    m = torch.empty(n_recv, n_heads, dtype=q.dtype, device=q.device)
+    den = torch.empty(n_recv, n_heads, dtype=q.dtype, device=q.device)
+    if n_recv == 0:
+        return out, m, den
+    bl = blocks or default_blocks(n_heads, q.device)
+    grid = (n_recv, triton.cdiv(n_heads, bl["BLOCK_H"]))
+    _attention_fwd_kernel[grid](
+        q, k, v, rij, pair_j, species, rowptr,
+        centers, w_rbf, emb_recv, emb_send, w_out, b_out,
+        out, m, den,
+        n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), float(softmax_eps), 1.0 / math.sqrt(d_k),
+        H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch), HID_P=_pow2(n_hid, 16),
+        BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"], BLOCK_R=bl["BLOCK_R"],
+        **eaas_constants(), num_warps=bl.get("num_warps", 4),
+    )
+    return out, m, den
