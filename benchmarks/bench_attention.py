@@ -1,0 +1,425 @@
+"""Benchmark of the fused Triton attention vs the edge-materialising PyTorch reference.
+
+Water at 1 g/cm^3 (O-H 0.96 Å, H-O-H 104.5°, random orientations on a cubic lattice,
+periodic), r_c = 5 Å, paper configuration of the attention op (C = 256, lmax 2, 128 heads of
+width 8, 256 Gaussians, radial hidden 64). Per N: the attention stage forward and
+forward+backward (grads of q, k, v, rij and the radial weights), peak memory, and the full
+model (E2FormerV2, 4 blocks) energy+forces: time, atom-steps/s, peak memory; a full-model
+fp32 check triton vs reference where the reference fits.
+
+    PYTHONPATH=. python benchmarks/bench_attention.py --sizes 1000 10000 100000 \
+        --out benchmarks/results/kernels.json
+    python benchmarks/bench_attention.py --plot benchmarks/results/kernels.json   # PNG
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+DENSITY_MOL_PER_A3 = 0.033427  # 1 g/cm^3 of H2O
+CUTOFF = 5.0
+CFG = dict(channels=256, lmax=2, num_layers=4, num_heads=128, head_dim=8, num_rbf=256,
+           radial_hidden=64, ffn_channels=256, cutoff=CUTOFF, avg_degree=50.0)
+# Ceilings measured on the H100 of this workplace (shared/design/performance.md).
+FP32_TFLOPS_CEIL = 52.0
+HBM_GBPS_CEIL = 3000.0
+# MACE measured earlier on the same H100 model (performance.md), not in this run.
+MACE_CITED = {
+    "source": "shared/design/performance.md (measured earlier on this workplace's H100, "
+              "not in this run): mace-torch 0.3.16 + cuEquivariance 0.13, 2 layers "
+              "128x0e+128x1o+128x2e, fp32, water r_c 6 Å",
+    "atom_steps_per_s": {"999": 13400, "9999": 116700, "50001": "out of memory"},
+}
+
+
+def water_box(n_atoms: int, seed: int = 0, device="cuda"):
+    """Positions [N, 3] (float64), species [N] (0 = H, 1 = O), cubic box length L (Å)."""
+    g = torch.Generator().manual_seed(seed)
+    n_mol = max(1, round(n_atoms / 3))
+    box = (n_mol / DENSITY_MOL_PER_A3) ** (1.0 / 3.0)
+    n_side = math.ceil(n_mol ** (1.0 / 3.0))
+    a = box / n_side
+    idx = torch.arange(n_side ** 3)
+    sites = torch.stack([idx // (n_side * n_side), (idx // n_side) % n_side, idx % n_side], -1)
+    sites = sites[torch.randperm(n_side ** 3, generator=g)[:n_mol].sort().values]
+    o = (sites.double() + 0.5) * a + 0.1 * a * (torch.rand(n_mol, 3, generator=g) - 0.5)
+    half = math.radians(104.5) / 2
+    local = 0.96 * torch.tensor([[math.sin(half), math.cos(half), 0.0],
+                                 [-math.sin(half), math.cos(half), 0.0]], dtype=torch.float64)
+    qrt = torch.randn(n_mol, 4, generator=g, dtype=torch.float64)
+    qrt = qrt / qrt.norm(dim=-1, keepdim=True)
+    w, x, y, z = qrt.unbind(-1)
+    rot = torch.stack([
+        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+        torch.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+        torch.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+    ], -2)
+    h = o[:, None, :] + torch.einsum("mab,kb->mka", rot, local)
+    pos = torch.cat([o[:, None], h], 1).reshape(-1, 3) % box
+    species = torch.tensor([1, 0, 0]).repeat(n_mol)
+    return pos.to(device), species.to(device), box
+
+
+def neighbour_list(pos, box: float, cutoff: float, chunk: int = 1 << 16):
+    """Cell-list pairs (all j != i with |r_ij| < cutoff, minimum image; needs box > 2 r_c).
+
+    Returns pair_i (sorted), pair_j, rij = x_j - x_i (float64) on pos.device.
+    """
+    assert box > 2 * cutoff
+    n = pos.shape[0]
+    nc = max(3, int(box // cutoff))
+    cs = box / nc
+    cell3 = (pos / cs).long().clamp_(0, nc - 1)
+    cell = (cell3[:, 0] * nc + cell3[:, 1]) * nc + cell3[:, 2]
+    order = torch.argsort(cell)
+    counts = torch.bincount(cell, minlength=nc ** 3)
+    m = int(counts.max())
+    start = torch.zeros_like(counts)
+    start[1:] = torch.cumsum(counts, 0)[:-1]
+    rank = torch.arange(n, device=pos.device) - start[cell[order]]
+    table = torch.full((nc ** 3, m), -1, dtype=torch.long, device=pos.device)
+    table[cell[order], rank] = order
+    off = torch.stack(torch.meshgrid(*[torch.arange(-1, 2, device=pos.device)] * 3,
+                                     indexing="ij"), -1).reshape(-1, 3)
+    pis, pjs, rs = [], [], []
+    for i0 in range(0, n, chunk):
+        ii = torch.arange(i0, min(n, i0 + chunk), device=pos.device)
+        nb = (cell3[ii][:, None, :] + off[None]) % nc  # [c, 27, 3]
+        nb = (nb[..., 0] * nc + nb[..., 1]) * nc + nb[..., 2]
+        cand = table[nb].reshape(len(ii), -1)  # [c, 27 m]
+        valid = (cand >= 0) & (cand != ii[:, None])
+        cj = cand.clamp(min=0)
+        r = pos[cj] - pos[ii][:, None]
+        r = r - box * torch.round(r / box)
+        valid &= (r * r).sum(-1) < cutoff * cutoff
+        ci, cjj = valid.nonzero(as_tuple=True)
+        pis.append(ii[ci])
+        pjs.append(cand[ci, cjj])
+        rs.append(r[ci, cjj])
+    pair_i, pair_j, rij = torch.cat(pis), torch.cat(pjs), torch.cat(rs)
+    o = torch.argsort(pair_i, stable=True)
+    return pair_i[o], pair_j[o], rij[o]
+
+
+def attention_inputs(n, species, dtype, device, seed=0):
+    from e2former_lammps.nn.radial import EdgeRadialMLP, GaussianBasis
+
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    h, dk, c = CFG["num_heads"], CFG["head_dim"], CFG["channels"]
+    q = torch.randn(n, h, dk, generator=g).to(device, dtype)
+    k = torch.randn(n, h, dk, generator=g).to(device, dtype)
+    v = torch.randn(n, 9, c, generator=g).to(device, dtype)
+    torch.manual_seed(seed)
+    mlp = EdgeRadialMLP(GaussianBasis(CUTOFF, CFG["num_rbf"]), 2, CFG["radial_hidden"],
+                        2 * h).to(device, dtype)
+    with torch.no_grad():
+        mlp.b_out.normal_(0, 0.1)
+    return q, k, v, mlp
+
+
+def flops_per_edge() -> float:
+    """Algorithmic FLOPs of the fused forward per edge (radial MLP, score, TP and sums)."""
+    c, h, dk = CFG["channels"], CFG["num_heads"], CFG["head_dim"]
+    r, hid = CFG["num_rbf"], CFG["radial_hidden"]
+    mlp = 2 * r * hid + 2 * hid * 2 * h + 4 * r  # two layers + rbf
+    score = 2 * h * dk + 10 * h
+    # per channel: weight 9 rows, R v1 (9 FMA), D2 v2 (25), rotate back 54 FMA, 20 adds
+    tp = c * (9 + 2 * (9 + 25 + 54) + 20)
+    return mlp + score + tp + 300  # + rotation / D2 construction
+
+
+def bytes_per_edge() -> float:
+    """Bytes gathered per edge without reuse: v_j rows, k_j, rij, pair_j, species_j."""
+    return 4 * (9 * CFG["channels"] + CFG["num_heads"] * CFG["head_dim"] + 3) + 8 + 8
+
+
+def bench(fn, warmup=10, rep=50):
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
+
+
+def peak_mem(fn) -> int:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated() - base)
+
+
+def is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def attention_stage(n_atoms, graph, impls, log, do_bwd_ref=True):
+    from kernels.attention import equivariant_attention
+
+    pos, species, pair_i, pair_j, rij = graph
+    dtype, dev = torch.float32, pos.device
+    q, k, v, mlp = attention_inputs(n_atoms, species, dtype, dev)
+    rij32 = rij.to(dtype)
+    leaves = [q, k, v, rij32] + [mlp.w_rbf, mlp.emb_recv, mlp.emb_send, mlp.w_out, mlp.b_out]
+    res = {}
+
+    def run(impl, backward):
+        ls = [t.detach().requires_grad_(backward) for t in leaves[:4]]
+        w = mlp.weights()
+        out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species, w,
+                                    CUTOFF, 1.0, 2, impl=impl)
+        if backward:
+            torch.autograd.grad(out, ls + list(mlp.parameters()), grad_out)
+        return out
+
+    grad_out = torch.randn(n_atoms, 20, CFG["channels"], device=dev, dtype=dtype)
+    outs = {}
+    for impl in impls:
+        r = {}
+        for mode, bwd in (("fwd", False), ("fwd_bwd", True)):
+            if impl == "reference" and bwd and not do_bwd_ref:
+                r[mode] = None
+                continue
+            try:
+                with torch.no_grad() if not bwd else torch.enable_grad():
+                    if not bwd:
+                        outs[impl] = run(impl, False).detach()
+                    r[mode + "_ms"] = bench(lambda: run(impl, bwd))
+                    r[mode + "_peak_bytes"] = peak_mem(lambda: run(impl, bwd))
+            except Exception as exc:  # noqa: BLE001
+                if not is_oom(exc):
+                    raise
+                r[mode + "_ms"] = None
+                r[mode + "_peak_bytes"] = "out of memory"
+                torch.cuda.empty_cache()
+            log(f"  attention {impl:9s} {mode:7s} {r.get(mode + '_ms')} ms  "
+                f"peak {r.get(mode + '_peak_bytes')}")
+        res[impl] = r
+    if "reference" in outs and "triton" in outs:
+        ref, tri = outs["reference"], outs["triton"]
+        res["fwd_rel_err_fp32"] = float((tri - ref).norm() / ref.norm())
+        log(f"  attention fwd rel err triton vs reference (fp32): {res['fwd_rel_err_fp32']:.2e}")
+    return res
+
+
+def full_model(n_atoms, graph, impls, log, check=False):
+    from e2former_lammps.config import E2FormerConfig
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph, E2FormerV2
+
+    pos, species, pair_i, pair_j, rij = graph
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(pos.device)
+    g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
+                  n_local=n_atoms, exchange=NoGhosts(n_atoms))
+
+    def step():
+        r = g.rij.detach().requires_grad_()
+        g2 = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n_atoms,
+                       exchange=g.exchange)
+        e = model(g2).sum()
+        (grad,) = torch.autograd.grad(e, r)
+        return e.detach(), grad
+
+    res, vals = {}, {}
+    for impl in impls:
+        model.set_attention_impl(impl)
+        try:
+            vals[impl] = step()
+            ms = bench(step, warmup=3, rep=20)
+            peak = peak_mem(step)
+            res[impl] = {"ms": ms, "atom_steps_per_s": n_atoms / (ms * 1e-3), "peak_bytes": peak,
+                         "peak_bytes_per_atom": peak / n_atoms}
+        except Exception as exc:  # noqa: BLE001
+            if not is_oom(exc):
+                raise
+            res[impl] = {"ms": None, "atom_steps_per_s": None, "peak_bytes": "out of memory"}
+            torch.cuda.empty_cache()
+        log(f"  model {impl:9s} {res[impl]}")
+    if check and "reference" in vals and "triton" in vals:
+        (e_r, f_r), (e_t, f_t) = vals["reference"], vals["triton"]
+        res["energy_rel_err"] = float((e_t - e_r).abs() / e_r.abs())
+        res["pair_grad_rel_err"] = float((f_t - f_r).norm() / f_r.norm())
+        log(f"  model check fp32 triton vs reference: energy rel {res['energy_rel_err']:.2e}, "
+            f"dE/drij rel {res['pair_grad_rel_err']:.2e}")
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--model-sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--ref-max", type=int, default=100000, help="largest N for the reference")
+    ap.add_argument("--out", default="benchmarks/results/kernels.json")
+    ap.add_argument("--plot", default=None, help="only draw the PNG from this JSON")
+    ap.add_argument("--blocks", default=None, help="JSON tile sizes for the forward kernel")
+    args = ap.parse_args()
+    if args.plot:
+        plot(args.plot)
+        return
+    if args.blocks:
+        import kernels.attention.triton_forward as tf
+
+        bl = json.loads(args.blocks)
+        tf.default_blocks = lambda n_heads, device: bl
+    lines = []
+
+    def log(s):
+        print(s, flush=True)
+        lines.append(s)
+
+    dev = torch.device("cuda")
+    try:
+        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    except Exception:  # noqa: BLE001
+        commit = os.environ.get("GIT_COMMIT", "unknown")
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "dtype": "float32 (tl.dot input_precision ieee: no tf32)",
+        "commit": commit,
+        "torch": torch.__version__,
+        "config": CFG,
+        "system": "water 1 g/cm^3, periodic cubic box, r_c 5 A",
+        "flops_per_edge": flops_per_edge(),
+        "bytes_per_edge_no_reuse": bytes_per_edge(),
+        "ceilings": {"fp32_tflops": FP32_TFLOPS_CEIL, "hbm_gbps": HBM_GBPS_CEIL},
+        "mace": MACE_CITED,
+        "sizes": [],
+    }
+    for n in args.sizes:
+        t0 = time.time()
+        pos, species, box = water_box(n, device=dev)
+        n = pos.shape[0]
+        pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+        edges = int(pair_i.numel())
+        log(f"N={n} box={box:.1f} A edges={edges} ({edges / n:.1f}/atom) "
+            f"[built in {time.time() - t0:.1f}s]")
+        graph = (pos, species, pair_i, pair_j, rij)
+        impls = ["triton"] + (["reference"] if n <= args.ref_max else [])
+        att = attention_stage(n, graph, impls, log)
+        entry = {"n_atoms": n, "edges": edges, "neighbours_per_atom": edges / n,
+                 "attention": att}
+        t = att["triton"]
+        rref = att.get("reference", {})
+        sp = {}
+        for mode in ("fwd", "fwd_bwd"):
+            a, b = t.get(mode + "_ms"), rref.get(mode + "_ms")
+            sp[mode] = (b / a) if (a and b) else None
+        entry["speedup_vs_edge_reference"] = sp
+        if t.get("fwd_ms"):
+            sec = t["fwd_ms"] * 1e-3
+            entry["tflops"] = {"fwd": edges * flops_per_edge() / sec / 1e12,
+                               "fraction_of_fp32_ceiling":
+                                   edges * flops_per_edge() / sec / 1e12 / FP32_TFLOPS_CEIL}
+            entry["gbps"] = {"fwd_gathered_no_reuse": edges * bytes_per_edge() / sec / 1e9,
+                             "fwd_unique_min": n * 4 * (9 * 256 + 20 * 256 + 2 * 1024) / sec
+                             / 1e9}
+        entry["peak_mem_bytes"] = {
+            "ours": t.get("fwd_bwd_peak_bytes"),
+            "reference": rref.get("fwd_bwd_peak_bytes"),
+            "what": "attention stage forward+backward, above the inputs",
+        }
+        if n in args.model_sizes:
+            try:
+                mres = full_model(n, graph, impls, log, check=n <= args.ref_max)
+            except Exception as exc:  # noqa: BLE001
+                if not is_oom(exc):
+                    raise
+                mres = {"error": "out of memory"}
+                torch.cuda.empty_cache()
+            entry["model_energy_forces"] = mres
+            entry["atom_steps_per_s"] = {
+                "ours": mres.get("triton", {}).get("atom_steps_per_s"),
+                "reference": mres.get("reference", {}).get("atom_steps_per_s"),
+                "mace": None,
+                "mace_note": "not run here; see top-level 'mace' for figures cited from "
+                             "performance.md (measured earlier, not in this run)",
+            }
+            entry["peak_mem_bytes"]["model_energy_forces"] = {
+                "ours": mres.get("triton", {}).get("peak_bytes"),
+                "reference": mres.get("reference", {}).get("peak_bytes")}
+        result["sizes"].append(entry)
+        del graph, pos, pair_i, pair_j, rij
+        torch.cuda.empty_cache()
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    log("N        edges      fwd ms(tri/ref)      fwd+bwd ms(tri/ref)   speedup f/fb   "
+        "TFLOP/s  model atom-steps/s (tri/ref)")
+    for e in result["sizes"]:
+        a = e["attention"]
+        t, r = a["triton"], a.get("reference", {})
+        m = e.get("atom_steps_per_s", {})
+        log(f"{e['n_atoms']:<8d} {e['edges']:<10d} {t.get('fwd_ms')}/{r.get('fwd_ms')}  "
+            f"{t.get('fwd_bwd_ms')}/{r.get('fwd_bwd_ms')}  "
+            f"{e['speedup_vs_edge_reference']}  {e.get('tflops', {}).get('fwd')}  "
+            f"{m.get('ours')}/{m.get('reference')}")
+
+
+def plot(path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(path) as f:
+        res = json.load(f)
+    sizes = res["sizes"]
+    fig, axs = plt.subplots(1, 3, figsize=(15, 4.5))
+    for impl, mk in (("triton", "o-"), ("reference", "s--")):
+        for mode in ("fwd", "fwd_bwd"):
+            xs = [e["n_atoms"] for e in sizes if e["attention"].get(impl, {}).get(mode + "_ms")]
+            ys = [e["attention"][impl][mode + "_ms"] for e in sizes
+                  if e["attention"].get(impl, {}).get(mode + "_ms")]
+            if xs:
+                axs[0].plot(xs, ys, mk, label=f"{impl} {mode}")
+            ys = [e["attention"][impl][mode + "_peak_bytes"] / e["n_atoms"] / 1e3 for e in sizes
+                  if isinstance(e["attention"].get(impl, {}).get(mode + "_peak_bytes"), int)]
+            xs = [e["n_atoms"] for e in sizes
+                  if isinstance(e["attention"].get(impl, {}).get(mode + "_peak_bytes"), int)]
+            if xs and mode == "fwd_bwd":
+                axs[1].plot(xs, ys, mk, label=f"attention {impl} fwd+bwd")
+        xs = [e["n_atoms"] for e in sizes
+              if (e.get("atom_steps_per_s") or {}).get("ours" if impl == "triton" else impl)]
+        ys = [e["atom_steps_per_s"]["ours" if impl == "triton" else impl] for e in sizes
+              if (e.get("atom_steps_per_s") or {}).get("ours" if impl == "triton" else impl)]
+        if xs:
+            axs[2].plot(xs, ys, mk, label=f"E2Former-V2 model ({impl} attention)")
+        xs = [e["n_atoms"] for e in sizes if isinstance(
+            ((e.get("peak_mem_bytes") or {}).get("model_energy_forces") or {}).get(
+                "ours" if impl == "triton" else impl), int)]
+        ys = [e["peak_mem_bytes"]["model_energy_forces"]["ours" if impl == "triton" else impl]
+              / e["n_atoms"] / 1e3 for e in sizes if e["n_atoms"] in xs]
+        if xs:
+            axs[1].plot(xs, ys, mk.replace("o", "^").replace("s", "v"),
+                        label=f"full model E+F ({impl})")
+    mace = res.get("mace", {}).get("atom_steps_per_s", {})
+    mx = [int(k) for k, v in mace.items() if isinstance(v, (int, float))]
+    if mx:
+        axs[2].plot(mx, [mace[str(k)] for k in mx], "k:", marker="x",
+                    label="MACE cuEq lmax2 (cited, earlier run)")
+    axs[0].set_title("attention stage time (ms)")
+    axs[1].set_title("peak memory per atom (kB)")
+    axs[2].set_title("energy+forces atom-steps/s")
+    for ax in axs:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("atoms")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+    fig.suptitle(f"{res['device']}, {res['dtype'].split(' ')[0]}, commit {res['commit'][:8]}")
+    fig.tight_layout()
+    out = os.path.splitext(path)[0] + ".png"
+    fig.savefig(out, dpi=110)
+    print("wrote", out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Fused Triton attention vs the PyTorch reference: values, first and second derivatives.
+
+On the CPU the kernels run in Triton's interpreter, which must be switched on before triton is
+first imported: this module sets TRITON_INTERPRET=1 at import when there is no CUDA device and
+triton is not loaded yet (torch does not load it). Elsewhere (GPU machine) the CPU tests run
+only if TRITON_INTERPRET=1 was set by the caller; the CUDA tests run on the device. Inputs are
+fresh random every run; the seed is printed (pytest -s) and part of every failure message.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+
+import pytest
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETER_ON = os.environ.get("TRITON_INTERPRET") == "1"
+
+import e2former_lammps  # noqa: E402,F401  (import order: the package before kernels)
+from kernels.attention import EdgeRadialWeights, equivariant_attention  # noqa: E402
+
+triton = pytest.importorskip("triton")
+CUTOFF, EPS = 5.0, 1.0
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    if not INTERPRETER_ON:
+        pytest.skip("CPU kernel tests need TRITON_INTERPRET=1 before triton is imported: "
+                    "TRITON_INTERPRET=1 pytest tests/test_attention_kernels.py")
+
+
+def fresh_seed() -> int:
+    seed = int(time.time_ns() % 2**31)
+    print(f"seed {seed}")
+    return seed
+
+
+def make_inputs(seed, degrees, n_total, heads=4, d_k=8, channels=8, n_rbf=20, hidden=24,
+                dtype=torch.float64, device="cpu"):
+    """Random op inputs; degrees[i] neighbours of receiver i (0 allowed), distances in (0.7, r_c)."""
+    g = torch.Generator().manual_seed(seed)
+    n_recv = len(degrees)
+    pair_i = torch.repeat_interleave(torch.arange(n_recv), torch.tensor(degrees))
+    e = pair_i.numel()
+    pair_j = torch.randint(0, n_total, (e,), generator=g)
+    direction = torch.randn(e, 3, generator=g, dtype=torch.float64)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    dist = 0.7 + (CUTOFF * 0.999 - 0.7) * torch.rand(e, 1, generator=g, dtype=torch.float64)
+    rij = direction * dist
+
+    def rn(*shape, scale=1.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
+
+    q, k = rn(n_recv, heads, d_k), rn(n_total, heads, d_k)
+    v = rn(n_total, 9, channels)
+    species = torch.randint(0, 3, (n_total,), generator=g)
+    radial = EdgeRadialWeights(
+        torch.linspace(0.0, CUTOFF, n_rbf, dtype=torch.float64), CUTOFF / (n_rbf - 1),
+        rn(n_rbf, hidden, scale=n_rbf**-0.5), rn(3, hidden, scale=0.5), rn(3, hidden, scale=0.5),
+        rn(hidden, 2 * heads, scale=hidden**-0.5), rn(2 * heads, scale=0.3),
+    )
+    cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+    radial = EdgeRadialWeights(*(cast(f) if torch.is_tensor(f) else f
+                                 for f in dataclasses.astuple(radial)))
+    return (cast(q), cast(k), cast(v), cast(rij), pair_i.to(device), pair_j.to(device),
+            species.to(device), radial)
+
+
+def call(impl, inputs, leaves=None):
+    q, k, v, rij, pair_i, pair_j, species, radial = inputs
+    if leaves is not None:
+        q, k, v, rij = leaves[:4]
+        radial = dataclasses.replace(radial, w_rbf=leaves[4], emb_recv=leaves[5],
+                                     emb_send=leaves[6], w_out=leaves[7], b_out=leaves[8])
+    return equivariant_attention(q, k, v, rij, pair_i, pair_j, species, radial, CUTOFF, EPS, 2,
+                                 impl=impl)
+
+
+def make_leaves(inputs):
+    q, k, v, rij, _, _, _, radial = inputs
+    return [t.detach().clone().requires_grad_() for t in
+            (q, k, v, rij, radial.w_rbf, radial.emb_recv, radial.emb_send, radial.w_out,
+             radial.b_out)]
+
+
+NAMES = ("q", "k", "v", "rij", "w_rbf", "emb_recv", "emb_send", "w_out", "b_out")
+
+
+def rel(a, b):
+    return float((a - b).norm() / b.norm().clamp(min=1e-300))
+
+
+# Receivers with 0 neighbours, a few, > one tile (tile = 16 edges), a partly empty last tile.
+DEGREES = [0, 3, 40, 17, 1, 0, 16]
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_forward_matches_reference(interpreter, dtype, tol):
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype)
+    ref_inputs = make_inputs(seed, DEGREES, n_total=9, dtype=torch.float64)
+    out = call("triton", inputs)
+    ref = call("reference", ref_inputs)
+    assert out.shape == ref.shape and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert rel(out.double(), ref) < tol, f"seed {seed}"
+    # receivers without neighbours get exactly zero
+    assert (out[0] == 0).all() and (out[5] == 0).all()
+
+
+def test_forward_paper_heads(interpreter):
+    """128 heads x 8, C = 256 (2 channels per head), 256 rbf: several head blocks per program."""
+    seed = fresh_seed()
+    inputs = make_inputs(seed, [5, 0, 21], n_total=6, heads=128, d_k=8, channels=256,
+                         n_rbf=256, hidden=64)
+    assert rel(call("triton", inputs), call("reference", inputs)) < 1e-12, f"seed {seed}"
+
+
+@pytest.mark.parametrize("backward", ["triton", "chunked"])
+def test_first_derivatives(interpreter, backward, monkeypatch):
+    import kernels.attention.autograd as ag
+
+    if backward == "triton":
+        pytest.importorskip("kernels.attention.triton_backward")
+    monkeypatch.setattr(ag, "BACKWARD_IMPL", backward)
+    monkeypatch.setattr(ag, "CHUNK_EDGES", 20)  # several chunks, one receiver over the limit
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9)
+    grads = {}
+    for impl in ("reference", "triton"):
+        leaves = make_leaves(inputs)
+        out = call(impl, inputs, leaves)
+        g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                            dtype=out.dtype)
+        grads[impl] = torch.autograd.grad(out, leaves, g_out)
+    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
+        assert rel(a, b) < 1e-10, f"d/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
+
+
+def test_double_backward(interpreter):
+    """Gradient of a force-like loss (|dL/d inputs|^2) matches the reference."""
+    seed = fresh_seed()
+    inputs = make_inputs(seed, [0, 4, 19, 2], n_total=5)
+    res = {}
+    for impl in ("reference", "triton"):
+        leaves = make_leaves(inputs)
+        out = call(impl, inputs, leaves)
+        g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                            dtype=out.dtype)
+        first = torch.autograd.grad(out, leaves, g_out, create_graph=True)
+        loss = sum((f * f).sum() for f in first)
+        res[impl] = torch.autograd.grad(loss, leaves)
+    for name, a, b in zip(NAMES, res["triton"], res["reference"]):
+        assert rel(a, b) < 1e-10, f"d2/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
+
+
+def test_auto_dispatch_cpu_is_reference():
+    from kernels.attention import resolve_impl
+
+    q = torch.zeros(1, 1, 1)
+    assert resolve_impl("auto", q, 2) == "reference"
+    assert resolve_impl("triton", q, 2) == "triton"
+
+
+def test_eaas_pattern_matches_o3():
+    from kernels.attention.triton_forward import eaas_constants
+
+    assert len(eaas_constants()) == 14
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_forward_backward_paper_size():
+    seed = fresh_seed()
+    g = torch.Generator().manual_seed(seed)
+    degrees = torch.randint(0, 70, (300,), generator=g).tolist()
+    inputs = make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256,
+                         n_rbf=256, hidden=64, dtype=torch.float32, device="cuda")
+    ref64 = make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256,
+                        n_rbf=256, hidden=64, dtype=torch.float64, device="cuda")
+    out = call("triton", inputs)
+    ref = call("reference", ref64)
+    assert rel(out.double(), ref) < 1e-5, f"seed {seed}"
+    grads = {}
+    for impl, inp in (("triton", inputs), ("reference", ref64)):
+        leaves = make_leaves(inp)
+        o = call(impl, inp, leaves)
+        g_out = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o)
+        grads[impl] = torch.autograd.grad(o, leaves, g_out)
+    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
+        assert rel(a.double(), b) < 1e-4, f"d/d{name} {rel(a.double(), b):.2e} (seed {seed})"
