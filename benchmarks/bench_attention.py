@@ -260,7 +260,11 @@ def main():
     ap.add_argument("--out", default="benchmarks/results/kernels.json")
     ap.add_argument("--plot", default=None, help="only draw the PNG from this JSON")
     ap.add_argument("--blocks", default=None, help="JSON tile sizes for the forward kernel")
+    ap.add_argument("--sweep", type=int, default=0, help="only time forward tile sizes at N")
     args = ap.parse_args()
+    if args.sweep:
+        sweep(args.sweep)
+        return
     if args.plot:
         plot(args.plot)
         return
@@ -361,6 +365,39 @@ def main():
             f"{t.get('fwd_bwd_ms')}/{r.get('fwd_bwd_ms')}  "
             f"{e['speedup_vs_edge_reference']}  {e.get('tflops', {}).get('fwd')}  "
             f"{m.get('ours')}/{m.get('reference')}")
+
+
+SWEEP = [dict(BLOCK_E=16, BLOCK_H=64, BLOCK_R=32, num_warps=4),
+         dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4),
+         dict(BLOCK_E=16, BLOCK_H=128, BLOCK_R=32, num_warps=8),
+         dict(BLOCK_E=32, BLOCK_H=64, BLOCK_R=32, num_warps=8),
+         dict(BLOCK_E=16, BLOCK_H=64, BLOCK_R=64, num_warps=8)]
+
+
+def sweep(n_atoms):
+    """Forward time of a few tile shapes (first = default) on the water box."""
+    import kernels.attention.triton_forward as tf
+    from kernels.attention import equivariant_attention
+
+    dev = torch.device("cuda")
+    pos, species, box = water_box(n_atoms, device=dev)
+    n = pos.shape[0]
+    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
+    rij = rij.float()
+    with torch.no_grad():
+        for bl in SWEEP:
+            tf.default_blocks = lambda n_heads, device, bl=bl: bl
+            t0 = time.time()
+            fn = lambda: equivariant_attention(q, k, v, rij, pair_i, pair_j, species,  # noqa
+                                               mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
+            fn()
+            torch.cuda.synchronize()
+            comp = time.time() - t0
+            ms = bench(fn)
+            print(f"sweep N={n} E={pair_i.numel()} {bl}: {ms:.3f} ms "
+                  f"({pair_i.numel() * flops_per_edge() / ms / 1e9:.1f} TFLOP/s; "
+                  f"first call {comp:.1f}s)", flush=True)
 
 
 def plot(path):
