@@ -36,7 +36,7 @@ class E2FormerCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         cfg = self.model.config
-        graph, _ = atoms_to_graph(self.atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+        graph = atoms_to_graph(self.atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
                                   self.dtype, self.device)
         check_pairs(graph.rij, graph.pair_i, graph.pair_j)
         if cfg.charge_spin:

@@ -14,6 +14,39 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training import TrainConfig, train
+
+    cfg = TrainConfig.from_yaml(args.config)
+    overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device))
+                 if v is not None}
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    if args.no_resume:
+        cfg.resume = False
+    result = train(cfg)
+    print(f"wrote {result['model']}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+
+    from .training import evaluate_model_file
+
+    res = evaluate_model_file(args.model, args.data, batch_size=args.batch_size,
+                              device=args.device, data_format=args.format)
+    if args.json:
+        print(json.dumps(res, indent=1))
+        return 0
+    rows = [("overall", res["overall"])] + sorted(res["subsets"].items())
+    print(f"{'subset':<28} {'frames':>7} {'E MAE meV/atom':>15} {'F MAE meV/A':>12}")
+    for name, m in rows:
+        print(f"{name:<28} {m['n_frames']:>7} {m['energy_mae_meV_per_atom']:>15.3f} "
+              f"{m['force_mae_meV_per_A']:>12.2f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2former-lammps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -23,9 +56,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="precision inside LAMMPS (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if present)")
-    p.add_argument("--attention", default="auto", help="attention implementation: auto, "
-                   "reference or triton")
+    p.add_argument("--attention", default=None, help="attention implementation: auto, "
+                   "reference or triton (default: the model's own choice)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (resumes if possible)")
+    p.add_argument("config", help="training config YAML (see configs/)")
+    p.add_argument("--output-dir", default=None, help="override the config's output_dir")
+    p.add_argument("--device", default=None, help="override the config's device")
+    p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="energy/force MAE of a model on labelled data")
+    p.add_argument("--model", required=True, help="model file or packaged name")
+    p.add_argument("--data", required=True, nargs="+", help="SPICE .hdf5, .aselmdb or extxyz")
+    p.add_argument("--format", default=None, help="data format (default: by extension)")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.set_defaults(func=_evaluate)
     return parser
 
 

@@ -12,10 +12,14 @@ def energy_and_pair_gradient(model: E2FormerV2, graph: AtomGraph,
     """(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) with E the sum of the local energies."""
     rij = graph.rij.detach().requires_grad_(True)
     graph.rij = rij
+    # A collective exchange must run its backward on every rank: differentiate with respect
+    # to its anchor too, so that its nodes are on the path even where rij has no pairs.
+    anchor = getattr(graph.exchange, "anchor", None)
+    inputs = (rij,) if anchor is None else (rij, anchor)
     with torch.enable_grad():
         eatoms = model(graph)
-        (grad,) = torch.autograd.grad(eatoms.sum(), rij, create_graph=create_graph,
-                                      allow_unused=True)
+        grad = torch.autograd.grad(eatoms.sum(), inputs, create_graph=create_graph,
+                                   allow_unused=True)[0]
     if grad is None:  # no pairs at all
         grad = torch.zeros_like(rij)
     return eatoms, grad

@@ -13,8 +13,8 @@ from .validation import check_positions, species_index
 
 def atoms_to_graph(atoms: Atoms, elements: list[str], atomic_numbers: list[int],
                    cutoff: float, dtype: torch.dtype = torch.float64,
-                   device: str | torch.device = "cpu") -> tuple[AtomGraph, torch.Tensor]:
-    """AtomGraph of one structure and its positions tensor (leaf, for force autograd).
+                   device: str | torch.device = "cpu") -> AtomGraph:
+    """AtomGraph of one structure.
 
     rij = x_j - x_i + S . cell (S the integer image shift), so ghosts are never made: an
     image of atom j is atom j itself, reached with another displacement.
@@ -27,13 +27,15 @@ def atoms_to_graph(atoms: Atoms, elements: list[str], atomic_numbers: list[int],
     i, j, shifts = i[order], j[order], shifts[order]
     cell = torch.tensor(np.asarray(atoms.get_cell()), dtype=torch.float64)
     offsets = torch.tensor(shifts, dtype=torch.float64) @ cell
-    pos = positions.to(device=device, dtype=dtype)
-    pair_i = torch.as_tensor(i, dtype=torch.long, device=device)
-    pair_j = torch.as_tensor(j, dtype=torch.long, device=device)
-    rij = pos[pair_j] - pos[pair_i] + offsets.to(device=device, dtype=dtype)
+    pair_i = torch.as_tensor(i, dtype=torch.long)
+    pair_j = torch.as_tensor(j, dtype=torch.long)
+    # Differences in float64 first: at 500 Å from the origin float32 positions keep only
+    # ~1e-5 Å, so a float32 model would see a translated structure differently.
+    rij = (positions[pair_j] - positions[pair_i] + offsets).to(device=device, dtype=dtype)
+    pair_i, pair_j = pair_i.to(device), pair_j.to(device)
     n = len(atoms)
     graph = AtomGraph(
         species=species.to(device), pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=n,
         exchange=NoGhosts(n),
     )
-    return graph, pos
+    return graph

@@ -1,0 +1,160 @@
+"""`pair_style mliap unified FILE 0|1` adapter: LAMMPS `data` <-> model inputs and back.
+
+flag 0 (feature exchange): only owned atoms receive messages; after each layer ghost rows
+are filled from their owners (same rank: periodic images; other ranks: mpi4py). Needs atom
+tags, so the deck hands LAMMPS to the model (see hook.py) whenever ghosts are neighbours.
+flag 1 (ghost shell): LAMMPS also lists pairs of ghost atoms; every atom is computed here
+with no communication. Exact when `comm_modify cutoff` >= (num_layers + 1) * r_c + skin.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..exchange import NoGhosts
+from ..forces import energy_and_pair_gradient
+from ..model import AtomGraph, E2FormerV2
+from ..parallel import build_exchange
+from ..validation import InputError, check_pairs
+from .hook import DECK_LINES, attached
+
+try:
+    from lammps.mliap.mliap_unified_abc import MLIAPUnified
+except ImportError:  # building/exporting a model needs no LAMMPS
+    MLIAPUnified = object
+
+
+class E2FormerMLIAP(MLIAPUnified):
+    """ML-IAP unified model wrapping an E2FormerV2 (energies eV, lengths Å: `units metal`)."""
+
+    def __init__(self, model: E2FormerV2, device: str = "cpu"):
+        super().__init__()
+        self.model = model.eval()
+        self.device = device
+        self.element_types = list(model.elements)
+        self.ndescriptors = 1
+        self.nparams = 1
+        self.rcutfac = 0.5 * model.config.cutoff  # LAMMPS pair cutoff = 2 * rcutfac
+        self._exchange_key = None
+        self._exchange = None
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._exchange_key = self._exchange = None
+        self.model.to(self.device)
+
+    def compute_descriptors(self, data) -> None:
+        pass
+
+    def compute_gradients(self, data) -> None:
+        pass
+
+    def compute_forces(self, data) -> None:
+        try:
+            self._compute_forces(data)
+        except InputError as exc:
+            # LAMMPS prints the Python error and stops; keep it to one clear line.
+            raise InputError(f"E2Former: {exc}") from None
+
+    # ---------------------------------------------------------------------------------
+    def _exchange_for(self, lmp, comm, nlocal: int, ntotal: int, ghost_neighbours: bool):
+        if lmp is None:
+            if ghost_neighbours:
+                raise InputError(
+                    "ghost atoms are neighbours (periodic images or other MPI ranks) but this "
+                    "LAMMPS instance was not handed to the model, so their features cannot be "
+                    "exchanged. Add these two lines to the input deck:\n" + DECK_LINES +
+                    "\nor use ghost-shell mode: `pair_style mliap unified FILE 1` with "
+                    f"`comm_modify cutoff {self.shell_cutoff():.2f}` (+ skin)"
+                )
+            return NoGhosts(nlocal) if ntotal == nlocal else _DetachedGhosts(nlocal, ntotal)
+        tags = np.array(lmp.numpy.extract_atom("id", nelem=ntotal), dtype=np.int64, copy=True)
+        key = (nlocal, ntotal, tags.tobytes())
+        if key != self._exchange_key:
+            self._exchange = build_exchange(tags, nlocal, comm)
+            self._exchange_key = key
+        return self._exchange
+
+    def shell_cutoff(self) -> float:
+        cfg = self.model.config
+        return (cfg.num_layers + 1) * cfg.cutoff
+
+    def _compute_forces(self, data) -> None:
+        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
+        nlist = int(data.nlistatoms)
+        iatoms = np.asarray(data.iatoms)[:nlist]
+        if nlist != nlocal or (nlist and not np.array_equal(iatoms, np.arange(nlist))):
+            raise InputError("NULL element types in pair_coeff are not supported by E2Former")
+        elems = np.asarray(data.elems)[:ntotal]
+        pair_i = np.asarray(data.pair_i)[:npairs]
+        pair_j = np.asarray(data.pair_j)[:npairs]
+        rij_np = np.asarray(data.rij)[:npairs]
+        lmp = attached()
+        comm = _lammps_comm(lmp)
+        ghost_shell = int(data.natomneigh) > nlist
+        if comm is not None and comm.Get_size() > 1:  # one mode on all ranks (collectives)
+            ghost_shell = bool(comm.allreduce(int(ghost_shell)))
+
+        dev = torch.device(self.device)
+        dtype = next(self.model.parameters()).dtype
+        pi = torch.as_tensor(pair_i, dtype=torch.long)
+        order = None
+        if npairs and bool((pi[1:] < pi[:-1]).any()):
+            order = torch.argsort(pi, stable=True)
+        rij = torch.as_tensor(rij_np)
+        pj = torch.as_tensor(pair_j, dtype=torch.long)
+        if order is not None:
+            pi, pj, rij = pi[order], pj[order], rij[order]
+        check_pairs(rij, pi, pj, label=lambda k: f"#{k} (local index)")
+
+        if ghost_shell:
+            exchange = NoGhosts(ntotal)
+        else:
+            ghost_neighbours = bool(npairs) and int(pair_j.max()) >= nlocal
+            exchange = self._exchange_for(lmp, comm, nlocal, ntotal, ghost_neighbours)
+        graph = AtomGraph(
+            species=torch.as_tensor(elems, dtype=torch.long, device=dev),
+            pair_i=pi.to(dev), pair_j=pj.to(dev), rij=rij.to(device=dev, dtype=dtype),
+            n_local=nlocal, exchange=exchange,
+        )
+        if self.model.config.charge_spin:
+            graph.charge = torch.tensor([self.charge], device=dev)
+            graph.spin = torch.tensor([self.spin], device=dev)
+        eatoms, grad = energy_and_pair_gradient(self.model, graph)
+        eatoms = eatoms.detach().double().cpu().numpy()
+        if not np.isfinite(eatoms).all():
+            raise InputError("the model returned a non-finite energy")
+        fij = grad.detach().double().cpu()
+        if order is not None:
+            fij = torch.empty_like(fij).index_copy_(0, order, fij)
+        data.eatoms = np.ascontiguousarray(eatoms)
+        data.energy = float(eatoms.sum())
+        if npairs:
+            data.update_pair_forces(np.ascontiguousarray(fij.numpy()))
+
+    charge: float = 0.0
+    spin: float = 1.0
+
+
+class _DetachedGhosts(NoGhosts):
+    """Ghosts exist but none is a neighbour: their rows are never read, fill with zeros."""
+
+    def __init__(self, nlocal: int, ntotal: int):
+        self.n_recv, self.n_total = nlocal, ntotal
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        pad = x.new_zeros(self.n_total - self.n_recv, *x.shape[1:])
+        return torch.cat([x, pad], dim=0)
+
+
+def _lammps_comm(lmp):
+    if lmp is None:
+        return None
+    try:
+        return lmp.get_mpi_comm()
+    except Exception:
+        try:
+            from mpi4py import MPI
+        except ImportError:
+            return None
+        return MPI.COMM_WORLD

@@ -1,0 +1,129 @@
+"""Ghost-atom maps from LAMMPS atom tags, and the mpi4py feature exchange between ranks.
+
+Every rank knows the tags of its owned atoms (rows 0..nlocal) and of its ghosts (rows
+nlocal..ntotal). A ghost is a copy (maybe a periodic image) of an atom owned by some rank,
+possibly this one. The plan is built once per re-neighbouring (the ghost tag list is
+unchanged in between) with one Allgather of owned tags and one Alltoallv of requests:
+simple and independent of LAMMPS's processor layout (brick or tiled).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .exchange import Exchange, LocalImages
+
+
+def owner_index(local_tags: np.ndarray, ghost_tags: np.ndarray) -> np.ndarray:
+    """Row of each ghost's owner among local_tags (all owners on this rank)."""
+    order = np.argsort(local_tags, kind="stable")
+    pos = np.searchsorted(local_tags, ghost_tags, sorter=order)
+    pos = np.minimum(pos, len(order) - 1) if len(order) else pos
+    found = len(order) > 0 and np.array_equal(local_tags[order[pos]], ghost_tags)
+    if not found and len(ghost_tags):
+        raise RuntimeError("ghost atom whose tag is not owned by this rank (single-rank map)")
+    return order[pos]
+
+
+class MPIExchangePlan:
+    """Who sends which owned rows to which rank, and where received rows go."""
+
+    def __init__(self, comm, tags: np.ndarray, nlocal: int):
+        self.comm = comm
+        size = comm.Get_size()
+        self.nlocal, self.ntotal = nlocal, len(tags)
+        local_tags = np.ascontiguousarray(tags[:nlocal], dtype=np.int64)
+        ghost_tags = np.ascontiguousarray(tags[nlocal:], dtype=np.int64)
+
+        counts = np.array(comm.allgather(nlocal), dtype=np.int64)
+        all_tags = np.empty(int(counts.sum()), dtype=np.int64)
+        comm.Allgatherv(local_tags, [all_tags, counts])
+        all_rank = np.repeat(np.arange(size), counts)
+        all_row = np.concatenate([np.arange(c) for c in counts]) if size else all_tags
+        order = np.argsort(all_tags, kind="stable")
+        pos = np.searchsorted(all_tags, ghost_tags, sorter=order)
+        pos = np.minimum(pos, max(len(order) - 1, 0))
+        if len(ghost_tags) and not np.array_equal(all_tags[order[pos]], ghost_tags):
+            raise RuntimeError("a ghost atom's tag is owned by no rank: inconsistent atom ids")
+        owner_rank = all_rank[order[pos]]
+        owner_row = all_row[order[pos]]
+
+        # Ghost rows grouped by the rank that owns them.
+        by_rank = np.argsort(owner_rank, kind="stable")
+        self.recv_rows = nlocal + by_rank  # ghost rows, in the order data arrives
+        self.recv_counts = np.bincount(owner_rank, minlength=size).astype(np.int64)
+        requests = np.ascontiguousarray(owner_row[by_rank], dtype=np.int64)
+        self.send_counts = np.empty(size, dtype=np.int64)
+        comm.Alltoall(self.recv_counts, self.send_counts)
+        self.send_rows = np.empty(int(self.send_counts.sum()), dtype=np.int64)
+        comm.Alltoallv([requests, self.recv_counts], [self.send_rows, self.send_counts])
+        self.send_rows_t = torch.from_numpy(self.send_rows)
+        self.recv_rows_t = torch.from_numpy(self.recv_rows)
+
+    def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray,
+                   recv_counts: np.ndarray, width: int) -> np.ndarray:
+        from mpi4py import MPI
+
+        recv = np.empty((int(recv_counts.sum()), width), dtype=send.dtype)
+        mpi_type = MPI.DOUBLE if send.dtype == np.float64 else MPI.FLOAT
+        self.comm.Alltoallv([send, send_counts * width, mpi_type],
+                            [recv, recv_counts * width, mpi_type])
+        return recv
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x [nlocal, ...] -> [ntotal, ...]: owned rows to the ghosts of every rank."""
+        flat = x.reshape(x.shape[0], -1)
+        width = flat.shape[1]
+        send = flat.detach()[self.send_rows_t.to(x.device)].cpu().numpy()
+        recv = self._alltoallv(np.ascontiguousarray(send), self.send_counts,
+                               self.recv_counts, width)
+        out = flat.new_empty(self.ntotal, width)
+        out[: self.nlocal] = flat
+        out[self.recv_rows_t.to(x.device)] = torch.from_numpy(recv).to(x.device)
+        return out.view(self.ntotal, *x.shape[1:])
+
+    def reverse(self, grad: Tensor) -> Tensor:
+        """grad [ntotal, ...] -> [nlocal, ...]: ghost gradients added back into owners."""
+        flat = grad.reshape(grad.shape[0], -1)
+        width = flat.shape[1]
+        send = flat[self.recv_rows_t.to(grad.device)].cpu().numpy()
+        recv = self._alltoallv(np.ascontiguousarray(send), self.recv_counts,
+                               self.send_counts, width)
+        out = flat[: self.nlocal].clone()
+        out.index_add_(0, self.send_rows_t.to(grad.device), torch.from_numpy(recv).to(grad.device))
+        return out.view(self.nlocal, *grad.shape[1:])
+
+
+class _MPIExchangeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, anchor: Tensor, plan: MPIExchangePlan) -> Tensor:
+        ctx.plan = plan
+        return plan.forward(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.plan.reverse(grad.contiguous()), None, None
+
+
+class MPIExchange(Exchange):
+    """Exchange through mpi4py. Collective: every rank calls it once per layer, in forward
+    and in backward. `anchor` (requires grad) keeps each exchange on the backward path of
+    every rank, also of ranks whose own atoms have no pairs, so no rank skips a collective:
+    differentiate with respect to it as well (see forces.energy_and_pair_gradient)."""
+
+    def __init__(self, plan: MPIExchangePlan):
+        self.plan = plan
+        self.n_recv, self.n_total = plan.nlocal, plan.ntotal
+        self.anchor = torch.zeros((), requires_grad=True)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _MPIExchangeFunction.apply(x, self.anchor, self.plan)
+
+
+def build_exchange(tags: np.ndarray, nlocal: int, comm=None) -> Exchange:
+    """LocalImages on one rank, MPIExchange across ranks. tags [ntotal] (owned then ghosts)."""
+    if comm is None or comm.Get_size() == 1:
+        owner = owner_index(np.asarray(tags[:nlocal]), np.asarray(tags[nlocal:]))
+        return LocalImages(torch.as_tensor(owner, dtype=torch.long), nlocal)
+    return MPIExchange(MPIExchangePlan(comm, np.asarray(tags), nlocal))

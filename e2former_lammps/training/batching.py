@@ -1,0 +1,156 @@
+"""Frames packed into device tensors; a batch is one AtomGraph of many structures."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..data.frame import Frame, check_elements
+from ..exchange import NoGhosts
+from ..forces import energy_and_pair_gradient, pair_gradient_to_forces
+from ..model import AtomGraph, E2FormerV2
+from ..validation import species_index
+
+
+@dataclass
+class Batch:
+    graph: AtomGraph
+    frame_index: Tensor  # [B] rows of the PackedFrames
+    n_atoms: Tensor  # [B]
+    energy: Tensor  # [B] float64, eV
+    forces: Tensor  # [N, 3] eV/Å
+    subset: Tensor  # [B] subset ids
+
+
+class PackedFrames:
+    """All frames of a data set concatenated on one device.
+
+    Pairs of non-periodic frames are found per batch on the device (all pairs within each
+    structure, filtered by the cutoff); periodic frames get ASE neighbour lists up front.
+    """
+
+    def __init__(self, frames: list[Frame], elements: list[str], atomic_numbers: list[int],
+                 cutoff: float, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, where: str = "data"):
+        if not frames:
+            raise ValueError(f"{where}: no frames")
+        check_elements(frames, elements, where)
+        missing = [f.source for f in frames if f.energy is None or f.forces is None]
+        if missing:
+            raise ValueError(f"{where}: frames without energy/forces labels, e.g. {missing[0]}")
+        self.device, self.dtype, self.cutoff = torch.device(device), dtype, cutoff
+        self.n_frames = len(frames)
+        natoms = np.array([len(f) for f in frames], dtype=np.int64)
+        numbers = np.concatenate([f.numbers for f in frames])
+        self.species = species_index(numbers, atomic_numbers, elements).to(self.device)
+        self.positions = torch.tensor(np.concatenate([f.positions for f in frames]),
+                                      dtype=torch.float64)
+        self.forces = torch.tensor(np.concatenate([f.forces for f in frames]), dtype=dtype,
+                                   device=self.device)
+        self.natoms = torch.tensor(natoms, device=self.device)
+        self.offsets = torch.tensor(np.concatenate([[0], np.cumsum(natoms)]), device=self.device)
+        self.energy = torch.tensor([f.energy for f in frames], dtype=torch.float64,
+                                   device=self.device)
+        self.charge = torch.tensor([f.charge for f in frames], dtype=dtype, device=self.device)
+        self.spin = torch.tensor([f.spin for f in frames], dtype=dtype, device=self.device)
+        self.subset_names = sorted({f.subset for f in frames})
+        lut = {s: k for k, s in enumerate(self.subset_names)}
+        self.subset = torch.tensor([lut[f.subset] for f in frames], device=self.device)
+        self.counts = np.zeros((self.n_frames, len(elements)), dtype=np.float64)
+        species_np = self.species.cpu().numpy()
+        for k, (a, b) in enumerate(zip(np.concatenate([[0], np.cumsum(natoms)])[:-1],
+                                       np.cumsum(natoms))):
+            self.counts[k] = np.bincount(species_np[a:b], minlength=len(elements))
+        self.periodic = any(f.periodic for f in frames)
+        self.pairs = None
+        if self.periodic:
+            self.pairs = [self._ase_pairs(f) for f in frames]
+        self.positions = self.positions.to(device=self.device, dtype=dtype)
+
+    def _ase_pairs(self, frame: Frame):
+        from ase.neighborlist import neighbor_list
+
+        atoms = frame.to_atoms()
+        i, j, S = neighbor_list("ijS", atoms, self.cutoff)
+        order = np.argsort(i, kind="stable")
+        i, j, S = i[order], j[order], S[order]
+        cell = np.asarray(atoms.get_cell()) if atoms.cell.rank == 3 else np.zeros((3, 3))
+        return (torch.as_tensor(i), torch.as_tensor(j),
+                torch.tensor(S.astype(np.float64) @ cell, dtype=self.dtype))
+
+    def __len__(self) -> int:
+        return self.n_frames
+
+    def batch(self, idx: Tensor | list[int]) -> Batch:
+        dev = self.device
+        idx = torch.as_tensor(idx, device=dev, dtype=torch.long)
+        n = self.natoms[idx]
+        n_batch = int(idx.numel())
+        total = int(n.sum())
+        frame_of_atom = torch.repeat_interleave(torch.arange(n_batch, device=dev), n,
+                                                output_size=total)
+        start_b = torch.cumsum(n, 0) - n  # batch row of each frame's first atom
+        local = torch.arange(total, device=dev) - start_b[frame_of_atom]
+        rows = self.offsets[idx][frame_of_atom] + local
+        pos = self.positions[rows]
+        species = self.species[rows]
+        if self.pairs is None:
+            n2 = n * n
+            n_cand = int(n2.sum())
+            cf = torch.repeat_interleave(torch.arange(n_batch, device=dev), n2,
+                                         output_size=n_cand)
+            lc = torch.arange(n_cand, device=dev) - (torch.cumsum(n2, 0) - n2)[cf]
+            nf = n[cf]
+            gi = start_b[cf] + torch.div(lc, nf, rounding_mode="floor")
+            gj = start_b[cf] + lc % nf
+            rij = pos[gj] - pos[gi]
+            keep = (gi != gj) & ((rij * rij).sum(-1) < self.cutoff ** 2)
+            pair_i, pair_j, rij = gi[keep], gj[keep], rij[keep]
+        else:
+            pi, pj, off = [], [], []
+            for b, f in enumerate(idx.tolist()):
+                i, j, o = self.pairs[f]
+                s = int(start_b[b])
+                pi.append(i + s)
+                pj.append(j + s)
+                off.append(o)
+            pair_i = torch.cat(pi).to(dev)
+            pair_j = torch.cat(pj).to(dev)
+            rij = pos[pair_j] - pos[pair_i] + torch.cat(off).to(dev)
+        graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=total,
+                          exchange=NoGhosts(total), batch=frame_of_atom,
+                          charge=self.charge[idx], spin=self.spin[idx])
+        return Batch(graph=graph, frame_index=idx, n_atoms=n, energy=self.energy[idx],
+                     forces=self.forces[rows], subset=self.subset[idx])
+
+    def mean_neighbours(self, max_frames: int = 4000, batch_size: int = 64) -> float:
+        """Mean number of neighbours within the cutoff per atom (for avg_degree)."""
+        pairs = atoms = 0
+        for s in range(0, min(self.n_frames, max_frames), batch_size):
+            b = self.batch(list(range(s, min(s + batch_size, self.n_frames, max_frames))))
+            pairs += int(b.graph.pair_i.numel())
+            atoms += b.graph.n_local
+        return pairs / max(atoms, 1)
+
+
+def predict(model: E2FormerV2, batch: Batch, create_graph: bool = False
+            ) -> tuple[Tensor, Tensor]:
+    """(energies [B] float64 eV, forces [N, 3] eV/Å) of a batch; autograd forces."""
+    g = batch.graph
+    eatoms, grad = energy_and_pair_gradient(model, g, create_graph=create_graph)
+    forces = pair_gradient_to_forces(grad, g.pair_i, g.pair_j, g.n_local)
+    energy = torch.zeros(batch.n_atoms.numel(), dtype=torch.float64, device=eatoms.device)
+    energy = energy.index_add(0, g.batch, eatoms.to(torch.float64))
+    return energy, forces
+
+
+def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[str, float]:
+    """Per-element energies (eV) by least squares: E_frame ~ sum_e count_e * ref_e."""
+    A = packed.counts
+    y = packed.energy.cpu().numpy()
+    present = A.sum(0) > 0
+    sol = np.zeros(len(elements))
+    sol[present] = np.linalg.lstsq(A[:, present], y, rcond=None)[0]
+    return {e: float(sol[k]) for k, e in enumerate(elements)}

@@ -1,0 +1,104 @@
+"""Training configuration (YAML <-> dataclass)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",
+              "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "avg_degree")
+
+
+@dataclass
+class TrainConfig:
+    """Everything `e2former-lammps train` reads from its YAML file.
+
+    Data: `train` / `val` are a path or a list of paths (SPICE .hdf5, OMol25 .aselmdb,
+    extxyz), read with `data_format` or by extension. `elements` defaults to those in the
+    training data. `model` holds E2FormerConfig keys (avg_degree is measured on the training
+    data unless given). Stopping: the first of epochs / max_steps / max_minutes reached
+    (training time only, summed over resumes). Loss: w_energy * mean |dE|/n_atoms +
+    w_force * mean over atoms |dF| (Euclidean norm per atom). Learning rate: linear warm-up,
+    then cosine decay to lr * min_lr_factor over the run's progress (the largest of the
+    step, epoch and time fractions).
+    """
+
+    train: list[str]
+    val: list[str] = field(default_factory=list)
+    data_format: str | None = None
+    output_dir: str = "runs/e2former"
+    elements: list[str] | None = None
+    model: dict = field(default_factory=dict)
+    init_model: str | None = None
+    lr: float = 1e-3
+    min_lr_factor: float = 0.01
+    warmup_steps: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0
+    batch_size: int = 16
+    epochs: int | None = None
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    w_energy: float = 1.0
+    w_force: float = 1.0
+    ema_decay: float = 0.999
+    checkpoint_every_steps: int | None = 500
+    checkpoint_every_minutes: float | None = 5.0
+    val_every_steps: int | None = None
+    max_val_frames: int | None = None
+    max_train_frames: int | None = None
+    log_every_steps: int = 10
+    seed: int = 0
+    device: str = "auto"
+    dtype: str = "float32"
+    attention_impl: str | None = None
+    resume: bool = True
+    progress: bool = True
+    model_name: str = "model.pt"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, (str, Path)):
+            self.train = [str(self.train)]
+        if isinstance(self.val, (str, Path)):
+            self.val = [str(self.val)]
+        self.train = [str(p) for p in self.train]
+        self.val = [str(p) for p in (self.val or [])]
+        if not self.train:
+            raise ValueError("train config: `train` needs at least one data file")
+        unknown = set(self.model) - set(MODEL_KEYS)
+        if unknown:
+            raise ValueError(f"train config: unknown model keys {sorted(unknown)}; "
+                             f"known: {list(MODEL_KEYS)}")
+        if self.epochs is None and self.max_steps is None and self.max_minutes is None:
+            raise ValueError("train config: set at least one of epochs, max_steps, max_minutes")
+        if self.batch_size < 1:
+            raise ValueError(f"train config: batch_size must be >= 1, got {self.batch_size}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"train config: dtype must be float32 or float64, got {self.dtype}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, base_dir: str | Path | None = None) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"train config: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        if "train" not in d:
+            raise ValueError("train config: missing required key 'train'")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no training config {str(path)!r}")
+        d = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: expected a YAML mapping of training options")
+        try:
+            return cls.from_dict(d)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None

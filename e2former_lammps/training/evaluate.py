@@ -1,0 +1,60 @@
+"""Model evaluation on labelled frames: `e2former-lammps evaluate --model M --data FILE`."""
+from __future__ import annotations
+
+import torch
+
+from ..data import read_dataset
+from ..data.frame import Frame
+from ..model import E2FormerV2
+from .batching import PackedFrames, predict
+from .metrics import MetricAccumulator
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 32,
+                    progress: bool = False, max_frames: int | None = None) -> dict:
+    acc = MetricAccumulator()
+    n = len(packed) if max_frames is None else min(len(packed), max_frames)
+    was_training = model.training
+    model.eval()
+    it = range(0, n, batch_size)
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(it, desc="evaluate", unit="batch", leave=False)
+    for s in it:
+        b = packed.batch(list(range(s, min(s + batch_size, n))))
+        e, f = predict(model, b, create_graph=False)
+        acc.add([packed.subset_names[k] for k in b.subset.tolist()],
+                e.detach().cpu().numpy(), b.energy.cpu().numpy(), b.n_atoms.cpu().numpy(),
+                f.detach().cpu().double().numpy(), b.forces.cpu().double().numpy(),
+                b.graph.batch.cpu().numpy())
+    model.train(was_training)
+    return acc.result()
+
+
+def evaluate_frames(model: E2FormerV2, frames: list[Frame], batch_size: int = 32,
+                    device: str = "auto", progress: bool = False) -> dict:
+    dev = resolve_device(device)
+    model = model.to(dev)
+    dtype = next(model.parameters()).dtype
+    cfg = model.config
+    packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dev, dtype)
+    return evaluate_packed(model, packed, batch_size, progress)
+
+
+def evaluate_model_file(model: str, data: list[str] | str, batch_size: int = 32,
+                        device: str = "auto", data_format: str | None = None,
+                        progress: bool = False) -> dict:
+    """Metrics of a saved (or packaged) model on one or more data files."""
+    m = E2FormerV2.load(model)
+    paths = [data] if isinstance(data, str) else list(data)
+    frames = [f for p in paths for f in read_dataset(p, data_format)]
+    out = evaluate_frames(m, frames, batch_size, device, progress)
+    out["model"] = str(model)
+    out["data"] = paths
+    return out

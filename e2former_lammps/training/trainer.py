@@ -1,0 +1,298 @@
+"""`e2former-lammps train CONFIG.yaml`: EMA, checkpoints, resume, per-subset validation."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import E2FormerConfig
+from ..data import read_dataset
+from ..data.frame import Frame
+from ..model import E2FormerV2
+from .batching import PackedFrames, fit_reference_energies, predict
+from .config import TrainConfig
+from .evaluate import evaluate_packed, resolve_device
+from .plots import plot_learning_curve
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class CosineSchedule:
+    """Linear warm-up over `warmup` steps, then cosine from lr to lr*min_factor in progress."""
+
+    def __init__(self, lr: float, warmup: int, min_factor: float):
+        self.lr, self.warmup, self.min_factor = lr, warmup, min_factor
+        self.last_lr = lr
+
+    def __call__(self, step: int, progress: float) -> float:
+        if self.warmup and step < self.warmup:
+            lr = self.lr * (step + 1) / self.warmup
+        else:
+            p = min(max(progress, 0.0), 1.0)
+            lr = self.lr * (self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * p)))
+        self.last_lr = lr
+        return lr
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "warmup": self.warmup, "min_factor": self.min_factor,
+                "last_lr": self.last_lr}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.lr, self.warmup, self.min_factor = d["lr"], d["warmup"], d["min_factor"]
+        self.last_lr = d.get("last_lr", self.lr)
+
+
+def _read_frames(paths: list[str], fmt: str | None) -> list[Frame]:
+    return [f for p in paths for f in read_dataset(p, fmt)]
+
+
+def _elements_of(frames: list[Frame]) -> list[str]:
+    from ase.data import chemical_symbols
+
+    zs = sorted({int(z) for f in frames for z in np.unique(f.numbers)})
+    return [chemical_symbols[z] for z in zs]
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file in the same folder, then os.replace (atomic)."""
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """Frame order of one epoch: a function of (seed, epoch) only, so resume is exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+@torch.no_grad()
+def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> None:
+    d = min(decay, (1 + step) / (10 + step))
+    for pe, pm in zip(ema.parameters(), model.parameters()):
+        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
+    for be, bm in zip(ema.buffers(), model.buffers()):
+        be.copy_(bm)
+
+
+def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
+    """Train as `cfg` says; returns {"model": path, "metrics": ..., "step": ...}.
+
+    stop_after_steps simulates a kill: the run stops after that many (total) steps without
+    a final checkpoint, so a resumed run restarts from the last periodic checkpoint.
+    """
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    dtype = getattr(torch, cfg.dtype)
+    ckpt_path = out / CHECKPOINT
+    log = (lambda *a: print(*a, flush=True)) if cfg.progress else (lambda *a: None)
+
+    train_frames = _read_frames(cfg.train, cfg.data_format)
+    if cfg.max_train_frames is not None and cfg.max_train_frames < len(train_frames):
+        keep = np.random.default_rng(cfg.seed).permutation(len(train_frames))[:cfg.max_train_frames]
+        train_frames = [train_frames[k] for k in sorted(keep)]
+    val_frames = _read_frames(cfg.val, cfg.data_format) if cfg.val else []
+
+    resumed = cfg.resume and ckpt_path.is_file()
+    if resumed:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        mcfg = E2FormerConfig.from_dict(ckpt["model_config"])
+        log(f"resuming from {ckpt_path} at step {ckpt['step']}")
+    elif cfg.init_model:
+        base = E2FormerV2.load(cfg.init_model)
+        mcfg = copy.deepcopy(base.config)
+    else:
+        elements = list(cfg.elements) if cfg.elements else _elements_of(train_frames)
+        mcfg = E2FormerConfig(elements=elements, **{k: v for k, v in cfg.model.items()
+                                                    if k != "avg_degree"})
+    train_set = PackedFrames(train_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
+                             device, dtype, where="training data")
+    val_set = PackedFrames(val_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
+                           device, dtype, where="validation data") if val_frames else None
+
+    if not resumed:
+        if cfg.init_model:
+            model = base
+        else:
+            mcfg.avg_degree = float(cfg.model.get("avg_degree") or
+                                    max(train_set.mean_neighbours(), 1.0))
+            torch.manual_seed(cfg.seed)
+            model = E2FormerV2(mcfg)
+        model.set_reference_energies(fit_reference_energies(train_set, mcfg.elements))
+    else:
+        model = E2FormerV2(mcfg)
+    model = model.to(device=device, dtype=dtype)
+    if cfg.attention_impl:
+        model.set_attention_impl(cfg.attention_impl)
+    ema = copy.deepcopy(model)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_factor)
+
+    step, epoch, pos, elapsed_before, history = 0, 0, 0, 0.0, []
+    if resumed:
+        model.load_state_dict(ckpt["model"])
+        ema.load_state_dict(ckpt["ema"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        step, epoch, pos = ckpt["step"], ckpt["epoch"], ckpt["pos"]
+        elapsed_before, history = ckpt["elapsed_s"], ckpt["history"]
+        _set_rng_state(ckpt["rng"])
+    else:
+        torch.manual_seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        random.seed(cfg.seed)
+
+    n_train = len(train_set)
+    steps_per_epoch = math.ceil(n_train / cfg.batch_size)
+    log(f"model: {sum(p.numel() for p in model.parameters())} parameters, elements "
+        f"{mcfg.elements}, avg_degree {mcfg.avg_degree:.2f}; {n_train} training frames, "
+        f"{len(val_frames)} validation frames; device {device}")
+
+    def progress_fraction(step: int, elapsed: float) -> float:
+        fr = []
+        if cfg.max_steps:
+            fr.append(step / cfg.max_steps)
+        if cfg.epochs:
+            fr.append(step / (cfg.epochs * steps_per_epoch))
+        if cfg.max_minutes:
+            fr.append(elapsed / (60 * cfg.max_minutes))
+        return max(fr) if fr else 0.0
+
+    def checkpoint(elapsed: float) -> None:
+        save_atomic({
+            "model_config": model.config.to_dict(), "train_config": cfg.to_dict(),
+            "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+            "step": step, "epoch": epoch, "pos": pos, "elapsed_s": elapsed,
+            "history": history, "rng": _rng_state(),
+        }, ckpt_path)
+
+    def validate(max_frames=None) -> dict | None:
+        if val_set is None:
+            return None
+        return evaluate_packed(ema, val_set, batch_size=max(cfg.batch_size, 32),
+                               max_frames=max_frames)
+
+    total = cfg.max_steps or (cfg.epochs * steps_per_epoch if cfg.epochs else None)
+    bar = None
+    if cfg.progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    t0 = time.monotonic()
+    last_ckpt_t = t0
+    acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "n": 0}
+    order = epoch_order(n_train, cfg.seed, epoch)
+
+    def done(elapsed: float) -> bool:
+        return ((cfg.max_steps is not None and step >= cfg.max_steps)
+                or (cfg.epochs is not None and epoch >= cfg.epochs)
+                or (cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes))
+
+    model.train()
+    killed = False
+    while not done(elapsed_before + time.monotonic() - t0):
+        if stop_after_steps is not None and step >= stop_after_steps:
+            killed = True
+            break
+        idx = order[pos:pos + cfg.batch_size]
+        batch = train_set.batch(idx)
+        elapsed = elapsed_before + time.monotonic() - t0
+        lr = sched(step, progress_fraction(step, elapsed))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        e_pred, f_pred = predict(model, batch, create_graph=True)
+        loss_e = ((e_pred - batch.energy).abs() / batch.n_atoms).mean()
+        loss_f = (f_pred - batch.forces).norm(dim=-1).mean()
+        loss = cfg.w_energy * loss_e.to(loss_f.dtype) + cfg.w_force * loss_f
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        ema_update(ema, model, cfg.ema_decay, step)
+        step += 1
+        pos += cfg.batch_size
+        if pos >= n_train:
+            epoch, pos = epoch + 1, 0
+            order = epoch_order(n_train, cfg.seed, epoch)
+        acc["loss"] += float(loss)
+        acc["loss_energy"] += float(loss_e)
+        acc["loss_force"] += float(loss_f)
+        acc["n"] += 1
+        elapsed = elapsed_before + time.monotonic() - t0
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{float(loss):.4g}", lr=f"{lr:.2e}", ep=epoch)
+        if step % cfg.log_every_steps == 0:
+            n = acc.pop("n")
+            history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed, "lr": lr,
+                            **{k: v / n for k, v in acc.items()}})
+            acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "n": 0}
+        val_due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
+            (not cfg.val_every_steps and pos == 0)
+        if val_due and val_set is not None and not done(elapsed):
+            m = validate(cfg.max_val_frames)
+            history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed,
+                            "val": m["overall"]})
+            if bar is not None:
+                bar.write(f"step {step} epoch {epoch}: val energy MAE "
+                          f"{m['overall']['energy_mae_meV_per_atom']:.2f} meV/atom, force MAE "
+                          f"{m['overall']['force_mae_meV_per_A']:.1f} meV/Å")
+        now = time.monotonic()
+        if (cfg.checkpoint_every_steps and step % cfg.checkpoint_every_steps == 0) or \
+                (cfg.checkpoint_every_minutes and now - last_ckpt_t >= 60 * cfg.checkpoint_every_minutes):
+            checkpoint(elapsed_before + now - t0)
+            last_ckpt_t = now
+    if bar is not None:
+        bar.close()
+    elapsed = elapsed_before + time.monotonic() - t0
+    if killed:
+        return {"step": step, "killed": True, "checkpoint": str(ckpt_path)}
+    checkpoint(elapsed)
+
+    metrics = {"val": validate() if val_set is not None else None,
+               "step": step, "epoch": epoch, "train_time_s": elapsed, "device": str(device)}
+    if metrics["val"] is not None:
+        history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed,
+                        "val": metrics["val"]["overall"]})
+    model_path = out / cfg.model_name
+    ema.save(model_path, metadata={"metrics": metrics, "config": cfg.to_dict(),
+                                   "model_config": ema.config.to_dict()})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    (out / "history.json").write_text(json.dumps(history))
+    try:
+        plot_learning_curve(history, out / "learning_curve.png",
+                            title=f"E2Former-V2 {Path(cfg.train[0]).name}")
+    except Exception as exc:  # a missing backend must not lose a finished run
+        log(f"learning-curve plot failed: {exc}")
+    if metrics["val"] is not None:
+        o = metrics["val"]["overall"]
+        log(f"final (EMA) val: energy MAE {o['energy_mae_meV_per_atom']:.3f} meV/atom, "
+            f"force MAE {o['force_mae_meV_per_A']:.2f} meV/Å")
+    return {"model": str(model_path), "metrics": metrics, "step": step, "loss_history": history}

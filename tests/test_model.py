@@ -1,0 +1,137 @@
+"""Model-level physics: symmetry, conservative forces, stress, persistence, bad input."""
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from scipy.spatial.transform import Rotation
+
+from e2former_lammps import E2FormerCalculator, E2FormerConfig, E2FormerV2
+from e2former_lammps.validation import InputError
+
+from conftest import random_model, spice_molecules, water_box
+
+
+def _energy_forces(calc, atoms):
+    atoms = atoms.copy()
+    atoms.calc = calc
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+def _rel(a, b):
+    return np.abs(np.asarray(a) - np.asarray(b)).max() / max(np.abs(b).max(), 1e-300)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_rotation_translation_permutation(dtype, tol):
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    calc = E2FormerCalculator(random_model(seed, dtype=dtype))
+    for atoms in spice_molecules(3, min_atoms=8, seed=seed):
+        e, f = _energy_forces(calc, atoms)
+        atoms.calc = calc
+        atoms.get_potential_energy()
+        scale = np.abs(atoms.get_potential_energies()).sum()  # |e| alone may be ~0
+        rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+        moved = atoms.copy()
+        moved.positions = atoms.positions @ rot.T
+        e_r, f_r = _energy_forces(calc, moved)
+        assert abs(e_r - e) <= tol * scale
+        assert _rel(f_r, f @ rot.T) <= tol * 10
+        moved = atoms.copy()
+        moved.positions += 500.0
+        e_t, f_t = _energy_forces(calc, moved)
+        assert abs(e_t - e) <= tol * scale and _rel(f_t, f) <= tol * 10
+        perm = rng.permutation(len(atoms))
+        e_p, f_p = _energy_forces(calc, atoms[perm])
+        assert abs(e_p - e) <= tol * scale and _rel(f_p, f[perm]) <= tol * 10
+
+
+def test_forces_are_minus_energy_gradient_fp64(model64):
+    calc = E2FormerCalculator(model64)
+    atoms = spice_molecules(1, min_atoms=10)[0]
+    _, f = _energy_forces(calc, atoms)
+    h = 1e-5
+    for k in range(0, len(atoms), 3):
+        for d in range(3):
+            p, m = atoms.copy(), atoms.copy()
+            p.positions[k, d] += h
+            m.positions[k, d] -= h
+            fd = -(_energy_forces(calc, p)[0] - _energy_forces(calc, m)[0]) / (2 * h)
+            assert abs(fd - f[k, d]) < 1e-7 * max(1.0, abs(f[k, d]))
+
+
+def test_stress_is_strain_derivative_small_periodic_box(model64):
+    atoms = water_box(2)  # 2.5 Å box: every atom sees many of its own images
+    atoms.set_cell(atoms.cell @ np.array([[1, 0.1, 0], [0, 1, 0.05], [0.02, 0, 1]]),
+                   scale_atoms=True)  # triclinic
+    atoms.calc = E2FormerCalculator(model64)
+    stress = atoms.get_stress(voigt=False)
+    h = 1e-6
+    vol = atoms.get_volume()
+    for a, b in [(0, 0), (1, 2), (0, 1), (2, 2)]:
+        e = []
+        for s in (h, -h):
+            strain = np.eye(3)
+            strain[a, b] += s / 2
+            strain[b, a] += s / 2
+            x = atoms.copy()
+            x.set_cell(atoms.cell @ strain, scale_atoms=True)
+            x.calc = atoms.calc
+            e.append(x.get_potential_energy())
+        fd = (e[0] - e[1]) / (2 * h) / vol
+        assert abs(fd - stress[a, b]) < 1e-7 * max(1.0, np.abs(stress).max())
+
+
+def test_isolated_atom_has_reference_energy_and_no_force():
+    model = random_model(3)
+    model.set_reference_energies({"O": -432.1, "H": -13.6})
+    atoms = Atoms("OH", positions=[[0, 0, 0], [20.0, 0, 0]])  # far beyond the cutoff
+    atoms.calc = E2FormerCalculator(model)
+    assert atoms.get_potential_energies() == pytest.approx([-432.1, -13.6], abs=1e-12)
+    assert np.abs(atoms.get_forces()).max() == 0.0
+
+
+def test_energy_is_smooth_at_the_cutoff(model64):
+    """A neighbour crossing r_c changes neither energy nor force discontinuously."""
+    calc = E2FormerCalculator(model64)
+    rc = model64.config.cutoff
+    energies = []
+    for d in (rc - 1e-4, rc + 1e-4):
+        atoms = molecule("H2O")  # O on the z axis above both H: C at d from O, farther from H
+        atoms += Atoms("C", positions=[atoms.positions[0] + [0.0, 0.0, d]])
+        energies.append(_energy_forces(calc, atoms))
+    assert abs(energies[0][0] - energies[1][0]) < 1e-9
+    assert np.abs(energies[0][1] - energies[1][1]).max() < 1e-6
+
+
+def test_save_load_roundtrip(tmp_path, model64):
+    model64.set_reference_energies({"H": -1.5})
+    path = tmp_path / "m.pt"
+    model64.save(path, metadata={"note": "x"})
+    loaded = E2FormerV2.load(path)
+    assert loaded.config == model64.config and loaded.metadata == {"note": "x"}
+    atoms = spice_molecules(1)[0]
+    e1, f1 = _energy_forces(E2FormerCalculator(model64), atoms)
+    e2, f2 = _energy_forces(E2FormerCalculator(loaded), atoms)
+    assert e1 == e2 and np.array_equal(f1, f2)
+
+
+def test_bad_inputs_have_clear_messages(tmp_path, model64):
+    calc = E2FormerCalculator(model64)
+    with pytest.raises(InputError, match=r"element\(s\) \['Cl'\] not in this model"):
+        _energy_forces(calc, Atoms("HCl", positions=[[0, 0, 0], [1.3, 0, 0]]))
+    with pytest.raises(InputError, match="overlapping atoms"):
+        _energy_forces(calc, Atoms("OH", positions=[[0, 0, 0], [0.0, 0, 0.01]]))
+    with pytest.raises(InputError, match="non-finite coordinates"):
+        _energy_forces(calc, Atoms("OH", positions=[[0, 0, 0], [np.nan, 0, 0]]))
+    bad = tmp_path / "corrupt.pt"
+    model64.save(bad)
+    bad.write_bytes(bad.read_bytes()[:200])
+    with pytest.raises(ValueError, match="not a readable E2Former checkpoint"):
+        E2FormerV2.load(bad)
+    with pytest.raises(FileNotFoundError, match="no packaged model"):
+        E2FormerV2.load(tmp_path / "missing.pt")
+    with pytest.raises(ValueError, match="unknown element symbol"):
+        E2FormerConfig(elements=["H", "Xx"])
