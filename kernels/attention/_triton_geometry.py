@@ -17,9 +17,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-INV_SQRT2: tl.constexpr = 0.70710678118654752
-SQRT5: tl.constexpr = 2.2360679774997897
-SQRT15: tl.constexpr = 3.8729833462074170
+INV_SQRT2 = tl.constexpr(0.70710678118654752)
+SQRT5 = tl.constexpr(2.2360679774997897)
+SQRT15 = tl.constexpr(3.8729833462074170)
 
 
 @triton.jit
