@@ -126,7 +126,8 @@ def test_first_derivatives(interpreter, backward, monkeypatch):
     import kernels.attention.autograd as ag
 
     if backward == "triton":
-        pytest.importorskip("kernels.attention.triton_backward")
+        tb = pytest.importorskip("kernels.attention.triton_backward")
+        monkeypatch.setattr(tb, "CHUNK_EDGES", 20)
     monkeypatch.setattr(ag, "BACKWARD_IMPL", backward)
     monkeypatch.setattr(ag, "CHUNK_EDGES", 20)  # several chunks, one receiver over the limit
     seed = fresh_seed()

@@ -1,0 +1,308 @@
+"""Backward of the fused attention (first derivatives, lmax 2): Triton for the channel work.
+
+Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l3(R)^T S D^l1(R)
+(R = R(r_hat_ij), the 9 -> 20 row map of the EAAS product). Given G = dL/dout:
+  * channel-sized work (per edge 9 x C and 20 x C, the bulk of the FLOPs and bytes) runs in the
+    Triton kernel below, one program per (receiver, head block), streaming the receiver's
+    edges like the forward, recomputing R, D^2 and the pole-frame products in registers:
+      g_ijh   = dL/dalpha_ijh = sum_{c in h} <M_ij v_j, G_i>_c            -> [E, H]
+      dv_j   += alpha_ijh(c) M_ij^T G_i                                   (atomics)
+      dR_ij, dD2_ij = dL/dR, dL/dD^2 (channel sums)                       -> [E, 9 + 25]
+  * head-sized work (alpha from the radial MLP, gate, score and the envelope softmax; R and
+    D^2 as functions of r_ij) is recomputed in PyTorch under autograd and contracted with
+    (g, dR, dD2): per-edge tensors of [E, H] (H = 128: 1/18 of the value rows per edge), and
+    processed in receiver chunks of CHUNK_EDGES edges so memory stays bounded.
+dv is accumulated with atomics (not bit-deterministic run to run).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._triton_geometry import _rotation_to_pole, _wigner2
+from .triton_forward import _pow2, eaas_constants
+
+CHUNK_EDGES = 1 << 20
+
+
+@triton.jit
+def _b(t):
+    return t[:, None, None]
+
+
+@triton.jit
+def _csum(t):
+    """Sum over heads and channels of [BLOCK_E, BLOCK_H, CH_P] -> [BLOCK_E]."""
+    return tl.sum(tl.sum(t, axis=2), axis=1)
+
+
+@triton.jit
+def _attention_bwd_kernel(
+    g_out_ptr, v_ptr, rij_ptr, pj_ptr, rowptr_ptr, alpha_ptr,
+    dv_ptr, galpha_ptr, drot_ptr,
+    r_base, e_base,
+    H: tl.constexpr, CH: tl.constexpr, CH_P: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
+    S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
+    S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
+    S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
+    S22A: tl.constexpr, S22B: tl.constexpr, S22D: tl.constexpr, S22E: tl.constexpr,
+):
+    i = r_base + tl.program_id(0)
+    hb = tl.program_id(1)
+    C: tl.constexpr = H * CH
+    offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
+    hmask = offs_h < H
+    offs_c = tl.arange(0, CH_P)
+    cmask = hmask[:, None] & (offs_c < CH)[None, :]
+    chan = (offs_h * CH)[:, None] + offs_c[None, :]
+    gp = g_out_ptr + i.to(tl.int64) * (20 * C) + chan
+    # G rows of this receiver, [1, BLOCK_H, CH_P] each
+    G00 = tl.load(gp + 0 * C, mask=cmask, other=0.0)[None]
+    G01 = tl.load(gp + 1 * C, mask=cmask, other=0.0)[None]
+    G02 = tl.load(gp + 2 * C, mask=cmask, other=0.0)[None]
+    G03 = tl.load(gp + 3 * C, mask=cmask, other=0.0)[None]
+    G04 = tl.load(gp + 4 * C, mask=cmask, other=0.0)[None]
+    G05 = tl.load(gp + 5 * C, mask=cmask, other=0.0)[None]
+    G06 = tl.load(gp + 6 * C, mask=cmask, other=0.0)[None]
+    G07 = tl.load(gp + 7 * C, mask=cmask, other=0.0)[None]
+    G08 = tl.load(gp + 8 * C, mask=cmask, other=0.0)[None]
+    G09 = tl.load(gp + 9 * C, mask=cmask, other=0.0)[None]
+    G10 = tl.load(gp + 10 * C, mask=cmask, other=0.0)[None]
+    G11 = tl.load(gp + 11 * C, mask=cmask, other=0.0)[None]
+    G12 = tl.load(gp + 12 * C, mask=cmask, other=0.0)[None]
+    G13 = tl.load(gp + 13 * C, mask=cmask, other=0.0)[None]
+    G14 = tl.load(gp + 14 * C, mask=cmask, other=0.0)[None]
+    G15 = tl.load(gp + 15 * C, mask=cmask, other=0.0)[None]
+    G16 = tl.load(gp + 16 * C, mask=cmask, other=0.0)[None]
+    G17 = tl.load(gp + 17 * C, mask=cmask, other=0.0)[None]
+    G18 = tl.load(gp + 18 * C, mask=cmask, other=0.0)[None]
+    G19 = tl.load(gp + 19 * C, mask=cmask, other=0.0)[None]
+    start = tl.load(rowptr_ptr + i)
+    end = tl.load(rowptr_ptr + i + 1)
+    for e0 in range(start, end, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        emask = offs_e < end
+        j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+        rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
+        ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
+        rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+        d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(rx / d, ry / d, rz / d)
+        (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+         d30, d31, d32, d33, d34, d40, d41, d42, d43, d44) = _wigner2(
+            r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        le = offs_e - e_base  # chunk-local edge index
+        amask = emask[:, None] & hmask[None, :]
+        alpha = tl.load(alpha_ptr + le[:, None] * H + offs_h[None, :], mask=amask, other=0.0)
+        al = alpha[:, :, None]
+        vp = v_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
+        vmask = emask[:, None, None] & cmask[None, :, :]
+        v0 = tl.load(vp, mask=vmask, other=0.0)
+        v1 = tl.load(vp + 1 * C, mask=vmask, other=0.0)
+        v2 = tl.load(vp + 2 * C, mask=vmask, other=0.0)
+        v3 = tl.load(vp + 3 * C, mask=vmask, other=0.0)
+        w0 = tl.load(vp + 4 * C, mask=vmask, other=0.0)
+        w1 = tl.load(vp + 5 * C, mask=vmask, other=0.0)
+        w2 = tl.load(vp + 6 * C, mask=vmask, other=0.0)
+        w3 = tl.load(vp + 7 * C, mask=vmask, other=0.0)
+        w4 = tl.load(vp + 8 * C, mask=vmask, other=0.0)
+        # forward pole-frame values u = D^l1 v
+        u10 = _b(r00) * v1 + _b(r01) * v2 + _b(r02) * v3
+        u11 = _b(r10) * v1 + _b(r11) * v2 + _b(r12) * v3
+        u12 = _b(r20) * v1 + _b(r21) * v2 + _b(r22) * v3
+        u20 = _b(d00) * w0 + _b(d01) * w1 + _b(d02) * w2 + _b(d03) * w3 + _b(d04) * w4
+        u21 = _b(d10) * w0 + _b(d11) * w1 + _b(d12) * w2 + _b(d13) * w3 + _b(d14) * w4
+        u22 = _b(d20) * w0 + _b(d21) * w1 + _b(d22) * w2 + _b(d23) * w3 + _b(d24) * w4
+        u23 = _b(d30) * w0 + _b(d31) * w1 + _b(d32) * w2 + _b(d33) * w3 + _b(d34) * w4
+        u24 = _b(d40) * w0 + _b(d41) * w1 + _b(d42) * w2 + _b(d43) * w3 + _b(d44) * w4
+        # pole-frame gradients of each path's output: gp = D^l3 G_path (needed rows only)
+        p0_1 = _b(r10) * G00 + _b(r11) * G01 + _b(r12) * G02
+        p1_0 = G03
+        p2_0 = _b(r00) * G04 + _b(r01) * G05 + _b(r02) * G06
+        p2_2 = _b(r20) * G04 + _b(r21) * G05 + _b(r22) * G06
+        p3_1 = _b(d10) * G07 + _b(d11) * G08 + _b(d12) * G09 + _b(d13) * G10 + _b(d14) * G11
+        p3_2 = _b(d20) * G07 + _b(d21) * G08 + _b(d22) * G09 + _b(d23) * G10 + _b(d24) * G11
+        p3_3 = _b(d30) * G07 + _b(d31) * G08 + _b(d32) * G09 + _b(d33) * G10 + _b(d34) * G11
+        p4_0 = _b(r00) * G12 + _b(r01) * G13 + _b(r02) * G14
+        p4_1 = _b(r10) * G12 + _b(r11) * G13 + _b(r12) * G14
+        p4_2 = _b(r20) * G12 + _b(r21) * G13 + _b(r22) * G14
+        p5_0 = _b(d00) * G15 + _b(d01) * G16 + _b(d02) * G17 + _b(d03) * G18 + _b(d04) * G19
+        p5_1 = _b(d10) * G15 + _b(d11) * G16 + _b(d12) * G17 + _b(d13) * G18 + _b(d14) * G19
+        p5_3 = _b(d30) * G15 + _b(d31) * G16 + _b(d32) * G17 + _b(d33) * G18 + _b(d34) * G19
+        p5_4 = _b(d40) * G15 + _b(d41) * G16 + _b(d42) * G17 + _b(d43) * G18 + _b(d44) * G19
+        # S^T: pole-frame gradient of u (unweighted by alpha)
+        q0 = S01 * p0_1
+        q10 = S11C * p2_2 + S12B * p3_1
+        q11 = S10 * p1_0 + S12C * p3_2
+        q12 = S11A * p2_0 + S12D * p3_3
+        q20 = S22E * p5_4
+        q21 = S21A * p4_0 + S22D * p5_3
+        q22 = S21B * p4_1
+        q23 = S21C * p4_2 + S22B * p5_1
+        q24 = S22A * p5_0
+        # dL/dalpha: <u, q> summed over the head's channels (rotation-invariant form)
+        gal = v0 * q0 + u10 * q10 + u11 * q11 + u12 * q12 + u20 * q20 + u21 * q21 \
+            + u22 * q22 + u23 * q23 + u24 * q24
+        tl.store(galpha_ptr + le[:, None] * H + offs_h[None, :], tl.sum(gal, axis=2), mask=amask)
+        # dv_j += alpha * D^l1^T q
+        q0 = q0 * al
+        q10 = q10 * al
+        q11 = q11 * al
+        q12 = q12 * al
+        q20 = q20 * al
+        q21 = q21 * al
+        q22 = q22 * al
+        q23 = q23 * al
+        q24 = q24 * al
+        dvp = dv_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
+        tl.atomic_add(dvp, q0, mask=vmask, sem="relaxed")
+        tl.atomic_add(dvp + 1 * C, _b(r00) * q10 + _b(r10) * q11 + _b(r20) * q12, mask=vmask,
+                      sem="relaxed")
+        tl.atomic_add(dvp + 2 * C, _b(r01) * q10 + _b(r11) * q11 + _b(r21) * q12, mask=vmask,
+                      sem="relaxed")
+        tl.atomic_add(dvp + 3 * C, _b(r02) * q10 + _b(r12) * q11 + _b(r22) * q12, mask=vmask,
+                      sem="relaxed")
+        tl.atomic_add(dvp + 4 * C, _b(d00) * q20 + _b(d10) * q21 + _b(d20) * q22
+                      + _b(d30) * q23 + _b(d40) * q24, mask=vmask, sem="relaxed")
+        tl.atomic_add(dvp + 5 * C, _b(d01) * q20 + _b(d11) * q21 + _b(d21) * q22
+                      + _b(d31) * q23 + _b(d41) * q24, mask=vmask, sem="relaxed")
+        tl.atomic_add(dvp + 6 * C, _b(d02) * q20 + _b(d12) * q21 + _b(d22) * q22
+                      + _b(d32) * q23 + _b(d42) * q24, mask=vmask, sem="relaxed")
+        tl.atomic_add(dvp + 7 * C, _b(d03) * q20 + _b(d13) * q21 + _b(d23) * q22
+                      + _b(d33) * q23 + _b(d43) * q24, mask=vmask, sem="relaxed")
+        tl.atomic_add(dvp + 8 * C, _b(d04) * q20 + _b(d14) * q21 + _b(d24) * q22
+                      + _b(d34) * q23 + _b(d44) * q24, mask=vmask, sem="relaxed")
+        # dL/dR: rotation in (u1 = R v1) and rotation back of the l3 = 1 paths (0, 2, 4)
+        # with pole-frame outputs t0 = (0, S01 v0, 0), t2 = (S11A u12, 0, S11C u10),
+        # t4 = (S21A u21, S21B u22, S21C u23): dR[a, b] += alpha t[a] G_path[b].
+        a0 = (S11A * u12) * al
+        a2 = (S11C * u10) * al
+        c0 = (S21A * u21) * al
+        c1 = (S21B * u22) * al
+        c2 = (S21C * u23) * al
+        b1 = (S01 * v0) * al
+        dp = drot_ptr + le * 34
+        tl.atomic_add(dp + 0, _csum(q10 * v1 + a0 * G04 + c0 * G12), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 1, _csum(q10 * v2 + a0 * G05 + c0 * G13), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 2, _csum(q10 * v3 + a0 * G06 + c0 * G14), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 3, _csum(q11 * v1 + b1 * G00 + c1 * G12), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 4, _csum(q11 * v2 + b1 * G01 + c1 * G13), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 5, _csum(q11 * v3 + b1 * G02 + c1 * G14), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 6, _csum(q12 * v1 + a2 * G04 + c2 * G12), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 7, _csum(q12 * v2 + a2 * G05 + c2 * G13), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 8, _csum(q12 * v3 + a2 * G06 + c2 * G14), mask=emask, sem="relaxed")
+        # dL/dD2: rotation in (u2 = D v2) and back of the l3 = 2 paths (3, 5) with
+        # t3 = (0, S12B u10, S12C u11, S12D u12, 0), t5 = (S22A u24, S22B u23, 0, S22D u21,
+        # S22E u20).
+        e1 = (S12B * u10) * al
+        e2 = (S12C * u11) * al
+        e3 = (S12D * u12) * al
+        f0 = (S22A * u24) * al
+        f1 = (S22B * u23) * al
+        f3 = (S22D * u21) * al
+        f4 = (S22E * u20) * al
+        dp = dp + 9
+        tl.atomic_add(dp + 0, _csum(q20 * w0 + f0 * G15), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 1, _csum(q20 * w1 + f0 * G16), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 2, _csum(q20 * w2 + f0 * G17), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 3, _csum(q20 * w3 + f0 * G18), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 4, _csum(q20 * w4 + f0 * G19), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 5, _csum(q21 * w0 + e1 * G07 + f1 * G15), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 6, _csum(q21 * w1 + e1 * G08 + f1 * G16), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 7, _csum(q21 * w2 + e1 * G09 + f1 * G17), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 8, _csum(q21 * w3 + e1 * G10 + f1 * G18), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 9, _csum(q21 * w4 + e1 * G11 + f1 * G19), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 10, _csum(q22 * w0 + e2 * G07), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 11, _csum(q22 * w1 + e2 * G08), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 12, _csum(q22 * w2 + e2 * G09), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 13, _csum(q22 * w3 + e2 * G10), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 14, _csum(q22 * w4 + e2 * G11), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 15, _csum(q23 * w0 + e3 * G07 + f3 * G15), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 16, _csum(q23 * w1 + e3 * G08 + f3 * G16), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 17, _csum(q23 * w2 + e3 * G09 + f3 * G17), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 18, _csum(q23 * w3 + e3 * G10 + f3 * G18), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 19, _csum(q23 * w4 + e3 * G11 + f3 * G19), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 20, _csum(q24 * w0 + f4 * G15), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 21, _csum(q24 * w1 + f4 * G16), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 22, _csum(q24 * w2 + f4 * G17), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 23, _csum(q24 * w3 + f4 * G18), mask=emask, sem="relaxed")
+        tl.atomic_add(dp + 24, _csum(q24 * w4 + f4 * G19), mask=emask, sem="relaxed")
+
+
+def default_bwd_blocks(n_heads: int) -> dict[str, int]:
+    return dict(BLOCK_E=16, BLOCK_H=min(_pow2(n_heads, 1), 32), num_warps=4)
+
+
+def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
+                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den):
+    """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>."""
+    from e2former_lammps.o3 import rotation_to_pole, wigner_d
+
+    from .common import EdgeRadialWeights
+    from .reference import attention_weights
+
+    n_recv, n_heads, _ = q.shape
+    channels = v.shape[-1]
+    ch = channels // n_heads
+    bl = default_bwd_blocks(n_heads)
+    consts = eaas_constants()
+    dv = torch.zeros_like(v)
+    leaves_w = [t.detach().requires_grad_() for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
+    radial = EdgeRadialWeights(centers, width, *leaves_w)
+    dq = torch.zeros_like(q)
+    dk = torch.zeros_like(k)
+    drij = torch.zeros_like(rij)
+    dw = [torch.zeros_like(t) for t in leaves_w]
+    rp = rowptr.tolist()
+    r0 = 0
+    while r0 < n_recv:
+        # receivers [r0, r1) with at most CHUNK_EDGES edges (at least one receiver)
+        target = rp[r0] + CHUNK_EDGES
+        lo, hi = r0 + 1, n_recv
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rp[mid] <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        r1 = max(r0 + 1, lo)
+        e0, e1 = rp[r0], rp[r1]
+        if e1 > e0:
+            pj = pair_j[e0:e1]
+            uniq, inv = torch.unique(pj, return_inverse=True)
+            nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
+            nr = r1 - r0
+            qc = q[r0:r1].detach().requires_grad_()
+            kc = k[nodes].detach().requires_grad_()
+            rc = rij[e0:e1].detach().requires_grad_()
+            with torch.enable_grad():
+                alpha = attention_weights(qc, kc, rc, pair_i[e0:e1] - r0, nr + inv,
+                                          species[nodes], radial, cutoff, eps)
+                r_hat = rc / rc.norm(dim=-1, keepdim=True)
+                rot = rotation_to_pole(r_hat)
+                d2 = wigner_d(rot, 2)
+            alpha_c = alpha.detach().contiguous()
+            galpha = torch.empty_like(alpha_c)
+            drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
+            grid = (nr, triton.cdiv(n_heads, bl["BLOCK_H"]))
+            _attention_bwd_kernel[grid](
+                grad_out, v, rij, pair_j, rowptr, alpha_c, dv, galpha, drot, r0, e0,
+                H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
+                BLOCK_H=bl["BLOCK_H"], **consts, num_warps=bl["num_warps"])
+            got = torch.autograd.grad(
+                (alpha, rot, d2), [qc, kc, rc, *leaves_w],
+                (galpha, drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)),
+                allow_unused=True)
+            if got[0] is not None:
+                dq[r0:r1] += got[0]
+            if got[1] is not None:
+                dk.index_add_(0, nodes, got[1])
+            if got[2] is not None:
+                drij[e0:e1] += got[2]
+            for acc, g in zip(dw, got[3:]):
+                if g is not None:
+                    acc += g
+        r0 = r1
+    return (dq, dk, dv, drij, *dw)
