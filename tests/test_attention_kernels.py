@@ -99,8 +99,17 @@ def rel(a, b):
 DEGREES = [0, 3, 40, 17, 1, 0, 16]
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-5)])
-def test_forward_matches_reference(interpreter, dtype, tol):
+@pytest.mark.parametrize("dtype,tol,variant", [(torch.float64, 1e-12, {}),
+                                               (torch.float64, 1e-12, {"DEFER": True}),
+                                               (torch.float64, 1e-12, {"PRE": True}),
+                                               (torch.float32, 2e-5, {})])
+def test_forward_matches_reference(interpreter, dtype, tol, variant, monkeypatch):
+    """Kernel variants (see triton_forward.default_blocks); PRE in chunks of <= 20 edges."""
+    import kernels.attention.triton_forward as tf
+
+    default = tf.default_blocks
+    monkeypatch.setattr(tf, "default_blocks", lambda h, dev: {**default(h, dev), **variant})
+    monkeypatch.setattr(tf, "PRE_CHUNK_EDGES", 20)
     seed = fresh_seed()
     inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype)
     ref_inputs = make_inputs(seed, DEGREES, n_total=9, dtype=torch.float64)

@@ -42,6 +42,20 @@ def eaas_constants() -> dict[str, float]:
 
 
 @triton.jit
+def _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff):
+    """j, unit vector (x, y, z), distance d and envelope p (0 on masked edges) of a tile."""
+    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
+    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
+    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+    xc = tl.minimum(d / cutoff, 1.0)
+    env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
+    env = tl.where(emask, env, 0.0)
+    return j, rx / d, ry / d, rz / d, d, env
+
+
+@triton.jit
 def _edge_tile_scalars(
     offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
@@ -106,20 +120,92 @@ def _b(t):
 
 
 @triton.jit
+def _edge_scores_kernel(
+    q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
+    centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
+    e_base, e_end, n_rbf, n_hid, inv_width, cutoff, qk_scale,
+    H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+):
+    """Edge-parallel prepass (PRE mode): radial MLP once per edge (all heads), score s and
+    signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk."""
+    offs_e = e_base + tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < e_end
+    ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
+    zi = tl.load(species_ptr + ii, mask=emask, other=0)
+    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
+    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
+    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+    offs_k = tl.arange(0, HID_P)
+    kmask = offs_k < n_hid
+    zj = tl.load(species_ptr + j, mask=emask, other=0)
+    m2 = emask[:, None] & kmask[None, :]
+    pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    for r0 in range(0, n_rbf, BLOCK_R):
+        offs_r = r0 + tl.arange(0, BLOCK_R)
+        rmask = offs_r < n_rbf
+        mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
+        t = (d[:, None] - mu[None, :]) * inv_width
+        rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        pre += tl.dot(rbf, w, input_precision="ieee")
+    hidden = pre / (1.0 + tl.exp(-pre))
+    offs_d = tl.arange(0, DK_P)
+    dmask = offs_d < DK
+    out = sw_ptr + (offs_e - e_base).to(tl.int64)[:, None] * (2 * H)
+    for h0 in range(0, H, BLOCK_H):
+        offs_h = h0 + tl.arange(0, BLOCK_H)
+        hmask = offs_h < H
+        wmask = kmask[:, None] & hmask[None, :]
+        w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask,
+                      other=0.0)
+        w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
+                      other=0.0)
+        graw = tl.dot(hidden, w_g, input_precision="ieee")
+        graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
+        wt = tl.dot(hidden, w_w, input_precision="ieee")
+        wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
+        gate = 1.0 / (1.0 + tl.exp(-graw))
+        m3 = emask[:, None, None] & hmask[None, :, None] & dmask[None, None, :]
+        hd = offs_h[None, :, None] * DK + offs_d[None, None, :]
+        qi = tl.load(q_ptr + ii.to(tl.int64)[:, None, None] * (H * DK) + hd, mask=m3, other=0.0)
+        kj = tl.load(k_ptr + j.to(tl.int64)[:, None, None] * (H * DK) + hd, mask=m3, other=0.0)
+        s = gate * tl.sum(qi * kj, axis=2) * qk_scale
+        m2h = emask[:, None] & hmask[None, :]
+        tl.store(out + offs_h[None, :], s, mask=m2h)
+        tl.store(out + H + offs_h[None, :], wt, mask=m2h)
+
+
+@triton.jit
+def _acc(acc, corr3, DEFER: tl.constexpr, x, scale):
+    """Online-softmax accumulation of one output row: acc * corr + scale * x (edges summed now,
+    or kept per edge slot and summed once at the end when DEFER)."""
+    if DEFER:
+        return acc * corr3 + x * scale
+    else:
+        return acc * corr3 + tl.sum(x, axis=0, keep_dims=True) * scale
+
+
+@triton.jit
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
-    out_ptr, m_ptr, den_ptr,
+    out_ptr, m_ptr, den_ptr, sw_ptr, r_base, e_base,
     n_rbf, n_hid, inv_width, cutoff, eps, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, CH: tl.constexpr,
     DK_P: tl.constexpr, CH_P: tl.constexpr, HID_P: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DEFER: tl.constexpr,
+    PRE: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
     S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
     S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
     S22A: tl.constexpr, S22B: tl.constexpr, S22D: tl.constexpr, S22E: tl.constexpr,
 ):
-    i = tl.program_id(0)
+    i = r_base + tl.program_id(0)
     hb = tl.program_id(1)
     C: tl.constexpr = H * CH
     offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -137,43 +223,52 @@ def _attention_fwd_kernel(
 
     m = tl.full([BLOCK_H], -1.0e30, dtype)
     lsum = tl.zeros([BLOCK_H], dtype)
-    a00 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a01 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a02 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a03 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a04 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a05 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a06 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a07 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a08 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a09 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a10 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a11 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a12 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a13 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a14 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a15 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a16 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a17 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a18 = tl.zeros([BLOCK_H, CH_P], dtype)
-    a19 = tl.zeros([BLOCK_H, CH_P], dtype)
+    ACC_E: tl.constexpr = BLOCK_E if DEFER else 1
+    a00 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a01 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a02 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a03 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a04 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a05 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a06 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a07 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a08 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a09 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a10 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a11 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a12 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a13 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a14 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a15 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a16 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a17 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a18 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
+    a19 = tl.zeros([ACC_E, BLOCK_H, CH_P], dtype)
 
     for e0 in range(start, end, BLOCK_E):
         offs_e = e0 + tl.arange(0, BLOCK_E)
         emask = offs_e < end
-        j, x, y, z, d, env, pre, hidden, gate, wt = _edge_tile_scalars(
-            offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
-            centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
-            n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R)
-        qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
-        s = gate * qk * qk_scale
+        if PRE:
+            # score and signed weight precomputed by _edge_scores_kernel for this chunk
+            j, x, y, z, d, env = _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff)
+            swp = sw_ptr + (offs_e - e_base).to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
+            swmask = emask[:, None] & hmask[None, :]
+            s = tl.load(swp, mask=swmask, other=0.0)
+            wt = tl.load(swp + H, mask=swmask, other=0.0)
+        else:
+            j, x, y, z, d, env, pre, hidden, gate, wt = _edge_tile_scalars(
+                offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
+                centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
+                n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R)
+            qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
+            s = gate * qk * qk_scale
         s = tl.where(emask[:, None], s, -1.0e30)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         corr = tl.exp(m - m_new)
         a = tl.exp(s - m_new[None, :]) * env[:, None]
         lsum = lsum * corr + tl.sum(a, axis=0)
         wa = (a * wt)[:, :, None]  # [BLOCK_E, BLOCK_H, 1]
-        corr2 = corr[:, None]
+        corr3 = corr[None, :, None]
         m = m_new
 
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(x, y, z)
@@ -193,9 +288,9 @@ def _attention_fwd_kernel(
         vmask = emask[:, None, None] & cmask[None, :, :]
         v0 = tl.load(vp, mask=vmask, other=0.0) * wa
         # path 0 -> 1: t = (0, S01 u0, 0); out = R^T t
-        a00 = a00 * corr2 + tl.sum(r10 * v0, axis=0) * S01
-        a01 = a01 * corr2 + tl.sum(r11 * v0, axis=0) * S01
-        a02 = a02 * corr2 + tl.sum(r12 * v0, axis=0) * S01
+        a00 = _acc(a00, corr3, DEFER, r10 * v0, S01)
+        a01 = _acc(a01, corr3, DEFER, r11 * v0, S01)
+        a02 = _acc(a02, corr3, DEFER, r12 * v0, S01)
         v1 = tl.load(vp + 1 * C, mask=vmask, other=0.0) * wa
         v2 = tl.load(vp + 2 * C, mask=vmask, other=0.0) * wa
         v3 = tl.load(vp + 3 * C, mask=vmask, other=0.0) * wa
@@ -203,22 +298,22 @@ def _attention_fwd_kernel(
         u1 = r10 * v1 + r11 * v2 + r12 * v3
         u2 = r20 * v1 + r21 * v2 + r22 * v3
         # path 1 -> 0
-        a03 = a03 * corr2 + tl.sum(u1, axis=0) * S10
+        a03 = _acc(a03, corr3, DEFER, u1, S10)
         # path 1 -> 1: t = (S11A u2, 0, S11C u0)
         t0 = S11A * u2
         t2 = S11C * u0
-        a04 = a04 * corr2 + tl.sum(r00 * t0 + r20 * t2, axis=0)
-        a05 = a05 * corr2 + tl.sum(r01 * t0 + r21 * t2, axis=0)
-        a06 = a06 * corr2 + tl.sum(r02 * t0 + r22 * t2, axis=0)
+        a04 = _acc(a04, corr3, DEFER, r00 * t0 + r20 * t2, 1.0)
+        a05 = _acc(a05, corr3, DEFER, r01 * t0 + r21 * t2, 1.0)
+        a06 = _acc(a06, corr3, DEFER, r02 * t0 + r22 * t2, 1.0)
         # path 1 -> 2: t = (0, S12B u0, S12C u1, S12D u2, 0); out = D2^T t
         t1 = S12B * u0
         t2 = S12C * u1
         t3 = S12D * u2
-        a07 = a07 * corr2 + tl.sum(_b(d10) * t1 + _b(d20) * t2 + _b(d30) * t3, axis=0)
-        a08 = a08 * corr2 + tl.sum(_b(d11) * t1 + _b(d21) * t2 + _b(d31) * t3, axis=0)
-        a09 = a09 * corr2 + tl.sum(_b(d12) * t1 + _b(d22) * t2 + _b(d32) * t3, axis=0)
-        a10 = a10 * corr2 + tl.sum(_b(d13) * t1 + _b(d23) * t2 + _b(d33) * t3, axis=0)
-        a11 = a11 * corr2 + tl.sum(_b(d14) * t1 + _b(d24) * t2 + _b(d34) * t3, axis=0)
+        a07 = _acc(a07, corr3, DEFER, _b(d10) * t1 + _b(d20) * t2 + _b(d30) * t3, 1.0)
+        a08 = _acc(a08, corr3, DEFER, _b(d11) * t1 + _b(d21) * t2 + _b(d31) * t3, 1.0)
+        a09 = _acc(a09, corr3, DEFER, _b(d12) * t1 + _b(d22) * t2 + _b(d32) * t3, 1.0)
+        a10 = _acc(a10, corr3, DEFER, _b(d13) * t1 + _b(d23) * t2 + _b(d33) * t3, 1.0)
+        a11 = _acc(a11, corr3, DEFER, _b(d14) * t1 + _b(d24) * t2 + _b(d34) * t3, 1.0)
         # l1 = 2: u = D2 v
         w0 = tl.load(vp + 4 * C, mask=vmask, other=0.0) * wa
         w1 = tl.load(vp + 5 * C, mask=vmask, other=0.0) * wa
@@ -234,24 +329,24 @@ def _attention_fwd_kernel(
         t0 = S21A * g1
         t1 = S21B * g2
         t2 = S21C * g3
-        a12 = a12 * corr2 + tl.sum(r00 * t0 + r10 * t1 + r20 * t2, axis=0)
-        a13 = a13 * corr2 + tl.sum(r01 * t0 + r11 * t1 + r21 * t2, axis=0)
-        a14 = a14 * corr2 + tl.sum(r02 * t0 + r12 * t1 + r22 * t2, axis=0)
+        a12 = _acc(a12, corr3, DEFER, r00 * t0 + r10 * t1 + r20 * t2, 1.0)
+        a13 = _acc(a13, corr3, DEFER, r01 * t0 + r11 * t1 + r21 * t2, 1.0)
+        a14 = _acc(a14, corr3, DEFER, r02 * t0 + r12 * t1 + r22 * t2, 1.0)
         # path 2 -> 2: t = (S22A g4, S22B g3, 0, S22D g1, S22E g0); out = D2^T t
         t0 = S22A * g4
         t1 = S22B * g3
         t3 = S22D * g1
         t4 = S22E * g0
-        a15 = a15 * corr2 + tl.sum(
-            _b(d00) * t0 + _b(d10) * t1 + _b(d30) * t3 + _b(d40) * t4, axis=0)
-        a16 = a16 * corr2 + tl.sum(
-            _b(d01) * t0 + _b(d11) * t1 + _b(d31) * t3 + _b(d41) * t4, axis=0)
-        a17 = a17 * corr2 + tl.sum(
-            _b(d02) * t0 + _b(d12) * t1 + _b(d32) * t3 + _b(d42) * t4, axis=0)
-        a18 = a18 * corr2 + tl.sum(
-            _b(d03) * t0 + _b(d13) * t1 + _b(d33) * t3 + _b(d43) * t4, axis=0)
-        a19 = a19 * corr2 + tl.sum(
-            _b(d04) * t0 + _b(d14) * t1 + _b(d34) * t3 + _b(d44) * t4, axis=0)
+        a15 = _acc(a15, corr3, DEFER,
+            _b(d00) * t0 + _b(d10) * t1 + _b(d30) * t3 + _b(d40) * t4, 1.0)
+        a16 = _acc(a16, corr3, DEFER,
+            _b(d01) * t0 + _b(d11) * t1 + _b(d31) * t3 + _b(d41) * t4, 1.0)
+        a17 = _acc(a17, corr3, DEFER,
+            _b(d02) * t0 + _b(d12) * t1 + _b(d32) * t3 + _b(d42) * t4, 1.0)
+        a18 = _acc(a18, corr3, DEFER,
+            _b(d03) * t0 + _b(d13) * t1 + _b(d33) * t3 + _b(d43) * t4, 1.0)
+        a19 = _acc(a19, corr3, DEFER,
+            _b(d04) * t0 + _b(d14) * t1 + _b(d34) * t3 + _b(d44) * t4, 1.0)
 
     m = tl.where(m == -1.0e30, 0.0, m)
     den = lsum + eps * tl.exp(-m)
@@ -259,34 +354,39 @@ def _attention_fwd_kernel(
     tl.store(den_ptr + i * H + offs_h, den, mask=hmask)
     inv = (1.0 / den)[:, None]
     op = out_ptr + i.to(tl.int64) * (20 * C) + chan
-    tl.store(op + 0 * C, a00 * inv, mask=cmask)
-    tl.store(op + 1 * C, a01 * inv, mask=cmask)
-    tl.store(op + 2 * C, a02 * inv, mask=cmask)
-    tl.store(op + 3 * C, a03 * inv, mask=cmask)
-    tl.store(op + 4 * C, a04 * inv, mask=cmask)
-    tl.store(op + 5 * C, a05 * inv, mask=cmask)
-    tl.store(op + 6 * C, a06 * inv, mask=cmask)
-    tl.store(op + 7 * C, a07 * inv, mask=cmask)
-    tl.store(op + 8 * C, a08 * inv, mask=cmask)
-    tl.store(op + 9 * C, a09 * inv, mask=cmask)
-    tl.store(op + 10 * C, a10 * inv, mask=cmask)
-    tl.store(op + 11 * C, a11 * inv, mask=cmask)
-    tl.store(op + 12 * C, a12 * inv, mask=cmask)
-    tl.store(op + 13 * C, a13 * inv, mask=cmask)
-    tl.store(op + 14 * C, a14 * inv, mask=cmask)
-    tl.store(op + 15 * C, a15 * inv, mask=cmask)
-    tl.store(op + 16 * C, a16 * inv, mask=cmask)
-    tl.store(op + 17 * C, a17 * inv, mask=cmask)
-    tl.store(op + 18 * C, a18 * inv, mask=cmask)
-    tl.store(op + 19 * C, a19 * inv, mask=cmask)
+    tl.store(op + 0 * C, tl.sum(a00, axis=0) * inv, mask=cmask)
+    tl.store(op + 1 * C, tl.sum(a01, axis=0) * inv, mask=cmask)
+    tl.store(op + 2 * C, tl.sum(a02, axis=0) * inv, mask=cmask)
+    tl.store(op + 3 * C, tl.sum(a03, axis=0) * inv, mask=cmask)
+    tl.store(op + 4 * C, tl.sum(a04, axis=0) * inv, mask=cmask)
+    tl.store(op + 5 * C, tl.sum(a05, axis=0) * inv, mask=cmask)
+    tl.store(op + 6 * C, tl.sum(a06, axis=0) * inv, mask=cmask)
+    tl.store(op + 7 * C, tl.sum(a07, axis=0) * inv, mask=cmask)
+    tl.store(op + 8 * C, tl.sum(a08, axis=0) * inv, mask=cmask)
+    tl.store(op + 9 * C, tl.sum(a09, axis=0) * inv, mask=cmask)
+    tl.store(op + 10 * C, tl.sum(a10, axis=0) * inv, mask=cmask)
+    tl.store(op + 11 * C, tl.sum(a11, axis=0) * inv, mask=cmask)
+    tl.store(op + 12 * C, tl.sum(a12, axis=0) * inv, mask=cmask)
+    tl.store(op + 13 * C, tl.sum(a13, axis=0) * inv, mask=cmask)
+    tl.store(op + 14 * C, tl.sum(a14, axis=0) * inv, mask=cmask)
+    tl.store(op + 15 * C, tl.sum(a15, axis=0) * inv, mask=cmask)
+    tl.store(op + 16 * C, tl.sum(a16, axis=0) * inv, mask=cmask)
+    tl.store(op + 17 * C, tl.sum(a17, axis=0) * inv, mask=cmask)
+    tl.store(op + 18 * C, tl.sum(a18, axis=0) * inv, mask=cmask)
+    tl.store(op + 19 * C, tl.sum(a19, axis=0) * inv, mask=cmask)
 
 
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-def default_blocks(n_heads: int, device: torch.device) -> dict[str, int]:
-    """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk."""
+PRE_CHUNK_EDGES = 1 << 20  # edges per launch in PRE mode (bounds the [E, 2H] scratch)
+
+
+def default_blocks(n_heads: int, device: torch.device) -> dict:
+    """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk;
+    PRE: edge-parallel prepass of the radial MLP + score (else all fused in one kernel);
+    DEFER: sum over the tile's edges once at the end instead of per tile."""
     return dict(BLOCK_E=16, BLOCK_H=min(_pow2(n_heads, 16), 64), BLOCK_R=32)
 
 
@@ -311,14 +411,54 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
     if n_recv == 0:
         return out, m, den
     bl = blocks or default_blocks(n_heads, q.device)
-    grid = (n_recv, triton.cdiv(n_heads, bl["BLOCK_H"]))
-    _attention_fwd_kernel[grid](
-        q, k, v, rij, pair_j, species, rowptr,
-        centers, w_rbf, emb_recv, emb_send, w_out, b_out,
-        out, m, den,
-        n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), float(softmax_eps), 1.0 / math.sqrt(d_k),
-        H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch), HID_P=_pow2(n_hid, 16),
-        BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"], BLOCK_R=bl["BLOCK_R"],
-        **eaas_constants(), num_warps=bl.get("num_warps", 4),
-    )
+    consts = eaas_constants()
+    common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch),
+                  HID_P=_pow2(n_hid, 16), BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"],
+                  BLOCK_R=bl["BLOCK_R"], DEFER=bl.get("DEFER", False), **consts,
+                  num_warps=bl.get("num_warps", 4))
+    scal = (n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), float(softmax_eps), 1.0 / math.sqrt(d_k))
+    n_hb = triton.cdiv(n_heads, bl["BLOCK_H"])
+    if not bl.get("PRE", False):
+        _attention_fwd_kernel[(n_recv, n_hb)](
+            q, k, v, rij, pair_j, species, rowptr,
+            centers, w_rbf, emb_recv, emb_send, w_out, b_out,
+            out, m, den, out, 0, 0, *scal, PRE=False, **common)
+        return out, m, den
+    rp = rowptr.tolist()
+    pair_i = torch.repeat_interleave(
+        torch.arange(n_recv, device=q.device), rowptr[1:] - rowptr[:-1])
+    chunks, r0 = [], 0
+    while r0 < n_recv:
+        r1 = _chunk_end(rp, r0, PRE_CHUNK_EDGES)
+        chunks.append((r0, r1))
+        r0 = r1
+    sw = torch.empty(max(rp[r1] - rp[r0] for r0, r1 in chunks) * 2 * n_heads + 1,
+                     dtype=q.dtype, device=q.device)
+    for r0, r1 in chunks:
+        e0, e1 = rp[r0], rp[r1]
+        if e1 > e0:
+            be = bl.get("PRE_BLOCK_E", 32)
+            _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
+                q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
+                w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
+                1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
+                HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
+                BLOCK_R=bl["BLOCK_R"], num_warps=4)
+        _attention_fwd_kernel[(r1 - r0, n_hb)](
+            q, k, v, rij, pair_j, species, rowptr,
+            centers, w_rbf, emb_recv, emb_send, w_out, b_out,
+            out, m, den, sw, r0, e0, *scal, PRE=True, **common)
     return out, m, den
+
+
+def _chunk_end(rp: list, r0: int, max_edges: int) -> int:
+    """Largest r1 > r0 with rp[r1] - rp[r0] <= max_edges (at least r0 + 1)."""
+    target = rp[r0] + max_edges
+    lo, hi = r0 + 1, len(rp) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if rp[mid] <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(r0 + 1, lo)
