@@ -28,7 +28,10 @@ CHUNK_EDGES = 1 << 20
 
 @triton.jit
 def _b(t):
-    return t[:, None, None]
+    # per-edge scalars are computed directly as [BLOCK_E, 1, 1] tensors (see the geometry
+    # loads below): with 1D scalars expanded late, triton 3.6's layout pass fails on this
+    # kernel ("arith.mulf op requires the same encoding").
+    return t
 
 
 @triton.jit
@@ -85,9 +88,11 @@ def _attention_bwd_kernel(
         offs_e = e0 + tl.arange(0, BLOCK_E)
         emask = offs_e < end
         j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-        rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
-        ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
-        rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+        e3 = offs_e[:, None, None]
+        m3 = emask[:, None, None]
+        rx = tl.load(rij_ptr + e3 * 3 + 0, mask=m3, other=0.0)
+        ry = tl.load(rij_ptr + e3 * 3 + 1, mask=m3, other=1.0)
+        rz = tl.load(rij_ptr + e3 * 3 + 2, mask=m3, other=0.0)
         d = tl.sqrt(rx * rx + ry * ry + rz * rz)
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(rx / d, ry / d, rz / d)
         (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
