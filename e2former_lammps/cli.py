@@ -15,13 +15,20 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    import yaml
+
     from .training import TrainConfig, train
 
     cfg = TrainConfig.from_yaml(args.config)
     overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device))
                  if v is not None}
-    for k, v in overrides.items():
-        setattr(cfg, k, v)
+    for item in args.set or []:
+        if "=" not in item:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = yaml.safe_load(value)
+    if overrides:
+        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
     if args.no_resume:
         cfg.resume = False
     result = train(cfg)
@@ -65,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default=None, help="override the config's output_dir")
     p.add_argument("--device", default=None, help="override the config's device")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config entry (YAML value), e.g. --set max_minutes=5")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="energy/force MAE of a model on labelled data")

@@ -31,3 +31,24 @@ def attach(lmp) -> None:
 
 def attached():
     return _LAMMPS
+
+
+def install_excepthook() -> None:
+    """Print our InputError as one line when LAMMPS reports a Python error (PyErr_Print
+    goes through sys.excepthook); every other exception keeps its full traceback."""
+    import sys
+
+    from ..validation import InputError
+
+    previous = sys.excepthook
+    if getattr(previous, "_e2former", False):
+        return
+
+    def hook(exc_type, exc, tb):
+        if issubclass(exc_type, InputError):
+            print(f"ERROR (E2Former input): {exc}", file=sys.stderr)
+        else:
+            previous(exc_type, exc, tb)
+
+    hook._e2former = True
+    sys.excepthook = hook

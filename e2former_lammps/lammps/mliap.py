@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 
 from ..exchange import NoGhosts
-from ..forces import energy_and_pair_gradient
+from ..forces import energy_and_pair_gradient, pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
 from ..parallel import build_exchange
 from ..validation import InputError, check_pairs
-from .hook import DECK_LINES, attached
+from .hook import DECK_LINES, attached, install_excepthook
+
+VIRIAL_FDOTR = 2  # LAMMPS's vflag bit for the global virial from f . r
 
 try:
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
@@ -31,20 +34,26 @@ class E2FormerMLIAP(MLIAPUnified):
         super().__init__()
         self.model = model.eval()
         self.device = device
-        self.element_types = list(model.elements)
+        # Every element symbol is accepted in pair_coeff (model elements first, so LAMMPS's
+        # element index is the model's species index); atoms of an element the model lacks
+        # are reported by name at the first step instead of LAMMPS's generic pair_coeff error.
+        self.element_types = list(model.elements) + [
+            e for e in chemical_symbols[1:] if e not in model.elements]
         self.ndescriptors = 1
         self.nparams = 1
         self.rcutfac = 0.5 * model.config.cutoff  # LAMMPS pair cutoff = 2 * rcutfac
         self._exchange_key = None
         self._exchange = None
+        self.profiler = None
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._exchange_key = self._exchange = None
+        self.profiler = None
         self.model.to(self.device)
 
     def compute_descriptors(self, data) -> None:
-        pass
+        install_excepthook()
 
     def compute_gradients(self, data) -> None:
         pass
@@ -53,8 +62,8 @@ class E2FormerMLIAP(MLIAPUnified):
         try:
             self._compute_forces(data)
         except InputError as exc:
-            # LAMMPS prints the Python error and stops; keep it to one clear line.
-            raise InputError(f"E2Former: {exc}") from None
+            # LAMMPS prints the Python error (one line, see install_excepthook) and stops.
+            raise InputError(str(exc)) from None
 
     # ---------------------------------------------------------------------------------
     def _exchange_for(self, lmp, comm, nlocal: int, ntotal: int, ghost_neighbours: bool):
@@ -75,17 +84,29 @@ class E2FormerMLIAP(MLIAPUnified):
             self._exchange_key = key
         return self._exchange
 
+    def _check_elements(self, elems: np.ndarray) -> None:
+        n_model = len(self.model.elements)
+        if elems.size and int(elems.max()) >= n_model:
+            unknown = sorted({self.element_types[k] for k in np.unique(elems[elems >= n_model])})
+            raise InputError(
+                f"element(s) {unknown} in pair_coeff have atoms, but this model only knows "
+                f"{self.model.elements}"
+            )
+
     def shell_cutoff(self) -> float:
         cfg = self.model.config
         return (cfg.num_layers + 1) * cfg.cutoff
 
     def _compute_forces(self, data) -> None:
+        if self.profiler is not None:
+            self.profiler.start()
         nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
         nlist = int(data.nlistatoms)
         iatoms = np.asarray(data.iatoms)[:nlist]
         if nlist != nlocal or (nlist and not np.array_equal(iatoms, np.arange(nlist))):
             raise InputError("NULL element types in pair_coeff are not supported by E2Former")
         elems = np.asarray(data.elems)[:ntotal]
+        self._check_elements(elems)
         pair_i = np.asarray(data.pair_i)[:npairs]
         pair_j = np.asarray(data.pair_j)[:npairs]
         rij_np = np.asarray(data.rij)[:npairs]
@@ -105,7 +126,7 @@ class E2FormerMLIAP(MLIAPUnified):
         pj = torch.as_tensor(pair_j, dtype=torch.long)
         if order is not None:
             pi, pj, rij = pi[order], pj[order], rij[order]
-        check_pairs(rij, pi, pj, label=lambda k: f"#{k} (local index)")
+        check_pairs(rij, pi, pj, label=_atom_labeller(attached(), ntotal))
 
         if ghost_shell:
             exchange = NoGhosts(ntotal)
@@ -120,17 +141,33 @@ class E2FormerMLIAP(MLIAPUnified):
         if self.model.config.charge_spin:
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
+        if self.profiler is not None:
+            self.profiler.mark("inputs", graph)
         eatoms, grad = energy_and_pair_gradient(self.model, graph)
+        if self.profiler is not None:
+            self.profiler.mark("model", graph)
         eatoms = eatoms.detach().double().cpu().numpy()
         if not np.isfinite(eatoms).all():
             raise InputError("the model returned a non-finite energy")
-        fij = grad.detach().double().cpu()
-        if order is not None:
-            fij = torch.empty_like(fij).index_copy_(0, order, fij)
         data.eatoms = np.ascontiguousarray(eatoms)
         data.energy = float(eatoms.sum())
-        if npairs:
+        if not npairs:
+            return
+        if int(data.vflag) & ~VIRIAL_FDOTR:
+            # Per-atom or pairwise-tallied virial requested: LAMMPS needs the pair forces.
+            fij = grad.detach().double().cpu()
+            if order is not None:
+                fij = torch.empty_like(fij).index_copy_(0, order, fij)
             data.update_pair_forces(np.ascontiguousarray(fij.numpy()))
+        else:
+            # Sum per atom on the model's device and add [ntotal, 3] once: fewer bytes to the
+            # host than [npairs, 3]; the global virial comes from LAMMPS's f . r over owned
+            # and ghost atoms, which is exact for forces of the form f_i += dE/drij.
+            forces = pair_gradient_to_forces(grad.detach(), graph.pair_i, graph.pair_j, ntotal)
+            f = np.asarray(data.f)
+            f[:ntotal] += forces.double().cpu().numpy()
+        if self.profiler is not None:
+            self.profiler.mark("outputs", graph)
 
     charge: float = 0.0
     spin: float = 1.0
@@ -145,6 +182,14 @@ class _DetachedGhosts(NoGhosts):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pad = x.new_zeros(self.n_total - self.n_recv, *x.shape[1:])
         return torch.cat([x, pad], dim=0)
+
+
+def _atom_labeller(lmp, ntotal: int):
+    """Names atoms by LAMMPS atom ID when the instance is attached, else by local index."""
+    if lmp is None:
+        return lambda k: f"with local index {k}"
+    tags = np.array(lmp.numpy.extract_atom("id", nelem=ntotal), copy=True)
+    return lambda k: f"ID {int(tags[k])}"
 
 
 def _lammps_comm(lmp):

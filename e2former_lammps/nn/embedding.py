@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from e2former_lammps.o3 import spherical_harmonics
 from kernels.attention.common import edge_geometry
@@ -25,16 +26,36 @@ class EdgeDegreeEmbedding(nn.Module):
             persistent=False,
         )
 
-    def forward(self, species: Tensor, n_recv: int, pair_i: Tensor, pair_j: Tensor,
-                rij: Tensor) -> Tensor:
-        """[n_recv, (lmax+1)^2, C] for the receiving atoms."""
+    # Edges per chunk: the per-edge tensor [E, (lmax+1)^2, C] is built a chunk at a time
+    # and recomputed in backward, so memory stays O(atoms) for large systems.
+    chunk_edges: int = 1 << 17
+
+    def _edge_sum(self, species: Tensor, pair_i: Tensor, pair_j: Tensor, rij: Tensor,
+                  first: int, n: int) -> Tensor:
+        """Sum over the given edges for receivers first..first+n: [n, rows, C]."""
         dist, r_hat, env = edge_geometry(rij, self.cutoff)
         radial = self.radial(dist, species[pair_i], species[pair_j])
         radial = radial.view(-1, self.lmax + 1, self.channels)[:, self.row_degree]  # [E, rows, C]
         sh = spherical_harmonics(r_hat, self.lmax) * (env * self.inv_avg_degree)[:, None]
-        edge = sh[:, :, None] * radial
-        x = torch.zeros(n_recv, *edge.shape[1:], dtype=rij.dtype, device=rij.device)
-        x = x.index_add(0, pair_i, edge)
+        out = torch.zeros(n, *radial.shape[1:], dtype=rij.dtype, device=rij.device)
+        return out.index_add(0, pair_i - first, sh[:, :, None] * radial)
+
+    def forward(self, species: Tensor, n_recv: int, pair_i: Tensor, pair_j: Tensor,
+                rij: Tensor) -> Tensor:
+        """[n_recv, (lmax+1)^2, C] for the receiving atoms."""
+        n_edges = rij.shape[0]
+        if n_edges <= self.chunk_edges:
+            x = self._edge_sum(species, pair_i, pair_j, rij, 0, n_recv)
+        else:
+            # Receivers are sorted, so each chunk touches one contiguous range of them.
+            rows = (self.lmax + 1) ** 2
+            x = torch.zeros(n_recv, rows, self.channels, dtype=rij.dtype, device=rij.device)
+            for start in range(0, n_edges, self.chunk_edges):
+                sl = slice(start, start + self.chunk_edges)
+                first, last = int(pair_i[sl][0]), int(pair_i[sl][-1])
+                part = checkpoint(self._edge_sum, species, pair_i[sl], pair_j[sl], rij[sl],
+                                  first, last + 1 - first, use_reentrant=False)
+                x = torch.cat([x[:first], x[first:last + 1] + part, x[last + 1:]], dim=0)
         l0 = x[:, :1] + self.element(species[:n_recv])[:, None]
         return torch.cat([l0, x[:, 1:]], dim=1)
 

