@@ -237,7 +237,8 @@ def _attention_bwd_kernel(
 
 
 def default_bwd_blocks(n_heads: int) -> dict[str, int]:
-    return dict(BLOCK_E=16, BLOCK_H=min(_pow2(n_heads, 1), 32), num_warps=4)
+    # no register spills with triton 3.6 / sm_90 (ptxas -v): kernels/NOTES.md, E5
+    return dict(BLOCK_E=8, BLOCK_H=16, num_warps=4)
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,

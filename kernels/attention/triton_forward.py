@@ -387,7 +387,8 @@ def default_blocks(n_heads: int, device: torch.device) -> dict:
     """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk;
     PRE: edge-parallel prepass of the radial MLP + score (else all fused in one kernel);
     DEFER: sum over the tile's edges once at the end instead of per tile."""
-    return dict(BLOCK_E=16, BLOCK_H=min(_pow2(n_heads, 16), 64), BLOCK_R=32)
+    # Fastest measured on the H100 at 10k water atoms (kernels/NOTES.md, E4).
+    return dict(PRE=True, DEFER=True, BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4)
 
 
 def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
@@ -443,7 +444,7 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
                 w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
                 1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
                 HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
-                BLOCK_R=bl["BLOCK_R"], num_warps=4)
+                BLOCK_R=bl["BLOCK_R"], num_warps=bl.get("PRE_NUM_WARPS", 8))
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
