@@ -219,6 +219,19 @@ def attention_stage(n_atoms, graph, impls, log, do_bwd_ref=True):
             log(f"  attention {impl:9s} {mode:7s} {r.get(mode + '_ms')} ms  "
                 f"peak {r.get(mode + '_peak_bytes')}")
         res[impl] = r
+    if "reference" in outs and "triton" in outs and n_atoms <= 20000:
+        ls = [t.detach().requires_grad_() for t in leaves[:4]]
+        gr = {}
+        for impl in ("triton", "reference"):
+            out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species,
+                                        mlp.weights(), CUTOFF, 1.0, 2, impl=impl)
+            gr[impl] = torch.autograd.grad(out, ls + list(mlp.parameters()), grad_out)
+        res["grad_rel_err_fp32"] = {
+            name: float((a - b).norm() / b.norm()) for name, a, b in zip(
+                ("q", "k", "v", "rij", "w_rbf", "emb_recv", "emb_send", "w_out", "b_out"),
+                gr["triton"], gr["reference"])}
+        log(f"  attention grad rel err triton vs reference (fp32): {res['grad_rel_err_fp32']}")
+        del gr
     if "reference" in outs and "triton" in outs:
         ref, tri = outs["reference"], outs["triton"]
         res["fwd_rel_err_fp32"] = float((tri - ref).norm() / ref.norm())
