@@ -18,8 +18,15 @@ def resolve_device(device: str) -> torch.device:
 
 def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 32,
                     progress: bool = False, max_frames: int | None = None) -> dict:
+    """Metrics of all frames, or of max_frames evenly spaced ones (same frames every call,
+    spread over the file so every subset is represented)."""
+    import numpy as np
+
     acc = MetricAccumulator()
-    n = len(packed) if max_frames is None else min(len(packed), max_frames)
+    rows = np.arange(len(packed))
+    if max_frames is not None and max_frames < len(packed):
+        rows = np.unique(np.linspace(0, len(packed) - 1, max_frames).round().astype(np.int64))
+    n = len(rows)
     was_training = model.training
     model.eval()
     it = range(0, n, batch_size)
@@ -27,7 +34,7 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
         from tqdm import tqdm
         it = tqdm(it, desc="evaluate", unit="batch", leave=False)
     for s in it:
-        b = packed.batch(list(range(s, min(s + batch_size, n))))
+        b = packed.batch(rows[s:s + batch_size].tolist())
         e, f = predict(model, b, create_graph=False)
         acc.add([packed.subset_names[k] for k in b.subset.tolist()],
                 e.detach().cpu().numpy(), b.energy.cpu().numpy(), b.n_atoms.cpu().numpy(),

@@ -17,13 +17,14 @@ def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") 
     if train:
         steps = [h["step"] for h in train]
         ax.plot(steps, [h["loss"] for h in train], label="loss", lw=1)
-        ax.plot(steps, [h["loss_energy"] * 1000 / 1000 for h in train], label="|dE|/atom (eV)",
+        ax.plot(steps, [h["loss_energy"] for h in train], label="|dE|/atom (eV)",
                 lw=0.8, alpha=0.8)
         ax.plot(steps, [h["loss_force"] for h in train], label="|dF| (eV/Å)", lw=0.8, alpha=0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title("training loss")
-    ax.legend()
+    if train:
+        ax.legend()
     ax = axes[1]
     if val:
         steps = [h["step"] for h in val]
@@ -36,7 +37,8 @@ def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") 
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_title("validation (EMA weights)")
-    ax.legend()
+    if val:
+        ax.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,0 +1,211 @@
+"""Trainer, checkpoints/resume, evaluate CLI: small CPU runs (tiny model, tiny molecules)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from ase import Atoms
+from ase.calculators.morse import MorsePotential
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import write
+
+from e2former_lammps import E2FormerCalculator, E2FormerConfig, E2FormerV2
+from e2former_lammps.cli import main as cli_main
+from e2former_lammps.data import Frame, read_dataset
+from e2former_lammps.training import TrainConfig, train
+from e2former_lammps.training.batching import PackedFrames, fit_reference_energies, predict
+from e2former_lammps.training.trainer import save_atomic
+
+TINY = {"channels": 8, "num_heads": 2, "head_dim": 4, "num_layers": 1, "num_rbf": 8,
+        "radial_hidden": 16, "ffn_channels": 16, "cutoff": 4.0}
+
+
+def _molecules(n: int, seed: int = 0) -> list[Atoms]:
+    """Small C/H/O molecules near a Morse minimum, labelled by the Morse potential."""
+    rng = np.random.default_rng(seed)
+    shapes = [("OH2", [[0, 0, 0], [1.1, 0, 0], [0, 1.1, 0]]),
+              ("CH3", [[0, 0, 0], [1.1, 0, 0], [0, 1.1, 0], [0, 0, 1.1]][:4]),
+              ("CO2", [[0, 0, 0], [1.15, 0, 0], [-1.15, 0, 0]]),
+              ("CH4", [[0, 0, 0], [1.1, 0, 0], [0, 1.1, 0], [0, 0, 1.1], [-0.7, -0.7, -0.7]])]
+    out = []
+    for k in range(n):
+        sym, pos = shapes[k % len(shapes)]
+        a = Atoms(sym, positions=np.array(pos[:len(Atoms(sym))], float)
+                  + rng.normal(scale=0.08, size=(len(Atoms(sym)), 3)))
+        a.calc = MorsePotential(epsilon=0.4, r0=1.15, rho0=5.0)
+        e, f = a.get_potential_energy() - 2.0 * len(a), a.get_forces()
+        a.calc = SinglePointCalculator(a, energy=e, forces=f)
+        a.info["config_type"] = "even" if k % 2 == 0 else "odd"
+        out.append(a)
+    return out
+
+
+def _write(path, atoms):
+    write(path, atoms, format="extxyz")
+    return str(path)
+
+
+def _cfg(tmp_path, data, **kw) -> TrainConfig:
+    base = dict(train=[data], output_dir=str(tmp_path / "run"), model=dict(TINY), lr=1e-2,
+                warmup_steps=0, batch_size=4, ema_decay=0.9, checkpoint_every_steps=None,
+                checkpoint_every_minutes=None, log_every_steps=1, seed=3, device="cpu",
+                progress=False, min_lr_factor=0.1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_overfit_four_structures(tmp_path):
+    torch.set_num_threads(1)
+    data = _write(tmp_path / "four.xyz", _molecules(4))
+    res = train(_cfg(tmp_path, data, max_steps=120, lr=2e-2, warmup_steps=5))
+    losses = [h["loss"] for h in res["loss_history"] if "loss" in h]
+    assert len(losses) == 120
+    first, last = losses[0], min(losses[-5:])
+    assert last < first / 10, (first, last)
+    print("overfit loss", first, last)
+    m = E2FormerV2.load(res["model"])
+    assert m.metadata["config"]["max_steps"] == 120
+    assert (tmp_path / "run" / "learning_curve.png").is_file()
+
+
+def test_resume_after_kill_matches_uninterrupted(tmp_path):
+    torch.set_num_threads(1)
+    data = _write(tmp_path / "six.xyz", _molecules(6, seed=1))
+    val = _write(tmp_path / "val.xyz", _molecules(2, seed=2))
+    kw = dict(max_steps=8, batch_size=2, checkpoint_every_steps=3, val=[val])
+    ref = train(_cfg(tmp_path / "a", data, **kw))
+
+    cfg = _cfg(tmp_path / "b", data, **kw)
+    killed = train(cfg, stop_after_steps=7)  # "killed" after step 7, no final checkpoint
+    assert killed["killed"]
+    ckpt = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["step"] == 6  # lost one step: less than the checkpoint interval
+    resumed = train(cfg)
+    assert resumed["step"] == ref["step"] == 8
+
+    a = torch.load(tmp_path / "a" / "run" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "b" / "run" / "checkpoint.pt", weights_only=False)
+    for key in ("model", "ema"):
+        for name, t in a[key].items():
+            torch.testing.assert_close(b[key][name], t, rtol=0, atol=1e-6, msg=f"{key} {name}")
+    la = [h["loss"] for h in a["history"] if "loss" in h]
+    lb = [h["loss"] for h in b["history"] if "loss" in h]
+    np.testing.assert_allclose(lb[-2:], la[-2:], rtol=1e-6)
+    va = ref["metrics"]["val"]["overall"]["force_mae_meV_per_A"]
+    vb = resumed["metrics"]["val"]["overall"]["force_mae_meV_per_A"]
+    assert vb == pytest.approx(va, rel=1e-6)
+
+
+def _tiny_model(elements=("H", "C", "O")) -> E2FormerV2:
+    torch.manual_seed(0)
+    m = E2FormerV2(E2FormerConfig(elements=list(elements), **TINY)).double()
+    m.set_reference_energies({"H": -1.0, "C": -3.0, "O": -4.0})
+    return m
+
+
+def test_evaluate_json_equals_hand_computation(tmp_path, capsys):
+    atoms = _molecules(3, seed=5)
+    data = _write(tmp_path / "eval.xyz", atoms)
+    model = _tiny_model()
+    path = tmp_path / "m.pt"
+    model.save(path)
+    assert cli_main(["evaluate", "--model", str(path), "--data", data, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+
+    calc = E2FormerCalculator(E2FormerV2.load(path))
+    e_err, f_err = {}, {}
+    for a in atoms:
+        ref_e, ref_f = a.get_potential_energy(), a.get_forces()
+        b = a.copy()
+        b.calc = calc
+        s = a.info["config_type"]
+        e_err.setdefault(s, []).append(abs(b.get_potential_energy() - ref_e) / len(a))
+        f_err.setdefault(s, []).append(np.abs(b.get_forces() - ref_f).ravel())
+    for s in ("even", "odd"):
+        got = out["subsets"][s]
+        assert got["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(e_err[s]), rel=1e-9)
+        assert got["force_mae_meV_per_A"] == pytest.approx(
+            1000 * np.concatenate(f_err[s]).mean(), rel=1e-9)
+    all_e = [x for v in e_err.values() for x in v]
+    all_f = np.concatenate([x for v in f_err.values() for x in v])
+    assert out["overall"]["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(all_e),
+                                                                      rel=1e-9)
+    assert out["overall"]["force_mae_meV_per_A"] == pytest.approx(1000 * all_f.mean(), rel=1e-9)
+    assert out["overall"]["n_frames"] == 3
+
+
+def test_batch_equals_single_structures():
+    atoms = _molecules(3, seed=7)
+    frames = [Frame.from_atoms(a, a.get_potential_energy(), a.get_forces()) for a in atoms]
+    model = _tiny_model()
+    cfg = model.config
+    packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                          dtype=torch.float64)
+    e, f = predict(model, packed.batch([2, 0, 1]))
+    calc = E2FormerCalculator(model)
+    for row, k in enumerate([2, 0, 1]):
+        a = atoms[k].copy()
+        a.calc = calc
+        assert float(e[row].detach()) == pytest.approx(a.get_potential_energy(), abs=1e-9)
+    b = atoms[2].copy()
+    b.calc = calc
+    np.testing.assert_allclose(f[:len(b)].detach().numpy(), b.get_forces(), atol=1e-9)
+
+
+def test_reference_energies_least_squares():
+    rng = np.random.default_rng(0)
+    refs = {"H": -13.6, "C": -1030.0, "O": -2040.0}
+    frames = []
+    for k in range(8):
+        n_h, n_c, n_o = rng.integers(1, 5, size=3)
+        nums = [1] * n_h + [6] * n_c + [8] * n_o
+        e = n_h * refs["H"] + n_c * refs["C"] + n_o * refs["O"]
+        frames.append(Frame(numbers=nums, positions=rng.normal(size=(len(nums), 3)) * 3,
+                            energy=e, forces=np.zeros((len(nums), 3))))
+    packed = PackedFrames(frames, ["H", "C", "O", "N"], [1, 6, 8, 7], 4.0)
+    fit = fit_reference_energies(packed, ["H", "C", "O", "N"])
+    for k, v in refs.items():
+        assert fit[k] == pytest.approx(v, abs=1e-8)
+    assert fit["N"] == 0.0
+
+
+def test_config_errors(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "learning_rate": 1}))
+    with pytest.raises(ValueError, match="learning_rate"):
+        TrainConfig.from_yaml(p)
+    p.write_text(yaml.safe_dump({"train": "x.xyz"}))
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainConfig.from_yaml(p)
+    p.write_text(yaml.safe_dump({"max_steps": 3}))
+    with pytest.raises(ValueError, match="train"):
+        TrainConfig.from_yaml(p)
+    p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "model": {"chanels": 3}}))
+    with pytest.raises(ValueError, match="chanels"):
+        TrainConfig.from_yaml(p)
+    p.write_text(yaml.safe_dump({"train": str(tmp_path / "missing.xyz"), "max_steps": 1,
+                                 "output_dir": str(tmp_path / "o")}))
+    assert cli_main(["train", str(p)]) == 2  # clear error, no traceback
+
+
+def test_train_rejects_unknown_elements(tmp_path):
+    data = _write(tmp_path / "d.xyz", _molecules(2))
+    with pytest.raises(ValueError, match=r"\['O'\]"):
+        train(_cfg(tmp_path, data, max_steps=1, elements=["H", "C"]))
+
+
+def test_save_atomic(tmp_path):
+    path = tmp_path / "ck.pt"
+    save_atomic({"a": torch.ones(2)}, path)
+    save_atomic({"a": torch.zeros(2)}, path)
+    assert torch.load(path)["a"].sum() == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["ck.pt"]
+
+
+def test_read_dataset_frames_feed_training(tmp_path):
+    data = _write(tmp_path / "d.xyz", _molecules(2))
+    frames = read_dataset(data)
+    assert {f.subset for f in frames} == {"even", "odd"}
