@@ -18,7 +18,7 @@ class EquivariantAttention(nn.Module):
         super().__init__()
         self.lmax, self.num_heads, self.head_dim = lmax, num_heads, head_dim
         self.cutoff, self.softmax_eps = cutoff, softmax_eps
-        self.impl = "reference"
+        self.impl = "auto"
         self.w_query_key_1 = SO3Linear(channels, channels, lmax, bias=False)
         self.w_query_key_2 = SO3Linear(channels, channels, lmax, bias=False)
         self.qk_mlp = nn.Sequential(

@@ -387,8 +387,8 @@ def default_blocks(n_heads: int, device: torch.device) -> dict:
     """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk;
     PRE: edge-parallel prepass of the radial MLP + score (else all fused in one kernel);
     DEFER: sum over the tile's edges once at the end instead of per tile."""
-    # Fastest measured on the H100 at 10k water atoms (kernels/NOTES.md, E4).
-    return dict(PRE=True, DEFER=True, BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4)
+    # Fastest of the autotuned variants on the H100 at 10k water atoms (kernels/NOTES.md, E5).
+    return dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4)
 
 
 def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
