@@ -169,6 +169,16 @@ def test_double_backward(interpreter):
         assert rel(a, b) < 1e-10, f"d2/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
 
 
+def test_no_edges(interpreter):
+    """Isolated atoms (the model's isolated-atom baseline): zero output, zero gradients."""
+    inputs = make_inputs(fresh_seed(), [0, 0, 0], n_total=4)
+    leaves = make_leaves(inputs)
+    out = call("triton", inputs, leaves)
+    assert out.shape == (3, 20, 8) and (out == 0).all()
+    grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
+    assert all(g is None or (g == 0).all() for g in grads)
+
+
 def test_auto_dispatch_cpu_is_reference():
     from kernels.attention import resolve_impl
 

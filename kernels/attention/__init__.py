@@ -1,6 +1,7 @@
 """Equivariant attention + first-order EAAS convolution: reference and fused implementations."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from .common import EdgeRadialWeights
@@ -17,9 +18,12 @@ def triton_available() -> bool:
 
 
 def resolve_impl(impl: str, q: Tensor, lmax: int) -> str:
-    """"auto" -> "triton" for CUDA tensors with triton importable and lmax 2, else "reference"."""
+    """"auto" -> "triton" for float32 CUDA tensors with triton importable and lmax 2, else
+    "reference" (float64 on the GPU stays on the reference: the kernels were validated and
+    timed in float32 there; float64 is validated in the CPU interpreter only)."""
     if impl == "auto":
-        return "triton" if (q.is_cuda and lmax == 2 and triton_available()) else "reference"
+        ok = q.is_cuda and q.dtype == torch.float32 and lmax == 2 and triton_available()
+        return "triton" if ok else "reference"
     return impl
 
 
