@@ -130,13 +130,16 @@ def test_forward_paper_heads(interpreter):
     assert rel(call("triton", inputs), call("reference", inputs)) < 1e-12, f"seed {seed}"
 
 
-@pytest.mark.parametrize("backward", ["triton", "chunked"])
+@pytest.mark.parametrize("backward", ["triton", "triton-analytic", "chunked"])
 def test_first_derivatives(interpreter, backward, monkeypatch):
     import kernels.attention.autograd as ag
 
-    if backward == "triton":
+    if backward.startswith("triton"):
         tb = pytest.importorskip("kernels.attention.triton_backward")
         monkeypatch.setattr(tb, "CHUNK_EDGES", 20)
+        monkeypatch.setattr(tb, "HEAD_BACKWARD",
+                            "analytic" if backward.endswith("analytic") else "autograd")
+        backward = "triton"
     monkeypatch.setattr(ag, "BACKWARD_IMPL", backward)
     monkeypatch.setattr(ag, "CHUNK_EDGES", 20)  # several chunks, one receiver over the limit
     seed = fresh_seed()

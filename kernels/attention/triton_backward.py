@@ -24,6 +24,11 @@ from ._triton_geometry import _rotation_to_pole, _wigner2
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
+# Head-sized part of the backward: "autograd" (PyTorch autograd through the reference's
+# attention_weights; measured on the H100, kernels/NOTES.md E3) or "analytic" (closed-form
+# softmax / score / gate / radial-MLP gradients with the forward's saved (m, den): no index
+# backward, no autograd graph; validated on the CPU, not yet timed on the GPU).
+HEAD_BACKWARD = "autograd"
 
 
 @triton.jit
@@ -276,16 +281,24 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         r1 = max(r0 + 1, lo)
         e0, e1 = rp[r0], rp[r1]
         if e1 > e0:
-            pj = pair_j[e0:e1]
-            uniq, inv = torch.unique(pj, return_inverse=True)
-            nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
             nr = r1 - r0
-            qc = q[r0:r1].detach().requires_grad_()
-            kc = k[nodes].detach().requires_grad_()
             rc = rij[e0:e1].detach().requires_grad_()
+            analytic = HEAD_BACKWARD == "analytic"
+            if analytic:
+                head = _HeadPart(q, k, rij[e0:e1], pair_i[e0:e1], pair_j[e0:e1], species,
+                                 centers, width, w_rbf, emb_recv, emb_send, w_out, b_out,
+                                 cutoff, m, den)
+                alpha = head.alpha
+            else:
+                pj = pair_j[e0:e1]
+                uniq, inv = torch.unique(pj, return_inverse=True)
+                nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
+                qc = q[r0:r1].detach().requires_grad_()
+                kc = k[nodes].detach().requires_grad_()
             with torch.enable_grad():
-                alpha = attention_weights(qc, kc, rc, pair_i[e0:e1] - r0, nr + inv,
-                                          species[nodes], radial, cutoff, eps)
+                if not analytic:
+                    alpha = attention_weights(qc, kc, rc, pair_i[e0:e1] - r0, nr + inv,
+                                              species[nodes], radial, cutoff, eps)
                 r_hat = rc / rc.norm(dim=-1, keepdim=True)
                 rot = rotation_to_pole(r_hat)
                 d2 = wigner_d(rot, 2)
@@ -297,6 +310,13 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                 grad_out, v, rij, pair_j, rowptr, alpha_c, dv, galpha, drot, r0, e0,
                 H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
                 BLOCK_H=bl["BLOCK_H"], **consts, num_warps=bl["num_warps"])
+            if analytic:
+                (g_rot,) = torch.autograd.grad(
+                    (rot, d2), [rc], (drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)))
+                drij[e0:e1] += g_rot
+                head.backward(galpha, dq, dk, drij[e0:e1], dw)
+                r0 = r1
+                continue
             got = torch.autograd.grad(
                 (alpha, rot, d2), [qc, kc, rc, *leaves_w],
                 (galpha, drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)),
@@ -312,3 +332,76 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                     acc += g
         r0 = r1
     return (dq, dk, dv, drij, *dw)
+
+
+class _HeadPart:
+    """alpha_ijh of one receiver chunk and its closed-form backward (HEAD_BACKWARD "analytic").
+
+    alpha = w * a / den_i with a = p(d) exp(s - m_i), s = sigmoid(g_raw) <q_i, k_j> / sqrt(d_k),
+    (g_raw, w) = SiLU(rbf(d) W_rbf + E_r[Z_i] + E_s[Z_j]) W_out + b_out; m, den are the
+    forward's per-receiver statistics (den includes eps * exp(-m)), so with G = dL/dalpha:
+    dw = G a / den, dA = (G w - D_i) / den with D_i = sum_j G alpha, ds = dA a,
+    dp = sum_h dA exp(s - m); m carries no gradient (the output does not depend on it).
+    """
+
+    def __init__(self, q, k, rij, pair_i, pair_j, species, centers, width, w_rbf, emb_recv,
+                 emb_send, w_out, b_out, cutoff, m, den):
+        import math
+
+        n_heads, d_k = q.shape[1], q.shape[2]
+        self.pair_i, self.pair_j, self.cutoff, self.width = pair_i, pair_j, cutoff, width
+        self.zi, self.zj = species[pair_i], species[pair_j]
+        self.w_rbf, self.w_out, self.centers = w_rbf, w_out, centers
+        self.n_recv = q.shape[0]
+        dist = rij.norm(dim=-1)
+        self.dist, self.r_hat = dist, rij / dist[:, None]
+        x = (dist / cutoff).clamp(max=1.0)
+        self.x = x
+        env = 1.0 + x * x * x * (-10.0 + x * (15.0 - 6.0 * x))
+        t = (dist[:, None] - centers) / width
+        self.t = t
+        self.rbf = torch.exp(-0.5 * t * t)
+        self.pre = self.rbf @ w_rbf + emb_recv[self.zi] + emb_send[self.zj]
+        self.sig_pre = torch.sigmoid(self.pre)
+        self.hidden = self.pre * self.sig_pre
+        o = self.hidden @ w_out + b_out
+        self.gate = torch.sigmoid(o[:, :n_heads])
+        self.wt = o[:, n_heads:]
+        self.scale = 1.0 / math.sqrt(d_k)
+        self.qi, self.kj = q[pair_i], k[pair_j]  # [E, H, d_k]
+        self.qk = (self.qi * self.kj).sum(-1)
+        s = self.gate * self.qk * self.scale
+        self.expo = torch.exp(s - m[pair_i])
+        self.a = env[:, None] * self.expo
+        self.inv_den = 1.0 / den[pair_i]
+        self.alpha = self.wt * self.a * self.inv_den
+
+    def backward(self, g, dq, dk, drij, dw):
+        """Accumulate into dq [n_recv, H, d], dk [n_total, H, d], drij [E, 3] (this chunk),
+        dw = [dw_rbf, demb_recv, demb_send, dw_out, db_out]."""
+        pi, pj = self.pair_i, self.pair_j
+        dsum = torch.zeros(self.n_recv, g.shape[1], dtype=g.dtype, device=g.device)
+        dsum.index_add_(0, pi, g * self.alpha)
+        d_wt = g * self.a * self.inv_den
+        d_a = (g * self.wt - dsum[pi]) * self.inv_den
+        d_s = d_a * self.a
+        d_env = (d_a * self.expo).sum(-1)
+        d_qk = d_s * self.gate * self.scale
+        d_graw = d_s * self.qk * self.scale * self.gate * (1.0 - self.gate)
+        dq.index_add_(0, pi, d_qk[:, :, None] * self.kj)
+        dk.index_add_(0, pj, d_qk[:, :, None] * self.qi)
+        d_o = torch.cat([d_graw, d_wt], dim=-1)
+        dw[3] += self.hidden.transpose(0, 1) @ d_o
+        dw[4] += d_o.sum(0)
+        d_pre = (d_o @ self.w_out.transpose(0, 1)) * (
+            self.sig_pre * (1.0 + self.pre * (1.0 - self.sig_pre)))
+        dw[0] += self.rbf.transpose(0, 1) @ d_pre
+        dw[1].index_add_(0, self.zi, d_pre)
+        dw[2].index_add_(0, self.zj, d_pre)
+        d_rbf = d_pre @ self.w_rbf.transpose(0, 1)
+        d_dist = (d_rbf * self.rbf * (-self.t / self.width)).sum(-1)
+        x = self.x
+        d_env_dx = torch.where(self.dist < self.cutoff, -30.0 * x * x * (x - 1.0) ** 2,
+                               torch.zeros_like(x))
+        d_dist = d_dist + d_env * d_env_dx / self.cutoff
+        drij += d_dist[:, None] * self.r_hat
