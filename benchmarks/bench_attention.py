@@ -293,7 +293,12 @@ def main():
     ap.add_argument("--sweep", type=int, default=0, help="only time forward tile sizes at N")
     ap.add_argument("--autotune", type=int, default=0,
                     help="first time the kernel variants at N atoms and use the fastest")
+    ap.add_argument("--profile", type=int, default=0,
+                    help="only profile forward+backward at N atoms (both head-backward modes)")
     args = ap.parse_args()
+    if args.profile:
+        profile(args.profile)
+        return
     if args.sweep:
         sweep(args.sweep)
         return
@@ -507,6 +512,41 @@ def autotune(n_atoms, log):
     res["chosen"] = {"forward": fwd_best, "backward": bwd_best}
     log(f"autotune chosen {res['chosen']}")
     return res
+
+
+def profile(n_atoms):
+    """torch.profiler table of one forward+backward per HEAD_BACKWARD mode (next step, E3)."""
+    import kernels.attention.triton_backward as tb
+    from kernels.attention import equivariant_attention
+
+    dev = torch.device("cuda")
+    pos, species, box = water_box(n_atoms, device=dev)
+    n = pos.shape[0]
+    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
+    rij = rij.float()
+    g_out = torch.randn(n, 20, CFG["channels"], device=dev)
+
+    def fb():
+        ls = [t.detach().requires_grad_() for t in (q, k, v, rij)]
+        out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species,
+                                    mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
+        return torch.autograd.grad(out, ls + list(mlp.parameters()), g_out)
+
+    ref = None
+    for mode in ("autograd", "analytic"):
+        tb.HEAD_BACKWARD = mode
+        grads = fb()
+        if ref is None:
+            ref = grads
+        else:
+            errs = [float((a - b).norm() / b.norm()) for a, b in zip(grads, ref)]
+            print(f"{mode} vs autograd grads rel err: max {max(errs):.1e}")
+        print(f"HEAD_BACKWARD={mode}: fwd+bwd {bench(fb):.2f} ms", flush=True)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            fb()
+            torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=15), flush=True)
 
 
 def plot(path):
