@@ -9,6 +9,7 @@ simple and independent of LAMMPS's processor layout (brick or tiled).
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import torch
@@ -62,6 +63,8 @@ class MPIExchangePlan:
         comm.Alltoallv([requests, self.recv_counts], [self.send_rows, self.send_counts])
         self.send_rows_t = torch.from_numpy(self.send_rows)
         self.recv_rows_t = torch.from_numpy(self.recv_rows)
+        # Traffic counters (bytes this rank sent, seconds inside Alltoallv), for benchmarks.
+        self.stats = {"calls": 0, "bytes_sent": 0, "seconds": 0.0}
 
     def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray,
                    recv_counts: np.ndarray, width: int) -> np.ndarray:
@@ -69,8 +72,12 @@ class MPIExchangePlan:
 
         recv = np.empty((int(recv_counts.sum()), width), dtype=send.dtype)
         mpi_type = MPI.DOUBLE if send.dtype == np.float64 else MPI.FLOAT
+        t0 = time.perf_counter()
         self.comm.Alltoallv([send, send_counts * width, mpi_type],
                             [recv, recv_counts * width, mpi_type])
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["calls"] += 1
+        self.stats["bytes_sent"] += send.nbytes
         return recv
 
     def forward(self, x: Tensor) -> Tensor:
@@ -129,3 +136,35 @@ def build_exchange(tags: np.ndarray, nlocal: int, comm=None) -> Exchange:
         owner = owner_index(np.asarray(tags[:nlocal]), np.asarray(tags[nlocal:]))
         return LocalImages(torch.as_tensor(owner, dtype=torch.long), nlocal)
     return MPIExchange(MPIExchangePlan(comm, np.asarray(tags), nlocal))
+
+
+class _KokkosExchangeFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, anchor: Tensor, data, nlocal: int, ntotal: int) -> Tensor:
+        ctx.data, ctx.nlocal = data, nlocal
+        flat = x.reshape(nlocal, math.prod(x.shape[1:]))
+        src = torch.cat([flat, flat.new_zeros(ntotal - nlocal, flat.shape[1])]).contiguous()
+        dst = src.clone()
+        data.forward_exchange(src, dst, flat.shape[1])  # owners -> ghost rows (LAMMPS comm)
+        return dst.view(ntotal, *x.shape[1:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        flat = grad.reshape(grad.shape[0], math.prod(grad.shape[1:])).contiguous()
+        dst = flat.clone()
+        ctx.data.reverse_exchange(flat, dst, flat.shape[1])  # ghost rows added into owners
+        return dst[: ctx.nlocal].view(ctx.nlocal, *grad.shape[1:]), None, None, None, None
+
+
+class KokkosExchange(Exchange):
+    """Exchange through LAMMPS's own (Kokkos, GPU-resident) ghost communication:
+    `data.forward_exchange` / `data.reverse_exchange`. No tags or mpi4py needed."""
+
+    def __init__(self, data, nlocal: int, ntotal: int):
+        self.data = data
+        self.n_recv, self.n_total = nlocal, ntotal
+        self.anchor = torch.zeros((), requires_grad=True)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return _KokkosExchangeFunction.apply(x, self.anchor, self.data, self.n_recv,
+                                             self.n_total)

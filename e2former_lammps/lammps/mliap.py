@@ -8,6 +8,8 @@ with no communication. Exact when `comm_modify cutoff` >= (num_layers + 1) * r_c
 """
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from ase.data import chemical_symbols
@@ -15,11 +17,12 @@ from ase.data import chemical_symbols
 from ..exchange import NoGhosts
 from ..forces import energy_and_pair_gradient, pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
-from ..parallel import build_exchange
+from ..parallel import KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 
-VIRIAL_FDOTR = 2  # LAMMPS's vflag bit for the global virial from f . r
+VIRIAL_FDOTR = 2
+_STATS_DIR = os.environ.get("E2FORMER_STATS_DIR")  # LAMMPS's vflag bit for the global virial from f . r
 
 try:
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
@@ -99,6 +102,7 @@ class E2FormerMLIAP(MLIAPUnified):
         return self._exchange
 
     def _check_elements(self, elems: np.ndarray) -> None:
+        """Atoms of pair_coeff elements the model lacks (indices past its own elements)."""
         n_model = len(self.model.elements)
         if elems.size and int(elems.max()) >= n_model:
             unknown = sorted({self.element_types[k] for k in np.unique(elems[elems >= n_model])})
@@ -114,43 +118,41 @@ class E2FormerMLIAP(MLIAPUnified):
     def _compute_forces(self, data) -> None:
         if self.profiler is not None:
             self.profiler.start()
-        nlocal, ntotal, npairs = int(data.nlocal), int(data.ntotal), int(data.npairs)
-        nlist = int(data.nlistatoms)
-        iatoms = _array(data.iatoms, nlist)
-        if nlist != nlocal or (nlist and not np.array_equal(iatoms, np.arange(nlist))):
+        arrays = KokkosArrays(data) if hasattr(data, "forward_exchange") else HostArrays(data)
+        nlocal, ntotal, npairs, nlist = arrays.nlocal, arrays.ntotal, arrays.npairs, arrays.nlist
+        iatoms = arrays.get("iatoms", nlist)
+        if nlist != nlocal or (nlist and not torch.equal(
+                iatoms.cpu(), torch.arange(nlist, dtype=iatoms.dtype))):
             raise InputError("NULL element types in pair_coeff are not supported by E2Former")
-        elems = _array(data.elems, ntotal)
-        self._check_elements(elems)
-        pair_i = _array(data.pair_i, npairs)
-        pair_j = _array(data.pair_j, npairs)
-        rij_np = _array(data.rij, npairs, (3,), np.float64)
+        elems = arrays.get("elems", ntotal).long()
+        self._check_elements(elems.cpu().numpy())
+        pi = arrays.get("pair_i", npairs).long()
+        pj = arrays.get("pair_j", npairs).long()
+        rij = arrays.get("rij", npairs, (3,))
         lmp = attached()
         comm = _lammps_comm(lmp)
-        ghost_shell = int(data.natomneigh) > nlist
+        ghost_shell = arrays.natomneigh > nlist
         if comm is not None and comm.Get_size() > 1:  # one mode on all ranks (collectives)
             ghost_shell = bool(comm.allreduce(int(ghost_shell)))
 
-        dev = torch.device(self.device)
-        dtype = next(self.model.parameters()).dtype
-        pi = torch.as_tensor(pair_i, dtype=torch.long)
         order = None
         if npairs and bool((pi[1:] < pi[:-1]).any()):
             order = torch.argsort(pi, stable=True)
-        rij = torch.as_tensor(rij_np)
-        pj = torch.as_tensor(pair_j, dtype=torch.long)
-        if order is not None:
             pi, pj, rij = pi[order], pj[order], rij[order]
-        check_pairs(rij, pi, pj, label=_atom_labeller(attached(), ntotal))
+        check_pairs(rij, pi, pj, label=_atom_labeller(lmp, ntotal))
 
         if ghost_shell:
             exchange = NoGhosts(ntotal)
+        elif isinstance(arrays, KokkosArrays):
+            exchange = KokkosExchange(data, nlocal, ntotal)
         else:
-            ghost_neighbours = bool(npairs) and int(pair_j.max()) >= nlocal
+            ghost_neighbours = bool(npairs) and int(pj.max()) >= nlocal
             exchange = self._exchange_for(lmp, comm, nlocal, ntotal, ghost_neighbours)
+        dev = torch.device(self.device)
+        dtype = next(self.model.parameters()).dtype
         graph = AtomGraph(
-            species=torch.as_tensor(elems, dtype=torch.long, device=dev),
-            pair_i=pi.to(dev), pair_j=pj.to(dev), rij=rij.to(device=dev, dtype=dtype),
-            n_local=nlocal, exchange=exchange,
+            species=elems.to(dev), pair_i=pi.to(dev), pair_j=pj.to(dev),
+            rij=rij.to(device=dev, dtype=dtype), n_local=nlocal, exchange=exchange,
         )
         if self.model.config.charge_spin:
             graph.charge = torch.tensor([self.charge], device=dev)
@@ -160,29 +162,39 @@ class E2FormerMLIAP(MLIAPUnified):
         eatoms, grad = energy_and_pair_gradient(self.model, graph)
         if self.profiler is not None:
             self.profiler.mark("model", graph)
-        eatoms = eatoms.detach().double().cpu().numpy()
-        if not np.isfinite(eatoms).all():
+        eatoms = eatoms.detach().double()
+        if not bool(torch.isfinite(eatoms).all()):
             raise InputError("the model returned a non-finite energy")
-        if nlist:  # LAMMPS allocates no eatoms on a rank without atoms
-            data.eatoms = np.ascontiguousarray(eatoms)
-        data.energy = float(eatoms.sum())
-        if not npairs:
-            return
-        if int(data.vflag) & ~VIRIAL_FDOTR:
+        if npairs and int(data.vflag) & ~VIRIAL_FDOTR:
             # Per-atom or pairwise-tallied virial requested: LAMMPS needs the pair forces.
-            fij = grad.detach().double().cpu()
+            fij = grad.detach().double()
             if order is not None:
-                fij = torch.empty_like(fij).index_copy_(0, order, fij)
-            data.update_pair_forces(np.ascontiguousarray(fij.numpy()))
-        else:
-            # Sum per atom on the model's device and add [ntotal, 3] once: fewer bytes to the
-            # host than [npairs, 3]; the global virial comes from LAMMPS's f . r over owned
-            # and ghost atoms, which is exact for forces of the form f_i += dE/drij.
-            forces = pair_gradient_to_forces(grad.detach(), graph.pair_i, graph.pair_j, ntotal)
-            f = np.asarray(data.f)
-            f[:ntotal] += forces.double().cpu().numpy()
+                fij = torch.empty_like(fij).index_copy_(0, order.to(fij.device), fij)
+            arrays.write_pair_forces(fij)
+        elif npairs:
+            # Sum per atom on the model's device and add [ntotal, 3] once: fewer bytes than
+            # [npairs, 3]; the global virial comes from LAMMPS's f . r over owned and ghost
+            # atoms, which is exact for forces of the form f_i += dE/drij, f_j -= dE/drij.
+            arrays.add_forces(pair_gradient_to_forces(grad.detach(), graph.pair_i,
+                                                      graph.pair_j, ntotal).double())
+        arrays.write_energies(eatoms)
         if self.profiler is not None:
             self.profiler.mark("outputs", graph)
+        if _STATS_DIR:
+            self._write_stats(comm, arrays)
+
+    def _write_stats(self, comm, arrays) -> None:
+        """E2FORMER_STATS_DIR set: per-rank JSON of this run's exchange traffic (benchmarks)."""
+        import json
+
+        rank = comm.Get_rank() if comm is not None else 0
+        plan = getattr(self._exchange, "plan", None)
+        stats = dict(plan.stats) if plan is not None else {}
+        self._calls = getattr(self, "_calls", 0) + 1
+        stats.update(calls_model=self._calls, nlocal=arrays.nlocal, ntotal=arrays.ntotal,
+                     npairs=arrays.npairs)
+        with open(os.path.join(_STATS_DIR, f"rank{rank}.json"), "w") as fh:
+            json.dump(stats, fh)
 
     charge: float = 0.0
     spin: float = 1.0
@@ -199,11 +211,64 @@ class _DetachedGhosts(NoGhosts):
         return torch.cat([x, pad], dim=0)
 
 
-def _array(view, n: int, tail: tuple = (), dtype=np.int32) -> np.ndarray:
-    """A `data` array, or an empty one where LAMMPS has none (a rank without atoms)."""
-    if view is None or n == 0:
-        return np.zeros((0,) + tail, dtype=dtype)
-    return np.asarray(view)[:n]
+class HostArrays:
+    """`data` of LAMMPS's CPU build: zero-copy numpy views (int32 / float64)."""
+
+    def __init__(self, data):
+        self.data = data
+        self.nlocal, self.ntotal = int(data.nlocal), int(data.ntotal)
+        self.npairs, self.nlist = int(data.npairs), int(data.nlistatoms)
+        self.natomneigh = int(data.natomneigh)
+
+    def get(self, name: str, n: int, tail: tuple = ()) -> torch.Tensor:
+        """A `data` array as a tensor, empty where LAMMPS has none (a rank without atoms)."""
+        view = getattr(self.data, name)
+        if view is None or n == 0:
+            dtype = torch.float64 if name == "rij" else torch.int32
+            return torch.zeros((0,) + tail, dtype=dtype)
+        return torch.from_numpy(np.asarray(view)[:n])
+
+    def write_energies(self, eatoms: torch.Tensor) -> None:
+        eatoms = eatoms.cpu().numpy()
+        if self.nlist:  # LAMMPS allocates no eatoms on a rank without atoms
+            self.data.eatoms = np.ascontiguousarray(eatoms)
+        self.data.energy = float(eatoms.sum())
+
+    def add_forces(self, forces: torch.Tensor) -> None:
+        f = np.asarray(self.data.f)
+        f[: self.ntotal] += forces.cpu().numpy()
+
+    def write_pair_forces(self, fij: torch.Tensor) -> None:
+        self.data.update_pair_forces(np.ascontiguousarray(fij.cpu().numpy()))
+
+
+class KokkosArrays(HostArrays):
+    """`data` of LAMMPS's Kokkos build: device arrays (cupy) valid during the call. Kokkos
+    writes them on its own stream, so synchronise before reading."""
+
+    def __init__(self, data):
+        super().__init__(data)
+        torch.cuda.synchronize()
+
+    def get(self, name: str, n: int, tail: tuple = ()) -> torch.Tensor:
+        view = getattr(self.data, name)
+        if view is None or n == 0:
+            dtype = torch.float64 if name == "rij" else torch.int32
+            return torch.zeros((0,) + tail, dtype=dtype)
+        return torch.as_tensor(view[:n], device="cuda")
+
+    def write_energies(self, eatoms: torch.Tensor) -> None:
+        if self.nlist:
+            torch.as_tensor(self.data.eatoms, device="cuda").copy_(eatoms)
+        self.data.energy = float(eatoms.sum())
+
+    def add_forces(self, forces: torch.Tensor) -> None:
+        torch.as_tensor(self.data.f, device="cuda")[: self.ntotal] += forces.cuda()
+        torch.cuda.synchronize()
+
+    def write_pair_forces(self, fij: torch.Tensor) -> None:
+        self.data.update_pair_forces(fij.cuda().contiguous())
+        torch.cuda.synchronize()
 
 
 def _atom_labeller(lmp, ntotal: int):
