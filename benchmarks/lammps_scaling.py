@@ -30,6 +30,9 @@ from e2former_lammps.lammps import E2FormerMLIAP, attach  # noqa: E402
 from e2former_lammps.lammps.profiler import CallProfiler  # noqa: E402
 
 TIMESTEP_PS = 0.0005
+# Keep hwloc (MPI_Init) from loading the system libLLVM, which breaks Triton's compiler
+# (see deploy/lmp_gpu.sh); the adapter would otherwise fall back to the PyTorch attention.
+os.environ.setdefault("HWLOC_COMPONENTS", "-gl,-opencl")
 
 
 def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> None:

@@ -54,6 +54,8 @@ class E2FormerMLIAP(MLIAPUnified):
         self._exchange_key = self._exchange = None
         self.profiler = None
         self.model.to(self.device)
+        if str(self.device).startswith("cuda"):
+            _avoid_foreign_llvm(self.model)
 
     def compute_descriptors(self, data) -> None:
         install_excepthook()
@@ -269,6 +271,25 @@ class KokkosArrays(HostArrays):
     def write_pair_forces(self, fij: torch.Tensor) -> None:
         self.data.update_pair_forces(fij.cuda().contiguous())
         torch.cuda.synchronize()
+
+
+def _avoid_foreign_llvm(model: E2FormerV2) -> None:
+    """Triton compiles with its own LLVM; a system libLLVM already in the process (hwloc's
+    OpenCL/GL plugins load one at MPI_Init) breaks that compilation. Fall back to the
+    PyTorch attention, loudly, rather than fail at the first step."""
+    try:
+        with open("/proc/self/maps") as fh:
+            foreign = sorted({line.split()[-1] for line in fh if "/libLLVM" in line})
+    except OSError:
+        return
+    if foreign:
+        import sys
+
+        print(f"WARNING (E2Former): {foreign[0]} is loaded in this process (hwloc plugins at "
+              "MPI start-up) and breaks Triton's compiler; using the PyTorch attention. "
+              "Start LAMMPS with HWLOC_COMPONENTS=-gl,-opencl (deploy/lmp_gpu.sh) for the "
+              "fused kernels.", file=sys.stderr, flush=True)
+        model.set_attention_impl("reference")
 
 
 def _atom_labeller(lmp, ntotal: int):

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Start LAMMPS for a model on the GPU: keeps hwloc (loaded by MPI_Init) from pulling the
+# system's libLLVM into the process through its OpenCL/GL plugins, which breaks Triton's own
+# LLVM (measured on the H100 machine: libLLVM-16 mapped after MPI_Init; the fused attention
+# then failed in ConvertTritonGPUToLLVM). Usage: deploy/lmp_gpu.sh [mpirun args --] -in deck
+set -euo pipefail
+export HWLOC_COMPONENTS="${HWLOC_COMPONENTS:--gl,-opencl}"
+LMP="${LMP:-$(command -v lmp)}"
+if [[ " $* " == *" -- "* ]]; then
+    mpi_args=(); while [[ "$1" != "--" ]]; do mpi_args+=("$1"); shift; done; shift
+    exec mpirun "${mpi_args[@]}" "$LMP" "$@"
+fi
+exec "$LMP" "$@"
