@@ -23,7 +23,7 @@ CACHE="${E2FORMER_LAMMPS_CACHE:-$HOME/.cache/e2former-lammps}"
 VENV="$REPO/.venv"
 PY="$VENV/bin/python"
 TORCH_PIN="torch==2.13.0"   # exact pin: a looser spec pulls a multi-GB CUDA build
-DEPS=(numpy cython ase h5py triton pytest hypothesis scipy matplotlib tqdm pyyaml)
+DEPS=(numpy cython ase h5py triton pytest hypothesis scipy matplotlib tqdm pyyaml ase-db-backends lmdb)
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 T0=$SECONDS
@@ -50,10 +50,10 @@ if [[ "${torch_ver%%+*}" == "2.13.0" ]]; then
     info "torch $torch_ver present"
 else
     "$PY" -m pip install -q "$TORCH_PIN"
-    info "installed torch $("$PY" -c 'import torch; print(torch.__version__)')"
+    info "installed torch $("$PY" -c "import importlib.metadata as m; print(m.version('torch'))")"
 fi
 # import names of DEPS
-if "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(n) is None for n in 'numpy Cython ase h5py triton pytest hypothesis scipy matplotlib tqdm yaml'.split()))" 2>/dev/null; then
+if "$PY" -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(n) is None for n in 'numpy Cython ase h5py triton pytest hypothesis scipy matplotlib tqdm yaml ase_db_backends lmdb'.split()))" 2>/dev/null; then
     info "dependencies present"
 else
     # torch stays pinned: a dependency must never replace it with a CUDA build
