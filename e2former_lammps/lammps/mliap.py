@@ -189,7 +189,11 @@ class E2FormerMLIAP(MLIAPUnified):
         """E2FORMER_STATS_DIR set: per-rank JSON of this run's exchange traffic (benchmarks)."""
         import json
 
-        rank = comm.Get_rank() if comm is not None else 0
+        if comm is None:  # no LAMMPS handle (ghost-shell mode): the world rank
+            from mpi4py import MPI
+
+            comm = MPI.COMM_WORLD
+        rank = comm.Get_rank()
         plan = getattr(self._exchange, "plan", None)
         stats = dict(plan.stats) if plan is not None else {}
         self._calls = getattr(self, "_calls", 0) + 1
