@@ -21,8 +21,8 @@ from ..parallel import KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 
-VIRIAL_FDOTR = 2
-_STATS_DIR = os.environ.get("E2FORMER_STATS_DIR")  # LAMMPS's vflag bit for the global virial from f . r
+VIRIAL_FDOTR = 2  # LAMMPS's vflag bit for the global virial from f . r
+_STATS_DIR = os.environ.get("E2FORMER_STATS_DIR")  # per-rank exchange statistics (benchmarks)
 
 try:
     from lammps.mliap.mliap_unified_abc import MLIAPUnified
@@ -67,8 +67,11 @@ class E2FormerMLIAP(MLIAPUnified):
         try:
             self._compute_forces(data)
         except Exception as exc:
-            comm = _lammps_comm(attached())
-            if comm is not None and comm.Get_size() > 1:
+            try:
+                comm = _lammps_comm(attached())
+            except InputError:  # every rank sees the same mpi4py problem: no hang
+                comm = None
+            if comm is not None:
                 # Other ranks wait in the model's collectives: LAMMPS's error->all would
                 # hang, so report and abort the whole run here.
                 import sys
@@ -305,13 +308,27 @@ def _atom_labeller(lmp, ntotal: int):
 
 
 def _lammps_comm(lmp):
+    """LAMMPS's communicator as an mpi4py object; None on one rank or without the handle.
+
+    Refuses an mpi4py built on another MPI library than LAMMPS's: such an mpi4py sees a world
+    of its own (one rank each) and the exchange would silently pair the wrong atoms.
+    """
     if lmp is None:
         return None
+    nprocs = int(lmp.extract_setting("world_size"))
+    if nprocs == 1:
+        return None
     try:
-        return lmp.get_mpi_comm()
-    except Exception:
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            return None
-        return MPI.COMM_WORLD
+        comm = lmp.get_mpi_comm()
+    except Exception as exc:
+        raise InputError(
+            f"LAMMPS runs on {nprocs} MPI ranks but mpi4py is not usable in it ({exc}); "
+            "install mpi4py built on LAMMPS's MPI: pip install --no-binary mpi4py mpi4py"
+        ) from None
+    if comm is None or comm.Get_size() != nprocs:
+        raise InputError(
+            f"mpi4py sees {None if comm is None else comm.Get_size()} ranks where LAMMPS has "
+            f"{nprocs}: mpi4py was built on another MPI library; rebuild it on LAMMPS's MPI "
+            "(pip install --no-binary mpi4py mpi4py)"
+        )
+    return comm
