@@ -127,6 +127,7 @@ def plot(results: list[dict], path: Path) -> None:
                    marker=marker, ls=ls, label=f"{mode}, {nprocs} rank(s)")
     a.set_xlabel("atoms")
     a.set_ylabel("seconds per MD step (CPU)")
+    a.set_yscale("log")
     b.set_xlabel("sub-domain length along x (Å)")
     b.set_ylabel("ghost atoms per rank")
     for ax in (a, b):

@@ -25,6 +25,10 @@ elif [[ ! -f "$SRC_DIR/src/ML-IAP/mliap_unified_couple.pyx" ]]; then
     rm -rf "$SRC_DIR"; mkdir -p "$SRC_DIR"
     tar -xzf "$CARRY_TGZ" -C "$SRC_DIR"
 fi
+# The trimmed tarball has no docs, benchmarks or potentials, which LAMMPS's install step
+# copies (seen on the GPU machine: "cannot find .../doc/lammps.1", then ".../bench").
+mkdir -p "$SRC_DIR/doc" "$SRC_DIR/bench" "$SRC_DIR/potentials"
+[[ -f "$SRC_DIR/doc/lammps.1" ]] || : > "$SRC_DIR/doc/lammps.1"
 
 PYTHON="${PYTHON:-$(command -v python3)}"
 if [[ -z "${MPI:-}" ]]; then
