@@ -19,11 +19,16 @@ log() { printf '[build_lammps_gpu] %s\n' "$*" >&2; }
 
 if [[ -n "${LAMMPS_SOURCE_DIR:-}" ]]; then
     SRC_DIR="$LAMMPS_SOURCE_DIR"
-elif [[ ! -f "$SRC_DIR/src/ML-IAP/mliap_unified_couple.pyx" ]]; then
-    [[ -f "$CARRY_TGZ" ]] || { log "ERROR: $CARRY_TGZ missing: run deploy/carry_lammps_source.sh on a machine with network and carry .carry/"; exit 1; }
-    log "unpacking $CARRY_TGZ into $SRC_DIR"
-    rm -rf "$SRC_DIR"; mkdir -p "$SRC_DIR"
-    tar -xzf "$CARRY_TGZ" -C "$SRC_DIR"
+else
+    [[ -f "$CARRY_TGZ" ]] || { log "ERROR: $CARRY_TGZ missing: run deploy/carry_lammps_source.sh on a machine with network and carry .carry/lammps-src.tgz"; exit 1; }
+    tgz_sha="$(sha256sum "$CARRY_TGZ" | cut -d' ' -f1)"
+    if [[ "$(cat "$SRC_DIR/.carry-tgz-sha256" 2>/dev/null)" != "$tgz_sha" ]]; then
+        # (file mtimes come from the archive, so an existing build tree stays incremental)
+        log "unpacking $CARRY_TGZ into $SRC_DIR"
+        rm -rf "$SRC_DIR"; mkdir -p "$SRC_DIR"
+        tar -xzf "$CARRY_TGZ" -C "$SRC_DIR"
+        echo "$tgz_sha" > "$SRC_DIR/.carry-tgz-sha256"
+    fi
 fi
 # The trimmed tarball has no docs, benchmarks or potentials, which LAMMPS's install step
 # copies (seen on the GPU machine: "cannot find .../doc/lammps.1", then ".../bench").

@@ -15,7 +15,7 @@ SRC="$("$REPO/deploy/fetch_lammps_source.sh" | tail -n1)"
 [[ -f "$SRC/src/ML-IAP/mliap_unified_couple.pyx" ]] || { log "ERROR: no LAMMPS source"; exit 1; }
 
 stamp="$OUT.source"
-want="$SRC $(cat "$SRC/.e2former-source-complete" 2>/dev/null || git -C "$SRC" rev-parse HEAD 2>/dev/null || true) trim-rev=1"
+want="$SRC $(cat "$SRC/.e2former-source-complete" 2>/dev/null || git -C "$SRC" rev-parse HEAD 2>/dev/null || true) trim-rev=2"
 if [[ -f "$OUT" && "$(cat "$stamp" 2>/dev/null)" == "$want" ]]; then
     log "up to date: $OUT ($(du -h "$OUT" | cut -f1))"
     echo "$OUT"; exit 0
@@ -32,7 +32,15 @@ for d in cmake src lib python fortran LICENSE README; do
     [[ -e "$SRC/$d" ]] && members+=("$d")
 done
 [[ -f "$SRC/.e2former-source-complete" ]] && members+=(".e2former-source-complete")
-tar -C "$SRC" -czf "$tmp" \
+[[ -f "$SRC/doc/lammps.1" ]] && members+=("doc/lammps.1")   # `make install` copies it
+# `make install` also copies bench/ and potentials/ (94 MB): carry them as stub dirs.
+stub="$(mktemp -d)"
+trap 'rm -f "$tmp"; rm -rf "$stub"' EXIT
+for d in bench potentials; do
+    mkdir -p "$stub/$d"
+    echo "Left out of the trimmed LAMMPS source made by e2former-lammps deploy/carry_lammps_source.sh" > "$stub/$d/README.e2former"
+done
+tar -czf "$tmp" -C "$stub" bench potentials -C "$SRC" \
     --exclude='.git' --exclude='__pycache__' --exclude='*.pyc' \
     --exclude='lib/*/examples' --exclude='lib/*/doc' --exclude='lib/*/docs' \
     --exclude='python/examples' --exclude='src/Make.py' \
