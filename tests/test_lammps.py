@@ -195,3 +195,29 @@ def test_per_atom_virial_path_agrees(tmp_path, model_file):
     assert np.abs(pressure_from_atoms - plain.pressure_virial).max() <= 1e-10 * scale
     assert np.abs(res.pressure_virial - plain.pressure_virial).max() <= 1e-10 * scale
     assert np.abs(res.forces - plain.forces).max() <= 1e-10 * max(1.0, np.abs(plain.forces).max())
+
+
+def test_cli_export_of_the_shipped_model_runs_in_lammps(tmp_path):
+    """`e2former-lammps export spice-xtb` (the packaged model, fp32) drives LAMMPS with the
+    same energies and forces as the ASE calculator on a real SPICE conformation."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from e2former_lammps import E2FormerV2
+
+    out = tmp_path / "lammps_model.pt"
+    exe = Path(sys.executable).parent / "e2former-lammps"
+    done = subprocess.run([str(exe), "export", "spice-xtb", "-o", str(out), "--device", "cpu"],
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and out.is_file(), done.stderr
+    atoms = spice_molecules(1, min_atoms=20, max_atoms=60, seed=7)[0]
+    res = run_lammps(tmp_path / "run", atoms, out, ELEMENTS, hook=False)
+    model = E2FormerV2.load("spice-xtb")
+    e, ea, f, _ = _reference(model, atoms)
+    assert abs(res.energy - e) <= 1e-6 * np.abs(ea).sum()
+    assert np.abs(res.forces - f).max() <= 1e-5 * max(1.0, np.abs(f).max())
+    bad = subprocess.run([str(exe), "export", "no-such-model", "-o", str(tmp_path / "x.pt")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "no packaged model" in bad.stderr
+    assert "Traceback" not in bad.stderr
