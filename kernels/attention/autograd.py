@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import EdgeRadialWeights
+from .common import EdgeRadialWeights, chunk_end
 
 CHUNK_EDGES = 1 << 15
 BACKWARD_IMPL = "triton"  # "triton" or "chunked"
@@ -40,16 +40,7 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
     r0 = 0
     while r0 < n_recv:
         # largest r1 with edges(r0..r1) <= CHUNK_EDGES (at least one receiver)
-        r1 = r0 + 1
-        lo, hi = r1, n_recv
-        target = rp[r0] + CHUNK_EDGES
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if rp[mid] <= target:
-                lo = mid
-            else:
-                hi = mid - 1
-        r1 = max(r1, lo)
+        r1 = chunk_end(rp, r0, CHUNK_EDGES)
         e0, e1 = rp[r0], rp[r1]
         if e1 > e0:
             pj = pair_j[e0:e1]

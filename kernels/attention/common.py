@@ -52,3 +52,16 @@ class EdgeRadialWeights:
 
     def rbf(self, dist: Tensor) -> Tensor:
         return gaussian_rbf(dist, self.rbf_centers, self.rbf_width)
+
+
+def chunk_end(rp: list, r0: int, max_edges: int) -> int:
+    """Largest r1 > r0 with rp[r1] - rp[r0] <= max_edges (at least r0 + 1)."""
+    target = rp[r0] + max_edges
+    lo, hi = r0 + 1, len(rp) - 1
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if rp[mid] <= target:
+            lo = mid
+        else:
+            hi = mid - 1
+    return max(r0 + 1, lo)

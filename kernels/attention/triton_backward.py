@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _rotation_to_pole, _wigner2
+from .common import chunk_end
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
@@ -270,15 +271,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     r0 = 0
     while r0 < n_recv:
         # receivers [r0, r1) with at most CHUNK_EDGES edges (at least one receiver)
-        target = rp[r0] + CHUNK_EDGES
-        lo, hi = r0 + 1, n_recv
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if rp[mid] <= target:
-                lo = mid
-            else:
-                hi = mid - 1
-        r1 = max(r0 + 1, lo)
+        r1 = chunk_end(rp, r0, CHUNK_EDGES)
         e0, e1 = rp[r0], rp[r1]
         if e1 > e0:
             nr = r1 - r0

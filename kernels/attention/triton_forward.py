@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _rotation_to_pole, _wigner2
+from .common import chunk_end
 
 N_ROWS_IN = 9
 N_ROWS_OUT = 20
@@ -430,7 +431,7 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
         torch.arange(n_recv, device=q.device), rowptr[1:] - rowptr[:-1])
     chunks, r0 = [], 0
     while r0 < n_recv:
-        r1 = _chunk_end(rp, r0, PRE_CHUNK_EDGES)
+        r1 = chunk_end(rp, r0, PRE_CHUNK_EDGES)
         chunks.append((r0, r1))
         r0 = r1
     sw = torch.empty(max(rp[r1] - rp[r0] for r0, r1 in chunks) * 2 * n_heads + 1,
@@ -450,16 +451,3 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
             out, m, den, sw, r0, e0, *scal, PRE=True, **common)
     return out, m, den
-
-
-def _chunk_end(rp: list, r0: int, max_edges: int) -> int:
-    """Largest r1 > r0 with rp[r1] - rp[r0] <= max_edges (at least r0 + 1)."""
-    target = rp[r0] + max_edges
-    lo, hi = r0 + 1, len(rp) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if rp[mid] <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return max(r0 + 1, lo)
