@@ -235,6 +235,10 @@ class HostArrays:
         if view is None or n == 0:
             dtype = torch.float64 if name == "rij" else torch.int32
             return torch.zeros((0,) + tail, dtype=dtype)
+        return self._tensor(view, n)
+
+    @staticmethod
+    def _tensor(view, n: int) -> torch.Tensor:
         return torch.from_numpy(np.asarray(view)[:n])
 
     def write_energies(self, eatoms: torch.Tensor) -> None:
@@ -259,11 +263,8 @@ class KokkosArrays(HostArrays):
         super().__init__(data)
         torch.cuda.synchronize()
 
-    def get(self, name: str, n: int, tail: tuple = ()) -> torch.Tensor:
-        view = getattr(self.data, name)
-        if view is None or n == 0:
-            dtype = torch.float64 if name == "rij" else torch.int32
-            return torch.zeros((0,) + tail, dtype=dtype)
+    @staticmethod
+    def _tensor(view, n: int) -> torch.Tensor:
         return torch.as_tensor(view[:n], device="cuda")
 
     def write_energies(self, eatoms: torch.Tensor) -> None:

@@ -15,12 +15,6 @@ class SO3Linear(nn.Module):
             torch.randn(lmax + 1, in_channels, out_channels) / math.sqrt(in_channels)
         )
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
-        # Row r of [atoms, (lmax+1)^2, C] has degree l = floor(sqrt(r)).
-        self.register_buffer(
-            "row_degree",
-            torch.tensor([l for l in range(lmax + 1) for _ in range(2 * l + 1)]),
-            persistent=False,
-        )
 
     def forward(self, x: Tensor) -> Tensor:
         """x [N, (lmax+1)^2, C_in] -> [N, (lmax+1)^2, C_out]."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import EdgeRadialWeights, chunk_end
+from .common import EdgeRadialWeights, receiver_chunks
 
 CHUNK_EDGES = 1 << 15
 BACKWARD_IMPL = "triton"  # "triton" or "chunked"
@@ -33,15 +33,10 @@ def _reference(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pa
 def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, species,
                              centers, width, cutoff, eps, rowptr, needs):
     """Gradients of <grad_out, reference(...)> by recomputation over receiver chunks."""
-    n_recv = q.shape[0]
     grads = [torch.zeros_like(t) if need else None
              for t, need in zip((q, k, v, rij, *weights), needs)]
     rp = rowptr.tolist()
-    r0 = 0
-    while r0 < n_recv:
-        # largest r1 with edges(r0..r1) <= CHUNK_EDGES (at least one receiver)
-        r1 = chunk_end(rp, r0, CHUNK_EDGES)
-        e0, e1 = rp[r0], rp[r1]
+    for r0, r1, e0, e1 in receiver_chunks(rp, CHUNK_EDGES):
         if e1 > e0:
             pj = pair_j[e0:e1]
             uniq, inv = torch.unique(pj, return_inverse=True)
@@ -69,7 +64,6 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
                     grads[3][e0:e1] += g
                 else:
                     grads[idx] += g
-        r0 = r1
     return grads
 
 

@@ -54,14 +54,19 @@ class EdgeRadialWeights:
         return gaussian_rbf(dist, self.rbf_centers, self.rbf_width)
 
 
-def chunk_end(rp: list, r0: int, max_edges: int) -> int:
-    """Largest r1 > r0 with rp[r1] - rp[r0] <= max_edges (at least r0 + 1)."""
-    target = rp[r0] + max_edges
-    lo, hi = r0 + 1, len(rp) - 1
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if rp[mid] <= target:
-            lo = mid
-        else:
-            hi = mid - 1
-    return max(r0 + 1, lo)
+def receiver_chunks(rp: list, max_edges: int):
+    """Consecutive receiver ranges (r0, r1, e0, e1) of a CSR row pointer `rp`, each with at
+    most max_edges edges (but at least one receiver): the unit of chunked recomputation."""
+    r0, n_recv = 0, len(rp) - 1
+    while r0 < n_recv:
+        target = rp[r0] + max_edges
+        lo, hi = r0 + 1, n_recv
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if rp[mid] <= target:
+                lo = mid
+            else:
+                hi = mid - 1
+        r1 = max(r0 + 1, lo)
+        yield r0, r1, rp[r0], rp[r1]
+        r0 = r1

@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _rotation_to_pole, _wigner2
-from .common import chunk_end
+from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
@@ -255,8 +255,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     from .common import EdgeRadialWeights
     from .reference import attention_weights
 
-    n_recv, n_heads, _ = q.shape
-    channels = v.shape[-1]
+    n_heads, channels = q.shape[1], v.shape[-1]
     ch = channels // n_heads
     bl = default_bwd_blocks(n_heads)
     consts = eaas_constants()
@@ -268,11 +267,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     drij = torch.zeros_like(rij)
     dw = [torch.zeros_like(t) for t in leaves_w]
     rp = rowptr.tolist()
-    r0 = 0
-    while r0 < n_recv:
-        # receivers [r0, r1) with at most CHUNK_EDGES edges (at least one receiver)
-        r1 = chunk_end(rp, r0, CHUNK_EDGES)
-        e0, e1 = rp[r0], rp[r1]
+    for r0, r1, e0, e1 in receiver_chunks(rp, CHUNK_EDGES):
         if e1 > e0:
             nr = r1 - r0
             rc = rij[e0:e1].detach().requires_grad_()
@@ -308,7 +303,6 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                     (rot, d2), [rc], (drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)))
                 drij[e0:e1] += g_rot
                 head.backward(galpha, dq, dk, drij[e0:e1], dw)
-                r0 = r1
                 continue
             got = torch.autograd.grad(
                 (alpha, rot, d2), [qc, kc, rc, *leaves_w],
@@ -323,7 +317,6 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
             for acc, g in zip(dw, got[3:]):
                 if g is not None:
                     acc += g
-        r0 = r1
     return (dq, dk, dv, drij, *dw)
 
 

@@ -12,7 +12,7 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _rotation_to_pole, _wigner2
-from .common import chunk_end
+from .common import receiver_chunks
 
 N_ROWS_IN = 9
 N_ROWS_OUT = 20
@@ -429,15 +429,10 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
     rp = rowptr.tolist()
     pair_i = torch.repeat_interleave(
         torch.arange(n_recv, device=q.device), rowptr[1:] - rowptr[:-1])
-    chunks, r0 = [], 0
-    while r0 < n_recv:
-        r1 = chunk_end(rp, r0, PRE_CHUNK_EDGES)
-        chunks.append((r0, r1))
-        r0 = r1
-    sw = torch.empty(max(rp[r1] - rp[r0] for r0, r1 in chunks) * 2 * n_heads + 1,
+    chunks = list(receiver_chunks(rp, PRE_CHUNK_EDGES))
+    sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
                      dtype=q.dtype, device=q.device)
-    for r0, r1 in chunks:
-        e0, e1 = rp[r0], rp[r1]
+    for r0, r1, e0, e1 in chunks:
         if e1 > e0:
             be = bl.get("PRE_BLOCK_E", 32)
             _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
