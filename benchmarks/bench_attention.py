@@ -124,6 +124,16 @@ def attention_inputs(n, species, dtype, device, seed=0):
     return q, k, v, mlp
 
 
+def frozen_weights(mlp):
+    """The radial weights without gradients: the MD case (forces only)."""
+    import dataclasses
+
+    w = mlp.weights()
+    return dataclasses.replace(w, **{f.name: getattr(w, f.name).detach()
+                                     for f in dataclasses.fields(w)
+                                     if torch.is_tensor(getattr(w, f.name))})
+
+
 def flops_per_edge() -> float:
     """Algorithmic FLOPs of the fused forward per edge (radial MLP, score, TP and sums)."""
     c, h, dk = CFG["channels"], CFG["num_heads"], CFG["head_dim"]
@@ -188,26 +198,29 @@ def attention_stage(n_atoms, graph, impls, log, do_bwd_ref=True):
     res = {}
 
     def run(impl, backward):
-        ls = [t.detach().requires_grad_(backward) for t in leaves[:4]]
-        w = mlp.weights()
+        """backward: None (forward only), "forces" (q, k, v, rij: the MD case) or "all"
+        (also the radial weights: training without a force loss)."""
+        ls = [t.detach().requires_grad_(backward is not None) for t in leaves[:4]]
+        w = mlp.weights() if backward == "all" else frozen_weights(mlp)
         out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species, w,
                                     CUTOFF, 1.0, 2, impl=impl)
-        if backward:
-            torch.autograd.grad(out, ls + list(mlp.parameters()), grad_out)
+        if backward is not None:
+            extra = list(mlp.parameters()) if backward == "all" else []
+            torch.autograd.grad(out, ls + extra, grad_out)
         return out
 
     grad_out = torch.randn(n_atoms, 20, CFG["channels"], device=dev, dtype=dtype)
     outs = {}
     for impl in impls:
         r = {}
-        for mode, bwd in (("fwd", False), ("fwd_bwd", True)):
+        for mode, bwd in (("fwd", None), ("fwd_bwd_forces", "forces"), ("fwd_bwd", "all")):
             if impl == "reference" and bwd and not do_bwd_ref:
                 r[mode] = None
                 continue
             try:
                 with torch.no_grad() if not bwd else torch.enable_grad():
                     if not bwd:
-                        outs[impl] = run(impl, False).detach()
+                        outs[impl] = run(impl, None).detach()
                     r[mode + "_ms"] = bench(lambda: run(impl, bwd))
                     r[mode + "_peak_bytes"] = peak_mem(lambda: run(impl, bwd))
             except Exception as exc:  # noqa: BLE001
@@ -216,7 +229,7 @@ def attention_stage(n_atoms, graph, impls, log, do_bwd_ref=True):
                 r[mode + "_ms"] = None
                 r[mode + "_peak_bytes"] = "out of memory"
                 torch.cuda.empty_cache()
-            log(f"  attention {impl:9s} {mode:7s} {r.get(mode + '_ms')} ms  "
+            log(f"  attention {impl:9s} {mode:14s} {r.get(mode + '_ms')} ms  "
                 f"peak {r.get(mode + '_peak_bytes')}")
         res[impl] = r
     if "reference" in outs and "triton" in outs and n_atoms <= 20000:
@@ -247,6 +260,7 @@ def full_model(n_atoms, graph, impls, log, check=False):
     pos, species, pair_i, pair_j, rij = graph
     torch.manual_seed(0)
     model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(pos.device)
+    model.requires_grad_(False)  # as in MD (calculator, LAMMPS): forces only
     g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
                   n_local=n_atoms, exchange=NoGhosts(n_atoms))
 
@@ -352,7 +366,7 @@ def main():
         t = att["triton"]
         rref = att.get("reference", {})
         sp = {}
-        for mode in ("fwd", "fwd_bwd"):
+        for mode in ("fwd", "fwd_bwd_forces", "fwd_bwd"):
             a, b = t.get(mode + "_ms"), rref.get(mode + "_ms")
             sp[mode] = (b / a) if (a and b) else None
         entry["speedup_vs_edge_reference"] = sp
@@ -365,9 +379,9 @@ def main():
                              "fwd_unique_min": n * 4 * (9 * 256 + 20 * 256 + 2 * 1024) / sec
                              / 1e9}
         entry["peak_mem_bytes"] = {
-            "ours": t.get("fwd_bwd_peak_bytes"),
-            "reference": rref.get("fwd_bwd_peak_bytes"),
-            "what": "attention stage forward+backward, above the inputs",
+            "ours": t.get("fwd_bwd_forces_peak_bytes"),
+            "reference": rref.get("fwd_bwd_forces_peak_bytes"),
+            "what": "attention stage forward+backward (forces), above the inputs",
         }
         if n_req in args.model_sizes:
             try:
@@ -448,12 +462,19 @@ FWD_VARIANTS = [  # run 2 (commit c4d3849) at 10k: PRE+DEFER E16 H16 w4 7.84 ms,
 BWD_VARIANTS = [dict(BLOCK_E=8, BLOCK_H=16, num_warps=4),
                 dict(BLOCK_E=4, BLOCK_H=32, num_warps=4),
                 dict(BLOCK_E=16, BLOCK_H=16, num_warps=4)]
+# head backward (triton_head_backward): ptxas (triton 3.6, sm_90a) spills least at 8 warps
+HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=8),
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8),
+                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8),
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)]
 
 
 def autotune(n_atoms, log):
-    """Time forward variants, then backward variants, at n_atoms; install the fastest."""
+    """Time forward variants, then backward (channel, then head kernel) variants at n_atoms,
+    forces only (frozen radial weights, as in MD); install the fastest."""
     import kernels.attention.triton_backward as tb
     import kernels.attention.triton_forward as tf
+    import kernels.attention.triton_head_backward as th
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
@@ -463,7 +484,8 @@ def autotune(n_atoms, log):
     q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
     rij = rij.float()
     ref = None
-    res = {"n_atoms": n, "edges": int(pair_i.numel()), "forward": [], "backward": []}
+    res = {"n_atoms": n, "edges": int(pair_i.numel()), "forward": [], "backward": [],
+           "head_backward": []}
     with torch.no_grad():
         ref = equivariant_attention(q, k, v, rij, pair_i, pair_j, species, mlp.weights(),
                                     CUTOFF, 1.0, 2, impl="reference")
@@ -489,11 +511,13 @@ def autotune(n_atoms, log):
     leaves = [q, k, v, rij]
     g_out = torch.randn(n, 20, CFG["channels"], device=dev)
 
+    frozen = frozen_weights(mlp)
+
     def fb():
         ls = [t.detach().requires_grad_() for t in leaves]
         out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species,
-                                    mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
-        return torch.autograd.grad(out, ls + list(mlp.parameters()), g_out)
+                                    frozen, CUTOFF, 1.0, 2, impl="triton")
+        return torch.autograd.grad(out, ls, g_out)
 
     best = (float("inf"), None)
     for bl in BWD_VARIANTS:
@@ -509,14 +533,27 @@ def autotune(n_atoms, log):
             best = (ms, bl)
     bwd_best = best[1]
     tb.default_bwd_blocks = lambda n_heads: bwd_best
-    res["chosen"] = {"forward": fwd_best, "backward": bwd_best}
+    best = (float("inf"), None)
+    for bl in HEAD_VARIANTS:
+        th.default_head_blocks = lambda bl=bl: bl
+        t0 = time.time()
+        fb()
+        torch.cuda.synchronize()
+        comp = time.time() - t0
+        ms = bench(fb)
+        log(f"autotune fwd+bwd head {bl}: {ms:.3f} ms, first call {comp:.1f}s")
+        res["head_backward"].append({"blocks": bl, "fwd_bwd_ms": ms})
+        if ms < best[0]:
+            best = (ms, bl)
+    head_best = best[1]
+    th.default_head_blocks = lambda: head_best
+    res["chosen"] = {"forward": fwd_best, "backward": bwd_best, "head_backward": head_best}
     log(f"autotune chosen {res['chosen']}")
     return res
 
 
 def profile(n_atoms):
-    """torch.profiler table of one forward+backward per HEAD_BACKWARD mode (next step, E3)."""
-    import kernels.attention.triton_backward as tb
+    """torch.profiler table of one attention forward+backward, forces only and with weights."""
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
@@ -526,23 +563,17 @@ def profile(n_atoms):
     q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
     rij = rij.float()
     g_out = torch.randn(n, 20, CFG["channels"], device=dev)
+    for mode in ("forces", "weights"):
+        def fb():
+            ls = [t.detach().requires_grad_() for t in (q, k, v, rij)]
+            w = frozen_weights(mlp) if mode == "forces" else mlp.weights()
+            out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species,
+                                        w, CUTOFF, 1.0, 2, impl="triton")
+            extra = [] if mode == "forces" else list(mlp.parameters())
+            return torch.autograd.grad(out, ls + extra, g_out)
 
-    def fb():
-        ls = [t.detach().requires_grad_() for t in (q, k, v, rij)]
-        out = equivariant_attention(ls[0], ls[1], ls[2], ls[3], pair_i, pair_j, species,
-                                    mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
-        return torch.autograd.grad(out, ls + list(mlp.parameters()), g_out)
-
-    ref = None
-    for mode in ("autograd", "analytic"):
-        tb.HEAD_BACKWARD = mode
-        grads = fb()
-        if ref is None:
-            ref = grads
-        else:
-            errs = [float((a - b).norm() / b.norm()) for a, b in zip(grads, ref)]
-            print(f"{mode} vs autograd grads rel err: max {max(errs):.1e}")
-        print(f"HEAD_BACKWARD={mode}: fwd+bwd {bench(fb):.2f} ms", flush=True)
+        fb()
+        print(f"fwd+bwd ({mode}): {bench(fb):.2f} ms", flush=True)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
             fb()
             torch.cuda.synchronize()
@@ -560,7 +591,7 @@ def plot(path):
     sizes = res["sizes"]
     fig, axs = plt.subplots(1, 3, figsize=(15, 4.5))
     for impl, mk in (("triton", "o-"), ("reference", "s--")):
-        for mode in ("fwd", "fwd_bwd"):
+        for mode in ("fwd", "fwd_bwd_forces"):
             xs = [e["n_atoms"] for e in sizes if e["attention"].get(impl, {}).get(mode + "_ms")]
             ys = [e["attention"][impl][mode + "_ms"] for e in sizes
                   if e["attention"].get(impl, {}).get(mode + "_ms")]
@@ -570,8 +601,8 @@ def plot(path):
                   if isinstance(e["attention"].get(impl, {}).get(mode + "_peak_bytes"), int)]
             xs = [e["n_atoms"] for e in sizes
                   if isinstance(e["attention"].get(impl, {}).get(mode + "_peak_bytes"), int)]
-            if xs and mode == "fwd_bwd":
-                axs[1].plot(xs, ys, mk, label=f"attention {impl} fwd+bwd")
+            if xs and mode == "fwd_bwd_forces":
+                axs[1].plot(xs, ys, mk, label=f"attention {impl} fwd+bwd (forces)")
         xs = [e["n_atoms"] for e in sizes
               if (e.get("atom_steps_per_s") or {}).get("ours" if impl == "triton" else impl)]
         ys = [e["atom_steps_per_s"]["ours" if impl == "triton" else impl] for e in sizes
@@ -586,11 +617,10 @@ def plot(path):
         if xs:
             axs[1].plot(xs, ys, mk.replace("o", "^").replace("s", "v"),
                         label=f"full model E+F ({impl})")
-    mace = res.get("mace", {}).get("atom_steps_per_s", {})
-    mx = [int(k) for k, v in mace.items() if isinstance(v, (int, float))]
-    if mx:
-        axs[2].plot(mx, [mace[str(k)] for k in mx], "k:", marker="x",
-                    label="MACE cuEq lmax2 (cited, earlier run)")
+    mace = [(e["n_atoms"], e["atom_steps_per_s"]["mace"]) for e in sizes
+            if isinstance((e.get("atom_steps_per_s") or {}).get("mace"), (int, float))]
+    if mace:
+        axs[2].plot(*zip(*mace), "k:", marker="x", label=f"MACE ({res.get('mace_form')}, this run)")
     axs[0].set_title("attention stage time (ms)")
     axs[1].set_title("peak memory per atom (kB)")
     axs[2].set_title("energy+forces atom-steps/s")

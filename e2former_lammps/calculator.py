@@ -29,7 +29,8 @@ class E2FormerCalculator(Calculator):
             model_or_path)
         if dtype is not None:
             model = model.to(dtype)
-        self.model = model.to(device).eval()
+        # inference: frozen weights, so the backward computes forces only (no weight grads)
+        self.model = model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
 

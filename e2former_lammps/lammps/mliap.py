@@ -35,7 +35,8 @@ class E2FormerMLIAP(MLIAPUnified):
 
     def __init__(self, model: E2FormerV2, device: str = "cpu"):
         super().__init__()
-        self.model = model.eval()
+        # inference: frozen weights, so the backward computes forces only (no weight grads)
+        self.model = model.eval().requires_grad_(False)
         self.device = device
         # Every element symbol is accepted in pair_coeff (model elements first, so LAMMPS's
         # element index is the model's species index); atoms of an element the model lacks

@@ -38,11 +38,14 @@ class EdgeRadialMLP(nn.Module):
         self.w_out = nn.Parameter(torch.randn(hidden, out_features) / hidden**0.5)
         self.b_out = nn.Parameter(torch.zeros(out_features))
 
-    def forward(self, dist: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
-        hidden = nn.functional.silu(
+    def hidden(self, dist: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
+        """The hidden layer [E, hidden]: SiLU(rbf(d) W_rbf + E_r[Z_i] + E_s[Z_j])."""
+        return nn.functional.silu(
             self.basis(dist) @ self.w_rbf + self.emb_recv[species_i] + self.emb_send[species_j]
         )
-        return hidden @ self.w_out + self.b_out
+
+    def forward(self, dist: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
+        return self.hidden(dist, species_i, species_j) @ self.w_out + self.b_out
 
     def weights(self) -> EdgeRadialWeights:
         return EdgeRadialWeights(

@@ -109,7 +109,8 @@ class TritonAttention(torch.autograd.Function):
             if attention_backward is not None:
                 grads = attention_backward(
                     grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den)
+                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den,
+                    weight_grads=any(needs[4:]))
                 return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
         grads = _chunked_reference_grads(
             grad_out, q, k, v, rij, (w_rbf, emb_recv, emb_send, w_out, b_out), pair_i, pair_j,

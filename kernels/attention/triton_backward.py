@@ -1,18 +1,19 @@
-"""Backward of the fused attention (first derivatives, lmax 2): Triton for the channel work.
+"""Backward of the fused attention (first derivatives, lmax 2): the channel kernel, and the driver.
 
 Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l3(R)^T S D^l1(R)
 (R = R(r_hat_ij), the 9 -> 20 row map of the EAAS product). Given G = dL/dout:
   * channel-sized work (per edge 9 x C and 20 x C, the bulk of the FLOPs and bytes) runs in the
     Triton kernel below, one program per (receiver, head block), streaming the receiver's
-    edges like the forward, recomputing R, D^2 and the pole-frame products in registers:
+    edges like the forward, recomputing alpha (from the forward's prepass scores and (m, den)),
+    R, D^2 and the pole-frame products in registers:
       g_ijh   = dL/dalpha_ijh = sum_{c in h} <M_ij v_j, G_i>_c            -> [E, H]
+      D_ih    = sum_j g_ijh alpha_ijh                                     -> [n_recv, H]
       dv_j   += alpha_ijh(c) M_ij^T G_i                                   (atomics)
       dR_ij, dD2_ij = dL/dR, dL/dD^2 (channel sums)                       -> [E, 9 + 25]
-  * head-sized work (alpha from the radial MLP, gate, score and the envelope softmax; R and
-    D^2 as functions of r_ij) is recomputed in PyTorch under autograd and contracted with
-    (g, dR, dD2): per-edge tensors of [E, H] (H = 128: 1/18 of the value rows per edge), and
-    processed in receiver chunks of CHUNK_EDGES edges so memory stays bounded.
-dv is accumulated with atomics (not bit-deterministic run to run).
+  * head-sized work (softmax, score, gate, radial MLP, envelope): triton_head_backward.py;
+  * R and D^2 as functions of r_ij (34 numbers per edge): PyTorch autograd.
+Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv, dk are accumulated with
+atomics (not bit-deterministic run to run).
 """
 from __future__ import annotations
 
@@ -25,11 +26,6 @@ from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
-# Head-sized part of the backward: "autograd" (PyTorch autograd through the reference's
-# attention_weights; measured on the H100, kernels/NOTES.md E3) or "analytic" (closed-form
-# softmax / score / gate / radial-MLP gradients with the forward's saved (m, den): no index
-# backward, no autograd graph; validated on the CPU, not yet timed on the GPU).
-HEAD_BACKWARD = "autograd"
 
 
 @triton.jit
@@ -48,9 +44,9 @@ def _csum(t):
 
 @triton.jit
 def _attention_bwd_kernel(
-    g_out_ptr, v_ptr, rij_ptr, pj_ptr, rowptr_ptr, alpha_ptr,
-    dv_ptr, galpha_ptr, drot_ptr,
-    r_base, e_base,
+    g_out_ptr, v_ptr, rij_ptr, pj_ptr, rowptr_ptr, sw_ptr, m_ptr, den_ptr,
+    dv_ptr, galpha_ptr, dsum_ptr, drot_ptr,
+    r_base, e_base, cutoff,
     H: tl.constexpr, CH: tl.constexpr, CH_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
@@ -90,6 +86,9 @@ def _attention_bwd_kernel(
     G19 = tl.load(gp + 19 * C, mask=cmask, other=0.0)[None]
     start = tl.load(rowptr_ptr + i)
     end = tl.load(rowptr_ptr + i + 1)
+    m_i = tl.load(m_ptr + i * H + offs_h, mask=hmask, other=0.0)
+    inv_den = 1.0 / tl.load(den_ptr + i * H + offs_h, mask=hmask, other=1.0)
+    dsum = tl.zeros([BLOCK_H], dtype=G00.dtype)
     for e0 in range(start, end, BLOCK_E):
         offs_e = e0 + tl.arange(0, BLOCK_E)
         emask = offs_e < end
@@ -106,7 +105,17 @@ def _attention_bwd_kernel(
             r00, r01, r02, r10, r11, r12, r20, r21, r22)
         le = offs_e - e_base  # chunk-local edge index
         amask = emask[:, None] & hmask[None, :]
-        alpha = tl.load(alpha_ptr + le[:, None] * H + offs_h[None, :], mask=amask, other=0.0)
+        # alpha = w p(d) exp(s - m_i) / den_i from the prepass's (s, w) and the forward's stats
+        e2 = offs_e[:, None]
+        x2 = tl.load(rij_ptr + e2 * 3 + 0, mask=emask[:, None], other=0.0)
+        y2 = tl.load(rij_ptr + e2 * 3 + 1, mask=emask[:, None], other=1.0)
+        z2 = tl.load(rij_ptr + e2 * 3 + 2, mask=emask[:, None], other=0.0)
+        xc = tl.minimum(tl.sqrt(x2 * x2 + y2 * y2 + z2 * z2) / cutoff, 1.0)
+        env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
+        swp = sw_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
+        s_e = tl.load(swp, mask=amask, other=0.0)
+        w_e = tl.load(swp + H, mask=amask, other=0.0)
+        alpha = tl.where(amask, w_e * env * tl.exp(s_e - m_i[None, :]) * inv_den[None, :], 0.0)
         al = alpha[:, :, None]
         vp = v_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
         vmask = emask[:, None, None] & cmask[None, :, :]
@@ -156,7 +165,9 @@ def _attention_bwd_kernel(
         # dL/dalpha: <u, q> summed over the head's channels (rotation-invariant form)
         gal = v0 * q0 + u10 * q10 + u11 * q11 + u12 * q12 + u20 * q20 + u21 * q21 \
             + u22 * q22 + u23 * q23 + u24 * q24
-        tl.store(galpha_ptr + le[:, None] * H + offs_h[None, :], tl.sum(gal, axis=2), mask=amask)
+        gal = tl.sum(gal, axis=2)
+        tl.store(galpha_ptr + le[:, None] * H + offs_h[None, :], gal, mask=amask)
+        dsum += tl.sum(gal * alpha, axis=0)
         # dv_j += alpha * D^l1^T q
         q0 = q0 * al
         q10 = q10 * al
@@ -240,154 +251,78 @@ def _attention_bwd_kernel(
         tl.atomic_add(dp + 22, _csum(q24 * w2 + f4 * G17), mask=emask, sem="relaxed")
         tl.atomic_add(dp + 23, _csum(q24 * w3 + f4 * G18), mask=emask, sem="relaxed")
         tl.atomic_add(dp + 24, _csum(q24 * w4 + f4 * G19), mask=emask, sem="relaxed")
+    tl.store(dsum_ptr + i * H + offs_h, dsum, mask=hmask)
 
 
 def default_bwd_blocks(n_heads: int) -> dict[str, int]:
-    # no register spills with triton 3.6 / sm_90 (ptxas -v): kernels/NOTES.md, E5
-    return dict(BLOCK_E=8, BLOCK_H=16, num_warps=4)
+    # fastest of BWD_VARIANTS (benchmarks/bench_attention.py --autotune) at 10k water atoms on
+    # the H100, no register spills (ptxas, triton 3.6): kernels/NOTES.md, E7
+    return dict(BLOCK_E=16, BLOCK_H=16, num_warps=4)
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den):
-    """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>."""
+                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den,
+                       weight_grads: bool = True):
+    """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
+
+    Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (dv, g =
+    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2), the head kernel (dq, dk, dL/d|r|), and
+    PyTorch for R(r_ij), D^2 (34 numbers per edge) and, if weight_grads, the weight products.
+    The five weight gradients are None when weight_grads is False (MD: forces only).
+    """
     from e2former_lammps.o3 import rotation_to_pole, wigner_d
 
-    from .common import EdgeRadialWeights
-    from .reference import attention_weights
+    from .common import gaussian_rbf
+    from .triton_forward import edge_scores
+    from .triton_head_backward import head_backward
 
     n_heads, channels = q.shape[1], v.shape[-1]
     ch = channels // n_heads
     bl = default_bwd_blocks(n_heads)
     consts = eaas_constants()
     dv = torch.zeros_like(v)
-    leaves_w = [t.detach().requires_grad_() for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
-    radial = EdgeRadialWeights(centers, width, *leaves_w)
     dq = torch.zeros_like(q)
     dk = torch.zeros_like(k)
     drij = torch.zeros_like(rij)
-    dw = [torch.zeros_like(t) for t in leaves_w]
-    rp = rowptr.tolist()
-    for r0, r1, e0, e1 in receiver_chunks(rp, CHUNK_EDGES):
-        if e1 > e0:
-            nr = r1 - r0
-            rc = rij[e0:e1].detach().requires_grad_()
-            analytic = HEAD_BACKWARD == "analytic"
-            if analytic:
-                head = _HeadPart(q, k, rij[e0:e1], pair_i[e0:e1], pair_j[e0:e1], species,
-                                 centers, width, w_rbf, emb_recv, emb_send, w_out, b_out,
-                                 cutoff, m, den)
-                alpha = head.alpha
-            else:
-                pj = pair_j[e0:e1]
-                uniq, inv = torch.unique(pj, return_inverse=True)
-                nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
-                qc = q[r0:r1].detach().requires_grad_()
-                kc = k[nodes].detach().requires_grad_()
-            with torch.enable_grad():
-                if not analytic:
-                    alpha = attention_weights(qc, kc, rc, pair_i[e0:e1] - r0, nr + inv,
-                                              species[nodes], radial, cutoff, eps)
-                r_hat = rc / rc.norm(dim=-1, keepdim=True)
-                rot = rotation_to_pole(r_hat)
-                d2 = wigner_d(rot, 2)
-            alpha_c = alpha.detach().contiguous()
-            galpha = torch.empty_like(alpha_c)
-            drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
-            grid = (nr, triton.cdiv(n_heads, bl["BLOCK_H"]))
-            _attention_bwd_kernel[grid](
-                grad_out, v, rij, pair_j, rowptr, alpha_c, dv, galpha, drot, r0, e0,
-                H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
-                BLOCK_H=bl["BLOCK_H"], **consts, num_warps=bl["num_warps"])
-            if analytic:
-                (g_rot,) = torch.autograd.grad(
-                    (rot, d2), [rc], (drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)))
-                drij[e0:e1] += g_rot
-                head.backward(galpha, dq, dk, drij[e0:e1], dw)
-                continue
-            got = torch.autograd.grad(
-                (alpha, rot, d2), [qc, kc, rc, *leaves_w],
-                (galpha, drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5)),
-                allow_unused=True)
-            if got[0] is not None:
-                dq[r0:r1] += got[0]
-            if got[1] is not None:
-                dk.index_add_(0, nodes, got[1])
-            if got[2] is not None:
-                drij[e0:e1] += got[2]
-            for acc, g in zip(dw, got[3:]):
-                if g is not None:
-                    acc += g
+    dsum = torch.zeros_like(m)
+    dw = [torch.zeros_like(t) for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
+    chunks = list(receiver_chunks(rowptr.tolist(), CHUNK_EDGES))
+    max_e = max([e1 - e0 for _, _, e0, e1 in chunks] + [0])
+    sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
+    for r0, r1, e0, e1 in chunks:
+        if e1 <= e0:
+            continue
+        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, w_rbf, emb_recv,
+                    emb_send, w_out, b_out, cutoff, e0, e1)
+        galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
+        drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
+        grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
+        _attention_bwd_kernel[grid](
+            grad_out, v, rij, pair_j, rowptr, sw, m, den, dv, galpha, dsum, drot, r0, e0,
+            float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
+            BLOCK_H=bl["BLOCK_H"], **consts, num_warps=bl["num_warps"])
+        dd, d_o, d_pre = head_backward(
+            q, k, rij, pair_j, species, rowptr, centers, width, w_rbf, emb_recv, emb_send,
+            w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1, weight_grads)
+        rc = rij[e0:e1].detach().requires_grad_()
+        with torch.enable_grad():
+            dist = rc.norm(dim=-1, keepdim=True)
+            rot = rotation_to_pole(rc / dist)
+            d2 = wigner_d(rot, 2)
+            (drc,) = torch.autograd.grad(
+                (rot, d2, dist), [rc],
+                (drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5), dd[:, None]))
+        drij[e0:e1] = drc
+        if weight_grads:
+            pi, pj = pair_i[e0:e1], pair_j[e0:e1]
+            rbf = gaussian_rbf(dist.detach()[:, 0], centers, width)
+            pre = rbf @ w_rbf + emb_recv[species[pi]] + emb_send[species[pj]]
+            hidden = torch.nn.functional.silu(pre)
+            dw[0] += rbf.transpose(0, 1) @ d_pre
+            dw[1].index_add_(0, species[pi], d_pre)
+            dw[2].index_add_(0, species[pj], d_pre)
+            dw[3] += hidden.transpose(0, 1) @ d_o
+            dw[4] += d_o.sum(0)
+    if not weight_grads:
+        dw = [None] * 5
     return (dq, dk, dv, drij, *dw)
-
-
-class _HeadPart:
-    """alpha_ijh of one receiver chunk and its closed-form backward (HEAD_BACKWARD "analytic").
-
-    alpha = w * a / den_i with a = p(d) exp(s - m_i), s = sigmoid(g_raw) <q_i, k_j> / sqrt(d_k),
-    (g_raw, w) = SiLU(rbf(d) W_rbf + E_r[Z_i] + E_s[Z_j]) W_out + b_out; m, den are the
-    forward's per-receiver statistics (den includes eps * exp(-m)), so with G = dL/dalpha:
-    dw = G a / den, dA = (G w - D_i) / den with D_i = sum_j G alpha, ds = dA a,
-    dp = sum_h dA exp(s - m); m carries no gradient (the output does not depend on it).
-    """
-
-    def __init__(self, q, k, rij, pair_i, pair_j, species, centers, width, w_rbf, emb_recv,
-                 emb_send, w_out, b_out, cutoff, m, den):
-        import math
-
-        n_heads, d_k = q.shape[1], q.shape[2]
-        self.pair_i, self.pair_j, self.cutoff, self.width = pair_i, pair_j, cutoff, width
-        self.zi, self.zj = species[pair_i], species[pair_j]
-        self.w_rbf, self.w_out, self.centers = w_rbf, w_out, centers
-        self.n_recv = q.shape[0]
-        dist = rij.norm(dim=-1)
-        self.dist, self.r_hat = dist, rij / dist[:, None]
-        x = (dist / cutoff).clamp(max=1.0)
-        self.x = x
-        env = 1.0 + x * x * x * (-10.0 + x * (15.0 - 6.0 * x))
-        t = (dist[:, None] - centers) / width
-        self.t = t
-        self.rbf = torch.exp(-0.5 * t * t)
-        self.pre = self.rbf @ w_rbf + emb_recv[self.zi] + emb_send[self.zj]
-        self.sig_pre = torch.sigmoid(self.pre)
-        self.hidden = self.pre * self.sig_pre
-        o = self.hidden @ w_out + b_out
-        self.gate = torch.sigmoid(o[:, :n_heads])
-        self.wt = o[:, n_heads:]
-        self.scale = 1.0 / math.sqrt(d_k)
-        self.qi, self.kj = q[pair_i], k[pair_j]  # [E, H, d_k]
-        self.qk = (self.qi * self.kj).sum(-1)
-        s = self.gate * self.qk * self.scale
-        self.expo = torch.exp(s - m[pair_i])
-        self.a = env[:, None] * self.expo
-        self.inv_den = 1.0 / den[pair_i]
-        self.alpha = self.wt * self.a * self.inv_den
-
-    def backward(self, g, dq, dk, drij, dw):
-        """Accumulate into dq [n_recv, H, d], dk [n_total, H, d], drij [E, 3] (this chunk),
-        dw = [dw_rbf, demb_recv, demb_send, dw_out, db_out]."""
-        pi, pj = self.pair_i, self.pair_j
-        dsum = torch.zeros(self.n_recv, g.shape[1], dtype=g.dtype, device=g.device)
-        dsum.index_add_(0, pi, g * self.alpha)
-        d_wt = g * self.a * self.inv_den
-        d_a = (g * self.wt - dsum[pi]) * self.inv_den
-        d_s = d_a * self.a
-        d_env = (d_a * self.expo).sum(-1)
-        d_qk = d_s * self.gate * self.scale
-        d_graw = d_s * self.qk * self.scale * self.gate * (1.0 - self.gate)
-        dq.index_add_(0, pi, d_qk[:, :, None] * self.kj)
-        dk.index_add_(0, pj, d_qk[:, :, None] * self.qi)
-        d_o = torch.cat([d_graw, d_wt], dim=-1)
-        dw[3] += self.hidden.transpose(0, 1) @ d_o
-        dw[4] += d_o.sum(0)
-        d_pre = (d_o @ self.w_out.transpose(0, 1)) * (
-            self.sig_pre * (1.0 + self.pre * (1.0 - self.sig_pre)))
-        dw[0] += self.rbf.transpose(0, 1) @ d_pre
-        dw[1].index_add_(0, self.zi, d_pre)
-        dw[2].index_add_(0, self.zj, d_pre)
-        d_rbf = d_pre @ self.w_rbf.transpose(0, 1)
-        d_dist = (d_rbf * self.rbf * (-self.t / self.width)).sum(-1)
-        x = self.x
-        d_env_dx = torch.where(self.dist < self.cutoff, -30.0 * x * x * (x - 1.0) ** 2,
-                               torch.zeros_like(x))
-        d_dist = d_dist + d_env * d_env_dx / self.cutoff
-        drij += d_dist[:, None] * self.r_hat

@@ -400,6 +400,23 @@ def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
     return rowptr
 
 
+def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rbf, emb_recv,
+                emb_send, w_out, b_out, cutoff, e0: int, e1: int, blocks=None) -> None:
+    """The PRE prepass for edges [e0, e1): sw[e - e0] = [s (H), w (H)] (score, signed weight)."""
+    if e1 <= e0:
+        return
+    n_heads, d_k = q.shape[1], q.shape[2]
+    n_rbf, n_hid = w_rbf.shape
+    bl = blocks or default_blocks(n_heads, q.device)
+    be = bl.get("PRE_BLOCK_E", 32)
+    _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
+        q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
+        w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
+        1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
+        HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
+        BLOCK_R=bl["BLOCK_R"], num_warps=bl.get("PRE_NUM_WARPS", 8))
+
+
 def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf,
                       emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps, blocks=None):
     """Run the fused forward. All float tensors one dtype, contiguous. See module docstring."""
@@ -433,14 +450,8 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
     sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
                      dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:
-        if e1 > e0:
-            be = bl.get("PRE_BLOCK_E", 32)
-            _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
-                q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
-                w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
-                1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
-                HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
-                BLOCK_R=bl["BLOCK_R"], num_warps=bl.get("PRE_NUM_WARPS", 8))
+        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rbf,
+                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl)
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,

@@ -1,0 +1,51 @@
+"""Where the time of one energy+forces step goes: torch.profiler CUDA-kernel table.
+
+Full model (paper configuration, water, r_c 5 Å) at N atoms, fp32, with the model's parameters
+frozen as in MD (only dE/drij is asked for). Prints the step time and the top CUDA kernels.
+
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from bench_attention import CFG, CUTOFF, bench, neighbour_list, water_box
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--atoms", type=int, default=10000)
+    ap.add_argument("--rows", type=int, default=25)
+    args = ap.parse_args()
+
+    from e2former_lammps.config import E2FormerConfig
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph, E2FormerV2
+
+    dev = torch.device("cuda")
+    pos, species, box = water_box(args.atoms, device=dev)
+    n = pos.shape[0]
+    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
+    model.requires_grad_(False)
+
+    def step():
+        r = rij.float().requires_grad_()
+        g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n,
+                      exchange=NoGhosts(n))
+        e = model(g).sum()
+        return torch.autograd.grad(e, r)[0]
+
+    ms = bench(step, warmup=2, rep=5)
+    print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s "
+          f"(head backward {tb.HEAD_BACKWARD})", flush=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=args.rows), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Backward of the head-sized part of the attention (softmax, score, gate, radial MLP) in Triton.
+
+Given g_ijh = dL/dalpha_ijh (from the channel kernel, triton_backward.py) and the per-receiver
+sums D_ih = sum_j g_ijh alpha_ijh, with
+    alpha = w a / den_i,  a = p(d) exp(s - m_i),  s = sigmoid(g_raw) <q_i, k_j> / sqrt(d_k),
+    (g_raw, w) = SiLU(rbf(d) W_rbf + E_r[Z_i] + E_s[Z_j]) W_out + b_out,
+and m_i, den_i the forward's statistics (den includes eps * exp(-m)):
+    dw = g a / den,  dA = (g w - D_i) / den,  ds = dA a,  dp = sum_h dA exp(s - m_i),
+    dq_i += sum_j ds sigmoid(g_raw) k_j / sqrt(d_k),  dk_j += ds sigmoid(g_raw) q_i / sqrt(d_k),
+    dg_raw = ds <q_i, k_j> / sqrt(d_k) sigmoid'(g_raw),
+    dpre = ([dg_raw, dw] W_out^T) SiLU'(pre),  dd = (dpre W_rbf^T) . drbf/dd + dp p'(d).
+One program per receiver streams its edges (all heads): the radial MLP is recomputed once per
+edge, q_i is read once, dq_i needs no per-edge storage; dk_j by atomics. Nothing per edge is
+written except dd (the distance gradient, [E]) and, only when the weights need gradients,
+dL/d(g_raw, w) [E, 2H] and dL/dpre [E, hidden] for the weight products done in PyTorch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from .triton_forward import _pow2
+
+
+@triton.jit
+def _head_bwd_kernel(
+    q_ptr, k_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
+    centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
+    m_ptr, den_ptr, galpha_ptr, dsum_ptr,
+    dq_ptr, dk_ptr, ddist_ptr, do_ptr, dpre_ptr,
+    r_base, e_base, n_rbf, n_hid, inv_width, cutoff, qk_scale,
+    H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    WEIGHT_GRADS: tl.constexpr,
+):
+    i = r_base + tl.program_id(0)
+    zi = tl.load(species_ptr + i)
+    start = tl.load(rowptr_ptr + i)
+    end = tl.load(rowptr_ptr + i + 1)
+    offs_k = tl.arange(0, HID_P)
+    kmask = offs_k < n_hid
+    offs_d = tl.arange(0, DK_P)
+    dmask = offs_d < DK
+    emb_i = tl.load(emb_recv_ptr + zi * n_hid + offs_k, mask=kmask, other=0.0)
+    for e0 in range(start, end, BLOCK_E):
+        offs_e = e0 + tl.arange(0, BLOCK_E)
+        emask = offs_e < end
+        le = offs_e - e_base  # chunk-local edge index
+        j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+        rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
+        ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
+        rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+        d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+        xc = tl.minimum(d / cutoff, 1.0)
+        env = tl.where(emask, 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc)), 0.0)
+        # p'(d): the envelope's slope, 0 at and beyond the cutoff (p is clamped there)
+        denv = tl.where(d < cutoff, -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff, 0.0)
+        # radial MLP forward, recomputed once per edge for all heads
+        zj = tl.load(species_ptr + j, mask=emask, other=0)
+        m2 = emask[:, None] & kmask[None, :]
+        pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+        pre += emb_i[None, :]
+        for r0 in range(0, n_rbf, BLOCK_R):
+            offs_r = r0 + tl.arange(0, BLOCK_R)
+            rmask = offs_r < n_rbf
+            mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
+            t = (d[:, None] - mu[None, :]) * inv_width
+            rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+            w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            pre += tl.dot(rbf, w, input_precision="ieee")
+        sig = 1.0 / (1.0 + tl.exp(-pre))
+        hidden = pre * sig
+        dpre = tl.zeros([BLOCK_E, HID_P], dtype=pre.dtype)
+        denv_acc = tl.zeros([BLOCK_E], dtype=pre.dtype)
+        for h0 in range(0, H, BLOCK_H):
+            offs_h = h0 + tl.arange(0, BLOCK_H)
+            hmask = offs_h < H
+            wmask = kmask[:, None] & hmask[None, :]
+            w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask,
+                          other=0.0)
+            w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :],
+                          mask=wmask, other=0.0)
+            graw = tl.dot(hidden, w_g, input_precision="ieee")
+            graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
+            wt = tl.dot(hidden, w_w, input_precision="ieee")
+            wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
+            gate = 1.0 / (1.0 + tl.exp(-graw))
+            hd = offs_h[:, None] * DK + offs_d[None, :]
+            qd_mask = hmask[:, None] & dmask[None, :]
+            qi = tl.load(q_ptr + i.to(tl.int64) * (H * DK) + hd, mask=qd_mask, other=0.0)
+            m3 = emask[:, None, None] & qd_mask[None, :, :]
+            kp = j.to(tl.int64)[:, None, None] * (H * DK) + hd[None, :, :]
+            kj = tl.load(k_ptr + kp, mask=m3, other=0.0)
+            qk = tl.sum(kj * qi[None, :, :], axis=2)
+            s = gate * qk * qk_scale
+            mh = tl.load(m_ptr + i * H + offs_h, mask=hmask, other=0.0)
+            inv_den = 1.0 / tl.load(den_ptr + i * H + offs_h, mask=hmask, other=1.0)
+            d_i = tl.load(dsum_ptr + i * H + offs_h, mask=hmask, other=0.0)
+            m2h = emask[:, None] & hmask[None, :]
+            expo = tl.where(m2h, tl.exp(s - mh[None, :]), 0.0)
+            a = env[:, None] * expo
+            g = tl.load(galpha_ptr + le[:, None] * H + offs_h[None, :], mask=m2h, other=0.0)
+            d_wt = g * a * inv_den[None, :]
+            d_a = tl.where(m2h, (g * wt - d_i[None, :]) * inv_den[None, :], 0.0)
+            d_s = d_a * a
+            denv_acc += tl.sum(d_a * expo, axis=1)
+            d_qk = d_s * gate * qk_scale
+            d_graw = d_s * qk * qk_scale * gate * (1.0 - gate)
+            dq_tile = tl.sum(d_qk[:, :, None] * kj, axis=0)
+            tl.atomic_add(dq_ptr + i.to(tl.int64) * (H * DK) + hd, dq_tile, mask=qd_mask,
+                          sem="relaxed")
+            tl.atomic_add(dk_ptr + kp, d_qk[:, :, None] * qi[None, :, :], mask=m3,
+                          sem="relaxed")
+            dpre += tl.dot(d_graw, tl.trans(w_g), input_precision="ieee")
+            dpre += tl.dot(d_wt, tl.trans(w_w), input_precision="ieee")
+            if WEIGHT_GRADS:
+                dop = do_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
+                tl.store(dop, d_graw, mask=m2h)
+                tl.store(dop + H, d_wt, mask=m2h)
+        dpre = dpre * (sig * (1.0 + pre * (1.0 - sig)))
+        if WEIGHT_GRADS:
+            tl.store(dpre_ptr + le.to(tl.int64)[:, None] * n_hid + offs_k[None, :], dpre,
+                     mask=m2)
+        dd = denv_acc * denv
+        for r0 in range(0, n_rbf, BLOCK_R):
+            offs_r = r0 + tl.arange(0, BLOCK_R)
+            rmask = offs_r < n_rbf
+            mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
+            t = (d[:, None] - mu[None, :]) * inv_width
+            rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+            w_t = tl.load(w_rbf_ptr + offs_r[None, :] * n_hid + offs_k[:, None],
+                          mask=rmask[None, :] & kmask[:, None], other=0.0)
+            drbf = tl.dot(dpre, w_t, input_precision="ieee")
+            dd += tl.sum(drbf * rbf * (-t * inv_width), axis=1)
+        tl.store(ddist_ptr + le, dd, mask=emask)
+
+
+def default_head_blocks() -> dict[str, int]:
+    # fastest of HEAD_VARIANTS (benchmarks/bench_attention.py --autotune) at 10k water atoms
+    # on the H100 (kernels/NOTES.md, E7)
+    return dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)
+
+
+def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf, emb_recv,
+                  emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk,
+                  r0: int, r1: int, e0: int, e1: int, weight_grads: bool):
+    """Run the head backward for receivers [r0, r1) (edges [e0, e1)); accumulates into dq, dk.
+
+    Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelope, d_o [e1 - e0, 2H] or
+    None, d_pre [e1 - e0, hidden] or None); galpha is chunk-local [e1 - e0, H], dsum [n, H].
+    """
+    n_heads, d_k = q.shape[1], q.shape[2]
+    n_rbf, n_hid = w_rbf.shape
+    n_e = e1 - e0
+    dd = torch.empty(n_e, dtype=q.dtype, device=q.device)
+    d_o = torch.empty(n_e, 2 * n_heads, dtype=q.dtype, device=q.device) if weight_grads else dd
+    d_pre = torch.empty(n_e, n_hid, dtype=q.dtype, device=q.device) if weight_grads else dd
+    bl = default_head_blocks()
+    _head_bwd_kernel[(r1 - r0,)](
+        q, k, rij, pair_j, species, rowptr, centers, w_rbf, emb_recv, emb_send, w_out, b_out,
+        m, den, galpha, dsum, dq, dk, dd, d_o, d_pre,
+        r0, e0, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), 1.0 / math.sqrt(d_k),
+        H=n_heads, DK=d_k, DK_P=_pow2(d_k), HID_P=_pow2(n_hid, 16),
+        BLOCK_E=bl["BLOCK_E"], BLOCK_H=min(bl["BLOCK_H"], _pow2(n_heads, 16)),
+        BLOCK_R=bl["BLOCK_R"], WEIGHT_GRADS=weight_grads, num_warps=bl["num_warps"])
+    if not weight_grads:
+        return dd, None, None
+    return dd, d_o, d_pre
