@@ -137,6 +137,19 @@ class E2FormerV2(nn.Module):
         )
         return self._node_energy(self._features(graph)).to(ref.dtype)
 
+    def _baseline(self) -> Tensor:
+        """isolated_atom_energies(), cached while the weights are frozen and unchanged (MD):
+        it is a whole network pass of its own, as long as a small system's step."""
+        if any(p.requires_grad for p in self.parameters()):
+            return self.isolated_atom_energies()
+        key = tuple(p._version for p in self.parameters()) + tuple(
+            (p.device, p.dtype) for p in self.parameters())[:1]
+        if getattr(self, "_baseline_key", None) != key:
+            with torch.no_grad():
+                self._baseline_value = self.isolated_atom_energies()
+            self._baseline_key = key
+        return self._baseline_value
+
     def forward(self, graph: AtomGraph) -> Tensor:
         """Per-atom energies eatoms [n_local] in eV (model dtype promoted to the rij dtype).
 
@@ -146,7 +159,7 @@ class E2FormerV2(nn.Module):
         x = self._features(graph)
         n_local = graph.n_local
         species = graph.species[:n_local]
-        baseline = self.isolated_atom_energies()
+        baseline = self._baseline()
         e_node = self._node_energy(x[:n_local])
         return e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
