@@ -10,7 +10,8 @@ Writes JSON and a PNG of E(t) - E(0) per atom.
         --job water:648:10000 --job serine:20000 --out benchmarks/results/lammps_nve.json
 Jobs: `water:N_ATOMS:STEPS` (periodic box at 1 g/cm^3, 300 K) and `serine:STEPS` (serine and 26
 waters in vacuum, lammps_examples/solvated_amino_acid). Timestep 0.5 fs, neighbour list
-rebuilt when needed (check every step), thermo every --every steps.
+rebuilt when needed (check every step), thermo every --every steps; --timeout stops each run
+cleanly after a wall time (the JSON then says how many steps were done).
 """
 from __future__ import annotations
 
@@ -45,12 +46,13 @@ fix nve all nve
 thermo_style custom step time temp pe ke etotal
 thermo_modify norm no flush yes format float %.10f
 thermo {every}
+timer timeout {timeout} every 100
 run {steps}
 write_dump all xyz final.xyz modify element {elements}
 """
 
 
-def prepare(job: str, workdir: Path, model: Path, every: int) -> dict:
+def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str) -> dict:
     kind, *rest = job.split(":")
     d = workdir / job.replace(":", "_")
     d.mkdir(parents=True, exist_ok=True)
@@ -71,7 +73,7 @@ def prepare(job: str, workdir: Path, model: Path, every: int) -> dict:
         raise SystemExit(f"unknown job kind {kind!r} in {job!r} (water:N:STEPS or serine:STEPS)")
     (d / "in.nve").write_text(DECK.format(
         boundary=spec["boundary"], data="system.data", model=model, elements=spec["elements"],
-        rot=spec["rot"], timestep=TIMESTEP_PS, every=every, steps=steps))
+        rot=spec["rot"], timestep=TIMESTEP_PS, every=every, steps=steps, timeout=timeout))
     return {"job": job, "dir": d, "steps": steps, **spec}
 
 
@@ -169,6 +171,8 @@ def main() -> None:
     p.add_argument("--device", default="cuda")
     p.add_argument("--job", action="append", required=True)
     p.add_argument("--every", type=int, default=50, help="thermo interval (steps)")
+    p.add_argument("--timeout", default="off",
+                   help="LAMMPS `timer timeout` (HH:MM:SS): stop a run early, cleanly")
     p.add_argument("--workdir", type=Path, default=Path("runs/nve"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_nve.json"))
     p.add_argument("--no-plot", action="store_true")
@@ -177,7 +181,7 @@ def main() -> None:
     model = (args.workdir / "model.pt").resolve()
     subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
                     "--device", args.device, "-o", str(model)], check=True)
-    specs = [prepare(job, args.workdir, model, args.every) for job in args.job]
+    specs = [prepare(job, args.workdir, model, args.every, args.timeout) for job in args.job]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
     procs = []
