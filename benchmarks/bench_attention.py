@@ -296,6 +296,24 @@ def full_model(n_atoms, graph, impls, log, check=False):
     return res
 
 
+def mace_rows(sizes: list[int], cueq: str, log) -> list[dict]:
+    """MACE energy+forces on the same water boxes (peers/mace_peer.py; water_box(n) of each
+    returned n_atoms); an import failure is recorded, not raised, so the rest stands."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "peers"))
+    try:
+        from mace_peer import mace_atom_steps
+    except ImportError as exc:
+        log(f"[mace] not run: {exc}")
+        return [{"error": f"import: {exc}"}]
+    try:
+        rows = mace_atom_steps(sizes, cutoff=CUTOFF, cueq=cueq, log=log)
+    except Exception as exc:  # noqa: BLE001  (a peer's failure must not lose our numbers)
+        log(f"[mace] failed: {type(exc).__name__}: {exc}")
+        rows = [{"error": f"{type(exc).__name__}: {str(exc)[:500]}"}]
+    torch.cuda.empty_cache()
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -307,6 +325,9 @@ def main():
     ap.add_argument("--sweep", type=int, default=0, help="only time forward tile sizes at N")
     ap.add_argument("--autotune", type=int, default=0,
                     help="first time the kernel variants at N atoms and use the fastest")
+    ap.add_argument("--mace", default="off", choices=["off", "auto", "both"],
+                    help="time MACE (benchmarks/peers/mace_peer.py) at the model sizes, in this "
+                         "process: auto = cuEquivariance where it imports, both = e3nn and cuEq")
     ap.add_argument("--profile", type=int, default=0,
                     help="only profile forward+backward at N atoms (both head-backward modes)")
     args = ap.parse_args()
@@ -345,7 +366,8 @@ def main():
         "flops_per_edge": flops_per_edge(),
         "bytes_per_edge_no_reuse": bytes_per_edge(),
         "ceilings": {"fp32_tflops": FP32_TFLOPS_CEIL, "hbm_gbps": HBM_GBPS_CEIL},
-        "mace": MACE_CITED,
+        "mace_cited": MACE_CITED,
+        "mace_in_this_run": args.mace,
         "sizes": [],
     }
     if args.autotune:
@@ -396,9 +418,8 @@ def main():
                 "ours": mres.get("triton", {}).get("atom_steps_per_s"),
                 "reference": mres.get("reference", {}).get("atom_steps_per_s"),
                 "mace": None,
-                "mace_note": "not run here; see top-level 'mace' for figures cited from "
-                             "performance.md (measured earlier, not in this run)",
             }
+
             entry["peak_mem_bytes"]["model_energy_forces"] = {
                 "ours": mres.get("triton", {}).get("peak_bytes"),
                 "reference": mres.get("reference", {}).get("peak_bytes")}
@@ -406,6 +427,25 @@ def main():
         del graph, pos, pair_i, pair_j, rij
         torch.cuda.empty_cache()
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.mace != "off":
+        # after our runs (their memory freed), same process, same boxes and pair lists
+        rows = mace_rows([e["n_atoms"] for e in result["sizes"] if "atom_steps_per_s" in e],
+                         args.mace, log)
+        for entry in result["sizes"]:
+            mine = [r for r in rows if r.get("n_atoms") == entry["n_atoms"]]
+            if not mine or "atom_steps_per_s" not in entry:
+                continue
+            entry["mace"] = mine
+            best = max((r for r in mine if r.get("atom_steps_per_s")),
+                       key=lambda r: r["atom_steps_per_s"], default=None)
+            if best is not None:
+                entry["atom_steps_per_s"]["mace"] = best["atom_steps_per_s"]
+                entry["atom_steps_per_s"]["mace_form"] = best["form"]
+                result["mace_form"] = best["form"]
+                ours = entry["atom_steps_per_s"]["ours"]
+                entry["ours_over_mace"] = ours / best["atom_steps_per_s"] if ours else None
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
     log("N        edges      fwd ms(tri/ref)      fwd+bwd ms(tri/ref)   speedup f/fb   "
