@@ -17,11 +17,13 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import provenance  # noqa: E402
 
 DENSITY_MOL_PER_A3 = 0.033427  # 1 g/cm^3 of H2O
 CUTOFF = 5.0
@@ -352,10 +354,7 @@ def main():
         lines.append(s)
 
     dev = torch.device("cuda")
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except Exception:  # noqa: BLE001
-        commit = os.environ.get("GIT_COMMIT", "unknown")
+    commit = provenance.commit()
     result = {
         "device": torch.cuda.get_device_name(),
         "dtype": "float32 (tl.dot input_precision ieee: no tf32)",

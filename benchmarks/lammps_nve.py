@@ -28,6 +28,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
+import provenance  # noqa: E402
 TIMESTEP_PS = 0.0005
 DECK = """units metal
 atom_style atomic
@@ -195,8 +196,7 @@ def main() -> None:
         rc = proc.wait()
         err.close()
         results.append(analyse(spec, time.perf_counter() - t0, rc))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip() or os.environ.get("GIT_COMMIT", "")
+    commit = provenance.commit()
     try:
         import torch
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402
 from bench_attention import CFG, water_box  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
@@ -184,11 +184,7 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
-                                text=True).stdout.strip() or os.environ.get("GIT_COMMIT", "")
-    except OSError:
-        commit = os.environ.get("GIT_COMMIT", "")
+    commit = provenance.commit()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
