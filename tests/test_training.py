@@ -209,3 +209,39 @@ def test_read_dataset_frames_feed_training(tmp_path):
     data = _write(tmp_path / "d.xyz", _molecules(2))
     frames = read_dataset(data)
     assert {f.subset for f in frames} == {"even", "odd"}
+
+
+def test_wall_clock_budget_stops_in_time_and_writes_everything(tmp_path):
+    torch.set_num_threads(1)
+    data = _write(tmp_path / "d.xyz", _molecules(8, seed=4))
+    cfg = _cfg(tmp_path, data, val=[data], max_wall_minutes=0.06, final_reserve_s=1.0,
+               max_steps=10**6, log_every_steps=2, val_every_steps=5)
+    import time
+    t = time.monotonic()
+    res = train(cfg)
+    wall = time.monotonic() - t
+    assert wall < 0.06 * 60 + 1.5, wall  # the reserve covered the final validation/saving
+    assert res["step"] > 2
+    m = res["metrics"]
+    assert m["attention_impl"] == "reference"  # the training default
+    assert m["stopped_early"] is None and m["skipped_steps"] == 0
+    for name in ("metrics.json", "history.json", "learning_curve.png", "model.pt"):
+        assert (tmp_path / "run" / name).is_file(), name
+    lrs = [h["lr"] for h in res["loss_history"] if "lr" in h]
+    assert lrs[-1] < 0.3 * cfg.lr  # the schedule follows the wall-clock budget
+    assert all("grad_norm" in h for h in res["loss_history"] if "loss" in h)
+
+
+def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_model(tmp_path):
+    torch.set_num_threads(1)
+    mols = _molecules(4, seed=6)
+    for a in mols:  # labels that give a NaN loss in every batch
+        f = a.get_forces()
+        f[0, 0] = np.nan
+        a.calc = SinglePointCalculator(a, energy=a.get_potential_energy(), forces=f)
+    data = _write(tmp_path / "nan.xyz", mols)
+    res = train(_cfg(tmp_path, data, max_steps=100))
+    m = res["metrics"]
+    assert m["skipped_steps"] == 20 and "non-finite" in m["stopped_early"]
+    model = E2FormerV2.load(res["model"])
+    assert all(torch.isfinite(p).all() for p in model.parameters())

@@ -22,6 +22,12 @@ class TrainConfig:
     w_force * mean over atoms |dF| (Euclidean norm per atom). Learning rate: linear warm-up,
     then cosine decay to lr * min_lr_factor over the run's progress (the largest of the
     step, epoch and time fractions).
+    max_wall_minutes: a hard wall-clock budget for the whole `train` call (data loading,
+    training, final validation and saving): training stops `final_reserve_s` seconds before
+    it, and the learning-rate schedule ends there too. attention_impl: the attention used
+    while training; None means "reference" (the force loss needs a double backward, which
+    the fused Triton path only does by recomputing the reference, so it would add a forward
+    for nothing).
     """
 
     train: list[str]
@@ -40,6 +46,8 @@ class TrainConfig:
     epochs: int | None = None
     max_steps: int | None = None
     max_minutes: float | None = None
+    max_wall_minutes: float | None = None
+    final_reserve_s: float = 45.0
     w_energy: float = 1.0
     w_force: float = 1.0
     ema_decay: float = 0.999
@@ -70,8 +78,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"train config: unknown model keys {sorted(unknown)}; "
                              f"known: {list(MODEL_KEYS)}")
-        if self.epochs is None and self.max_steps is None and self.max_minutes is None:
-            raise ValueError("train config: set at least one of epochs, max_steps, max_minutes")
+        if self.epochs is None and self.max_steps is None and self.max_minutes is None \
+                and self.max_wall_minutes is None:
+            raise ValueError("train config: set at least one of epochs, max_steps, max_minutes, "
+                             "max_wall_minutes")
         if self.batch_size < 1:
             raise ValueError(f"train config: batch_size must be >= 1, got {self.batch_size}")
         if self.dtype not in ("float32", "float64"):

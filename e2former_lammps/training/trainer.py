@@ -105,6 +105,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     stop_after_steps simulates a kill: the run stops after that many (total) steps without
     a final checkpoint, so a resumed run restarts from the last periodic checkpoint.
     """
+    t_start = time.monotonic()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
@@ -147,8 +148,11 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     else:
         model = E2FormerV2(mcfg)
     model = model.to(device=device, dtype=dtype)
-    if cfg.attention_impl:
-        model.set_attention_impl(cfg.attention_impl)
+    # The force loss differentiates forces (a double backward). The reference attention does
+    # that directly; the fused Triton path would run its forward and then recompute the
+    # reference anyway, so "reference" is the default while training.
+    attention_impl = cfg.attention_impl or "reference"
+    model.set_attention_impl(attention_impl)
     ema = copy.deepcopy(model)
     for p in ema.parameters():
         p.requires_grad_(False)
@@ -175,8 +179,22 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         f"{mcfg.elements}, avg_degree {mcfg.avg_degree:.2f}; {n_train} training frames, "
         f"{len(val_frames)} validation frames; device {device}")
 
+    # Hard wall-clock budget: what is left for training once data and model are ready,
+    # keeping final_reserve_s for the final validation, the plots and the saving.
+    wall_train_s = None
+    if cfg.max_wall_minutes is not None:
+        wall_train_s = 60 * cfg.max_wall_minutes - (time.monotonic() - t_start) - \
+            cfg.final_reserve_s
+        if wall_train_s <= 0:
+            raise ValueError(f"max_wall_minutes {cfg.max_wall_minutes} leaves no time to train "
+                             f"(setup took {time.monotonic() - t_start:.0f} s, final reserve "
+                             f"{cfg.final_reserve_s:.0f} s)")
+        log(f"wall-clock budget: {wall_train_s:.0f} s of training in this run")
+
     def progress_fraction(step: int, elapsed: float) -> float:
         fr = []
+        if wall_train_s is not None:
+            fr.append((time.monotonic() - t0) / wall_train_s)
         if cfg.max_steps:
             fr.append(step / cfg.max_steps)
         if cfg.epochs:
@@ -208,16 +226,18 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
                    mininterval=1.0 if os.isatty(2) else 15.0)
     t0 = time.monotonic()
     last_ckpt_t = t0
-    acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "n": 0}
+    acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
     order = epoch_order(n_train, cfg.seed, epoch)
 
     def done(elapsed: float) -> bool:
         return ((cfg.max_steps is not None and step >= cfg.max_steps)
                 or (cfg.epochs is not None and epoch >= cfg.epochs)
-                or (cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes))
+                or (cfg.max_minutes is not None and elapsed >= 60 * cfg.max_minutes)
+                or (wall_train_s is not None and time.monotonic() - t0 >= wall_train_s))
 
     model.train()
     killed = False
+    stopped_early = None
     bad_steps = skipped = 0
     while not done(elapsed_before + time.monotonic() - t0):
         if stop_after_steps is not None and step >= stop_after_steps:
@@ -235,6 +255,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         loss = cfg.w_energy * loss_e.to(loss_f.dtype) + cfg.w_force * loss_f
         opt.zero_grad(set_to_none=True)
         finite = bool(torch.isfinite(loss.detach()))
+        gnorm = None
         if finite:
             loss.backward()
             gnorm = torch.nn.utils.clip_grad_norm_(
@@ -252,9 +273,12 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
                 bar.write(f"step {step}: non-finite loss or gradient, update skipped "
                           f"({skipped} so far)")
             if bad_steps >= MAX_BAD_STEPS:
-                raise RuntimeError(
-                    f"{MAX_BAD_STEPS} consecutive steps with non-finite loss/gradients at step "
-                    f"{step}; lower lr or check the data. The last checkpoint is {ckpt_path}")
+                # The weights are still finite (bad updates were skipped): stop here and
+                # write the EMA model and the metrics instead of losing the run.
+                stopped_early = (f"{MAX_BAD_STEPS} consecutive steps with non-finite "
+                                 f"loss/gradients at step {step}; lower lr or check the data")
+                log(f"stopping early: {stopped_early}")
+                break
         step += 1
         pos += cfg.batch_size
         if pos >= n_train:
@@ -264,6 +288,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
             acc["loss"] += float(loss.detach())
             acc["loss_energy"] += float(loss_e.detach())
             acc["loss_force"] += float(loss_f.detach())
+            acc["grad_norm"] += float(gnorm)
             acc["n"] += 1
         elapsed = elapsed_before + time.monotonic() - t0
         if bar is not None:
@@ -273,8 +298,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         if step % cfg.log_every_steps == 0 and acc["n"]:
             n = acc.pop("n")
             history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed, "lr": lr,
-                            **{k: v / n for k, v in acc.items()}})
-            acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "n": 0}
+                            "skipped_steps": skipped, **{k: v / n for k, v in acc.items()}})
+            acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
         val_due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
             (not cfg.val_every_steps and pos == 0)
         if val_due and val_set is not None and not done(elapsed):
@@ -297,9 +322,14 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         return {"step": step, "killed": True, "checkpoint": str(ckpt_path)}
     checkpoint(elapsed)
 
+    device_name = str(device)
+    if device.type == "cuda":
+        device_name = f"{torch.cuda.get_device_name(device)} (torch {torch.__version__})"
     metrics = {"val": validate() if val_set is not None else None,
                "step": step, "epoch": epoch, "train_time_s": elapsed, "device": str(device),
-               "skipped_steps": skipped}
+               "device_name": device_name, "attention_impl": attention_impl,
+               "skipped_steps": skipped, "stopped_early": stopped_early,
+               "epochs_float": step * cfg.batch_size / n_train}
     if metrics["val"] is not None:
         history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed,
                         "val": metrics["val"]["overall"]})
@@ -317,4 +347,6 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         o = metrics["val"]["overall"]
         log(f"final (EMA) val: energy MAE {o['energy_mae_meV_per_atom']:.3f} meV/atom, "
             f"force MAE {o['force_mae_meV_per_A']:.2f} meV/Å")
+    log(f"{step} steps, {metrics['epochs_float']:.2f} epochs, {elapsed:.1f} s of training, "
+        f"{skipped} skipped steps; whole run {time.monotonic() - t_start:.1f} s")
     return {"model": str(model_path), "metrics": metrics, "step": step, "loss_history": history}
