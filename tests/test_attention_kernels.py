@@ -198,6 +198,31 @@ def test_double_backward(interpreter):
         assert rel(a, b) < 1e-10, f"d2/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
 
 
+def test_double_backward_inputs_depend_on_rij(interpreter):
+    """Force-loss training: q, k, v are functions of rij (as in every layer after the
+    first), so dL/drij must count each path once (a regression: it was counted twice)."""
+    seed = fresh_seed()
+    inputs = make_inputs(seed, [0, 4, 7, 2], n_total=5)
+    q0, k0, v0, rij0 = inputs[:4]
+    pair_i = inputs[4]
+    res = {}
+    for impl in ("reference", "triton"):
+        rij = rij0.clone().requires_grad_()
+        feat = torch.zeros(q0.shape[0], dtype=rij.dtype).index_add(0, pair_i, rij.norm(dim=-1))
+        q = q0 * (1.0 + 0.1 * feat)[:, None, None]
+        k = k0 * (1.0 + 0.1 * rij.sum())
+        v = v0 * (1.0 + 0.05 * rij.pow(2).sum())
+        radial = inputs[7]
+        out = equivariant_attention(q, k, v, rij, pair_i, inputs[5], inputs[6], radial, CUTOFF,
+                                    EPS, 2, impl=impl)
+        energy = (out * out).sum()
+        (force,) = torch.autograd.grad(energy, rij, create_graph=True)
+        (g2,) = torch.autograd.grad((force * force).sum(), rij)
+        res[impl] = (force.detach(), g2)
+    for a, b, what in zip(res["triton"], res["reference"], ("dE/drij", "d|F|^2/drij")):
+        assert rel(a, b) < 1e-10, f"{what}: rel err {rel(a, b):.2e} (seed {seed})"
+
+
 def test_no_edges(interpreter):
     """Isolated atoms (the model's isolated-atom baseline): zero output, zero gradients."""
     inputs = make_inputs(fresh_seed(), [0, 0, 0], n_total=4)

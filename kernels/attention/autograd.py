@@ -92,10 +92,13 @@ class TritonAttention(torch.autograd.Function):
         if not any(needs):
             return (None,) * 9 + tuple(tail)
         if torch.is_grad_enabled():
-            # create_graph: differentiable recomputation with the reference.
+            # create_graph: differentiable recomputation with the reference, on aliases of
+            # the inputs: q, k, v usually depend on rij themselves, and a gradient taken with
+            # respect to the tensors would count those paths here and again upstream.
             with torch.enable_grad():
-                ref = _reference(*diff, pair_i, pair_j, species, centers, width, cutoff, eps)
-                req = [t for t, need in zip(diff, needs) if need]
+                alias = [t.view_as(t) for t in diff]
+                ref = _reference(*alias, pair_i, pair_j, species, centers, width, cutoff, eps)
+                req = [t for t, need in zip(alias, needs) if need]
                 got = iter(torch.autograd.grad(ref, req, grad_out, create_graph=True,
                                                allow_unused=True))
             grads = [next(got) if need else None for need in needs]
