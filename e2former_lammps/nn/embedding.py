@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 from e2former_lammps.o3 import spherical_harmonics
 from kernels.attention.common import edge_geometry
 
+from .linear import degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
 
 
@@ -60,7 +61,7 @@ class EdgeDegreeEmbedding(nn.Module):
                 acc = torch.cat([acc[:first], acc[first:last + 1] + part, acc[last + 1:]], dim=0)
         w_aug = torch.cat([self.radial.w_out, self.radial.b_out[None]], dim=0).to(acc.dtype)
         c = self.channels
-        x = torch.cat([acc[:, l * l:(l + 1) ** 2] @ w_aug[:, l * c:(l + 1) * c]
+        x = torch.cat([degree_matmul(acc, l, w_aug[:, l * c:(l + 1) * c])
                        for l in range(self.lmax + 1)], dim=1)
         l0 = x[:, :1] + self.element(species[:n_recv])[:, None]
         return torch.cat([l0, x[:, 1:]], dim=1)
