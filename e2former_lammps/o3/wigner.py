@@ -37,7 +37,9 @@ def wigner_d(rot: Tensor, l: int) -> Tensor:
     if l == 2:
         pts, inv = _d2_probe(rot.dtype, rot.device)
         y_rot = sh_l2((rot @ pts).transpose(-1, -2))  # [..., 6, 5]
-        return y_rot.transpose(-1, -2) @ inv
+        # contiguous first: a transposed batch @ matrix would run as one tiny product per
+        # rotation (batched GEMM); contiguous, it folds into one [.. * 5, 6] x [6, 5] GEMM
+        return y_rot.transpose(-1, -2).contiguous() @ inv
     raise ValueError(f"wigner_d supports l <= 2, got {l}")
 
 
@@ -66,7 +68,10 @@ def rotation_to_pole(r_hat: Tensor) -> Tensor:
         dim=-2,
     )
     eye = torch.diag_embed(torch.stack([one, one, one], -1))
-    rot = eye + kmat + (kmat @ kmat) * f[..., None, None]
+    # [k]x^2 = k k^T - |k|^2 I, elementwise (not one 3x3 product per direction)
+    kvec = torch.stack([kx, zero, kz], -1)
+    kk = kvec[..., :, None] * kvec[..., None, :] - eye * (kx * kx + kz * kz)[..., None, None]
+    rot = eye + kmat + kk * f[..., None, None]
     # Half turn about x on the negative branch: diag(1, -1, -1) applied on the left.
     flip = torch.stack([one, s, s], -1)[..., :, None]
     return rot * flip
