@@ -558,34 +558,30 @@ def autotune(n_atoms, log):
                                     frozen, CUTOFF, 1.0, 2, impl="triton")
         return torch.autograd.grad(out, ls, g_out)
 
-    best = (float("inf"), None)
-    for bl in BWD_VARIANTS:
-        tb.default_bwd_blocks = lambda n_heads, bl=bl: bl
-        t0 = time.time()
-        fb()
-        torch.cuda.synchronize()
-        comp = time.time() - t0
-        ms = bench(fb)
-        log(f"autotune fwd+bwd {bl}: {ms:.3f} ms, first call {comp:.1f}s")
-        res["backward"].append({"blocks": bl, "fwd_bwd_ms": ms})
-        if ms < best[0]:
-            best = (ms, bl)
-    bwd_best = best[1]
-    tb.default_bwd_blocks = lambda n_heads: bwd_best
-    best = (float("inf"), None)
-    for bl in HEAD_VARIANTS:
-        th.default_head_blocks = lambda bl=bl: bl
-        t0 = time.time()
-        fb()
-        torch.cuda.synchronize()
-        comp = time.time() - t0
-        ms = bench(fb)
-        log(f"autotune fwd+bwd head {bl}: {ms:.3f} ms, first call {comp:.1f}s")
-        res["head_backward"].append({"blocks": bl, "fwd_bwd_ms": ms})
-        if ms < best[0]:
-            best = (ms, bl)
-    head_best = best[1]
-    th.default_head_blocks = lambda: head_best
+    def fastest(variants, install, label, key):
+        best = (float("inf"), None)
+        for bl in variants:
+            install(bl)
+            t0 = time.time()
+            fb()
+            torch.cuda.synchronize()
+            comp = time.time() - t0
+            ms = bench(fb)
+            log(f"autotune fwd+bwd {label}{bl}: {ms:.3f} ms, first call {comp:.1f}s")
+            res[key].append({"blocks": bl, "fwd_bwd_ms": ms})
+            if ms < best[0]:
+                best = (ms, bl)
+        install(best[1])
+        return best[1]
+
+    def set_bwd(bl):
+        tb.default_bwd_blocks = lambda n_heads: bl
+
+    def set_head(bl):
+        th.default_head_blocks = lambda: bl
+
+    bwd_best = fastest(BWD_VARIANTS, set_bwd, "", "backward")
+    head_best = fastest(HEAD_VARIANTS, set_head, "head ", "head_backward")
     res["chosen"] = {"forward": fwd_best, "backward": bwd_best, "head_backward": head_best}
     log(f"autotune chosen {res['chosen']}")
     return res

@@ -57,6 +57,30 @@ def _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff):
 
 
 @triton.jit
+def _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R: tl.constexpr):
+    """Gaussians r0 .. r0 + BLOCK_R of the distances d [BLOCK_E] (0 past n_rbf):
+    (offs_r, rmask, t = (d - mu) / width, rbf [BLOCK_E, BLOCK_R])."""
+    offs_r = r0 + tl.arange(0, BLOCK_R)
+    rmask = offs_r < n_rbf
+    mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
+    t = (d[:, None] - mu[None, :]) * inv_width
+    rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+    return offs_r, rmask, t, rbf
+
+
+@triton.jit
+def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
+                BLOCK_R: tl.constexpr):
+    """The radial MLP's first layer: pre (the element embeddings) + rbf(d) @ W_rbf."""
+    for r0 in range(0, n_rbf, BLOCK_R):
+        offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
+        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
+                    mask=rmask[:, None] & kmask[None, :], other=0.0)
+        pre += tl.dot(rbf, w, input_precision="ieee")
+    return pre
+
+
+@triton.jit
 def _edge_tile_scalars(
     offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
@@ -82,15 +106,8 @@ def _edge_tile_scalars(
     pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :],
                   mask=emask[:, None] & kmask[None, :], other=0.0)
     pre += tl.load(emb_recv_ptr + i_species * n_hid + offs_k, mask=kmask, other=0.0)[None, :]
-    for r0 in range(0, n_rbf, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        rmask = offs_r < n_rbf
-        mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
-        t = (d[:, None] - mu[None, :]) * inv_width
-        rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
-        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        pre += tl.dot(rbf, w, input_precision="ieee")
+    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
+                      BLOCK_R)
     hidden = pre / (1.0 + tl.exp(-pre))
     wmask = kmask[:, None] & hmask[None, :]
     w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask, other=0.0)
@@ -145,15 +162,8 @@ def _edge_scores_kernel(
     m2 = emask[:, None] & kmask[None, :]
     pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
     pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
-    for r0 in range(0, n_rbf, BLOCK_R):
-        offs_r = r0 + tl.arange(0, BLOCK_R)
-        rmask = offs_r < n_rbf
-        mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
-        t = (d[:, None] - mu[None, :]) * inv_width
-        rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
-        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        pre += tl.dot(rbf, w, input_precision="ieee")
+    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
+                      BLOCK_R)
     hidden = pre / (1.0 + tl.exp(-pre))
     offs_d = tl.arange(0, DK_P)
     dmask = offs_d < DK

@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import _pow2
+from .triton_forward import _pow2, _radial_pre, _rbf_chunk
 
 
 @triton.jit
@@ -63,15 +63,8 @@ def _head_bwd_kernel(
         m2 = emask[:, None] & kmask[None, :]
         pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
         pre += emb_i[None, :]
-        for r0 in range(0, n_rbf, BLOCK_R):
-            offs_r = r0 + tl.arange(0, BLOCK_R)
-            rmask = offs_r < n_rbf
-            mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
-            t = (d[:, None] - mu[None, :]) * inv_width
-            rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
-            w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
-                        mask=rmask[:, None] & kmask[None, :], other=0.0)
-            pre += tl.dot(rbf, w, input_precision="ieee")
+        pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
+                          BLOCK_R)
         sig = 1.0 / (1.0 + tl.exp(-pre))
         hidden = pre * sig
         dpre = tl.zeros([BLOCK_E, HID_P], dtype=pre.dtype)
@@ -127,11 +120,7 @@ def _head_bwd_kernel(
                      mask=m2)
         dd = denv_acc * denv
         for r0 in range(0, n_rbf, BLOCK_R):
-            offs_r = r0 + tl.arange(0, BLOCK_R)
-            rmask = offs_r < n_rbf
-            mu = tl.load(centers_ptr + offs_r, mask=rmask, other=0.0)
-            t = (d[:, None] - mu[None, :]) * inv_width
-            rbf = tl.where(rmask[None, :], tl.exp(-0.5 * t * t), 0.0)
+            offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
             w_t = tl.load(w_rbf_ptr + offs_r[None, :] * n_hid + offs_k[:, None],
                           mask=rmask[None, :] & kmask[:, None], other=0.0)
             drbf = tl.dot(dpre, w_t, input_precision="ieee")
