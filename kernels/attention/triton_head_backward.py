@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import _pow2, _radial_pre, _rbf_chunk
+from .triton_forward import _edge_geometry, _pow2, _radial_pre, _rbf_chunk
 
 
 @triton.jit
@@ -49,13 +49,8 @@ def _head_bwd_kernel(
         offs_e = e0 + tl.arange(0, BLOCK_E)
         emask = offs_e < end
         le = offs_e - e_base  # chunk-local edge index
-        j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-        rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
-        ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
-        rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
-        d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+        j, _, _, _, d, env = _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff)
         xc = tl.minimum(d / cutoff, 1.0)
-        env = tl.where(emask, 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc)), 0.0)
         # p'(d): the envelope's slope, 0 at and beyond the cutoff (p is clamped there)
         denv = tl.where(d < cutoff, -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff, 0.0)
         # radial MLP forward, recomputed once per edge for all heads
