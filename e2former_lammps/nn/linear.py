@@ -15,7 +15,8 @@ def degree_matmul(x: Tensor, l: int, weight: Tensor) -> Tensor:
     10k-atom step went to that bmm).
     """
     rows = x[:, l * l:(l + 1) ** 2]
-    return (rows.reshape(-1, rows.shape[-1]) @ weight).view(x.shape[0], 2 * l + 1, -1)
+    out = rows.reshape(-1, rows.shape[-1]) @ weight
+    return out.view(x.shape[0], 2 * l + 1, weight.shape[-1])  # explicit: N may be 0
 
 
 class SO3Linear(nn.Module):
