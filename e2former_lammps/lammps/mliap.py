@@ -54,6 +54,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self.__dict__.update(state)
         self._exchange_key = self._exchange = None
         self.profiler = None
+        self.device = rank_device(self.device)
         self.model.to(self.device)
         if str(self.device).startswith("cuda"):
             _avoid_foreign_llvm(self.model)
@@ -280,6 +281,24 @@ class KokkosArrays(HostArrays):
     def write_pair_forces(self, fij: torch.Tensor) -> None:
         self.data.update_pair_forces(fij.cuda().contiguous())
         torch.cuda.synchronize()
+
+
+# Node-local rank as the MPI launchers name it (Open MPI, MPICH/Hydra, MVAPICH, Slurm, torchrun).
+LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
+                   "SLURM_LOCALID", "LOCAL_RANK")
+
+
+def rank_device(device: str) -> str:
+    """"cuda" (no index) -> "cuda:<local rank mod visible GPUs>": one GPU per rank when the
+    node has several, all ranks on the one GPU otherwise. An explicit "cuda:N", "cpu" or a
+    CUDA_VISIBLE_DEVICES set per rank by the launcher is left alone."""
+    if str(device) != "cuda" or not torch.cuda.is_available():
+        return device
+    n_gpus = torch.cuda.device_count()
+    for var in LOCAL_RANK_VARS:
+        if os.environ.get(var, "").isdigit():
+            return f"cuda:{int(os.environ[var]) % n_gpus}"
+    return device
 
 
 def _avoid_foreign_llvm(model: E2FormerV2) -> None:
