@@ -30,6 +30,10 @@ class E2FormerConfig:
     # moment the first neighbour crosses the cutoff (steep forces would break NVE).
     softmax_eps: float = 1.0
     charge_spin: bool = False
+    # An l = 1 readout of forces, for direct-force pre-training (training.direct_force_steps):
+    # cheaper than autograd forces (no double backward) but not conservative, so MD and
+    # evaluation always use -dE/dx.
+    direct_force_head: bool = False
     reference_energies: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -81,6 +81,9 @@ class E2FormerV2(nn.Module):
         self.energy_head = nn.Sequential(
             nn.Linear(cfg.channels, cfg.channels), nn.SiLU(), nn.Linear(cfg.channels, 1)
         )
+        # l = 1 rows are (x, y, z): a channel mix without bias keeps them a vector
+        self.force_head = nn.Linear(cfg.channels, 1, bias=False) if cfg.direct_force_head \
+            else None
         self.register_buffer(
             "reference_energies",
             torch.tensor([cfg.reference_energies.get(e, 0.0) for e in cfg.elements],
@@ -156,13 +159,28 @@ class E2FormerV2(nn.Module):
         Each atom's energy is measured from the same element with no neighbours, so an
         isolated atom has exactly its reference energy.
         """
-        x = self._features(graph)
+        return self._atom_energies(self._features(graph), graph)
+
+    def _atom_energies(self, x: Tensor, graph: AtomGraph) -> Tensor:
         n_local = graph.n_local
         species = graph.species[:n_local]
         baseline = self._baseline()
         e_node = self._node_energy(x[:n_local])
         return e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
+
+    def energy_and_direct_forces(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
+        """(eatoms [n_local] eV, forces [n_local, 3] eV/Å read from the l = 1 features).
+
+        The direct (non-conservative) readout of direct-force pre-training; needs
+        `direct_force_head=True`. MD and evaluation use -dE/dx instead.
+        """
+        if self.force_head is None:
+            raise ValueError("this model has no direct force head "
+                             "(E2FormerConfig.direct_force_head=False)")
+        x = self._features(graph)
+        forces = self.force_head(self.final_norm(x[:graph.n_local])[:, 1:4]).squeeze(-1)
+        return self._atom_energies(x, graph), forces
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:

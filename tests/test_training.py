@@ -245,3 +245,46 @@ def test_non_finite_steps_are_skipped_then_the_run_stops_with_a_model(tmp_path):
     assert m["skipped_steps"] == 20 and "non-finite" in m["stopped_early"]
     model = E2FormerV2.load(res["model"])
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_direct_force_head_is_equivariant():
+    """Direct forces rotate with the structure (fp64): they come from the l = 1 features."""
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "C", "O"], direct_force_head=True,
+                                      **TINY)).double()
+    atoms = _molecules(4, seed=9)[3]
+    q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator(
+    ).manual_seed(1)))
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ q.numpy().T
+    out = []
+    for a in (atoms, rotated):
+        cfg = model.config
+        graph = atoms_to_graph(a, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                               dtype=torch.float64)
+        e, f = model.energy_and_direct_forces(graph)
+        out.append((e.sum(), f))
+    assert float(out[0][0].detach()) == pytest.approx(float(out[1][0].detach()), abs=1e-10)
+    torch.testing.assert_close(out[1][1], out[0][1] @ q.T, rtol=0, atol=1e-10)
+    assert out[0][1].abs().max() > 1e-6  # not trivially zero
+
+
+def test_direct_force_pretraining_then_autograd(tmp_path):
+    """direct_force_steps: the first steps fit the force head, then -dE/dx; both cut the loss."""
+    torch.set_num_threads(1)
+    data = _write(tmp_path / "four.xyz", _molecules(4))
+    res = train(_cfg(tmp_path, data, max_steps=60, lr=2e-2, warmup_steps=5,
+                     direct_force_steps=30))
+    hist = [h for h in res["loss_history"] if "loss" in h]
+    modes = [h["forces"] for h in hist]
+    assert modes[:30] == ["direct"] * 30 and modes[30:] == ["autograd"] * 30
+    assert min(h["loss"] for h in hist[25:30]) < hist[0]["loss"] / 2
+    assert min(h["loss"] for h in hist[55:]) < hist[30]["loss"] / 3
+    m = E2FormerV2.load(res["model"])
+    assert m.config.direct_force_head and m.force_head is not None
+    _tiny_model().save(tmp_path / "tiny.pt")  # a model without the head
+    with pytest.raises(ValueError, match="direct force head"):
+        train(_cfg(tmp_path / "b", data, max_steps=1, direct_force_steps=1,
+                   init_model=str(tmp_path / "tiny.pt")))

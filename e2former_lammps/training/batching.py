@@ -146,6 +146,15 @@ def predict(model: E2FormerV2, batch: Batch, create_graph: bool = False
     return energy, forces
 
 
+def predict_direct(model: E2FormerV2, batch: Batch) -> tuple[Tensor, Tensor]:
+    """(energies [B] float64 eV, forces [N, 3] eV/Å) with the direct force head."""
+    g = batch.graph
+    eatoms, forces = model.energy_and_direct_forces(g)
+    energy = torch.zeros(batch.n_atoms.numel(), dtype=torch.float64, device=eatoms.device)
+    energy = energy.index_add(0, g.batch, eatoms.to(torch.float64))
+    return energy, forces
+
+
 def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[str, float]:
     """Per-element energies (eV) by least squares: E_frame ~ sum_e count_e * ref_e."""
     A = packed.counts

@@ -7,7 +7,8 @@ from pathlib import Path
 import yaml
 
 MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",
-              "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "avg_degree")
+              "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "avg_degree",
+              "direct_force_head")
 
 
 @dataclass
@@ -28,6 +29,9 @@ class TrainConfig:
     while training; None means "reference" (the force loss needs a double backward, which
     the fused Triton path only does by recomputing the reference, so it would add a forward
     for nothing).
+    direct_force_steps: the first steps fit forces read directly from the l = 1 features (a
+    force head; no double backward, as the paper's pre-training), the rest fit -dE/dx; the
+    model gets the head automatically. Validation and the saved model's use are -dE/dx.
     """
 
     train: list[str]
@@ -50,6 +54,7 @@ class TrainConfig:
     final_reserve_s: float = 45.0
     w_energy: float = 1.0
     w_force: float = 1.0
+    direct_force_steps: int = 0
     ema_decay: float = 0.999
     checkpoint_every_steps: int | None = 500
     checkpoint_every_minutes: float | None = 5.0
@@ -82,6 +87,9 @@ class TrainConfig:
                 and self.max_wall_minutes is None:
             raise ValueError("train config: set at least one of epochs, max_steps, max_minutes, "
                              "max_wall_minutes")
+        if self.direct_force_steps < 0:
+            raise ValueError(f"train config: direct_force_steps must be >= 0, got "
+                             f"{self.direct_force_steps}")
         if self.batch_size < 1:
             raise ValueError(f"train config: batch_size must be >= 1, got {self.batch_size}")
         if self.dtype not in ("float32", "float64"):

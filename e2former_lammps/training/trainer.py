@@ -16,7 +16,7 @@ from ..config import E2FormerConfig
 from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
-from .batching import PackedFrames, fit_reference_energies, predict
+from .batching import PackedFrames, fit_reference_energies, predict, predict_direct
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
@@ -131,6 +131,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         elements = list(cfg.elements) if cfg.elements else _elements_of(train_frames)
         mcfg = E2FormerConfig(elements=elements, **{k: v for k, v in cfg.model.items()
                                                     if k != "avg_degree"})
+        if cfg.direct_force_steps:
+            mcfg.direct_force_head = True
     train_set = PackedFrames(train_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
                              device, dtype, where="training data")
     val_set = PackedFrames(val_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
@@ -148,6 +150,9 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     else:
         model = E2FormerV2(mcfg)
     model = model.to(device=device, dtype=dtype)
+    if cfg.direct_force_steps and model.force_head is None:
+        raise ValueError(f"train config: direct_force_steps needs a model with a direct force "
+                         f"head; init_model {cfg.init_model} has none")
     # The force loss differentiates forces (a double backward). The reference attention does
     # that directly; the fused Triton path would run its forward and then recompute the
     # reference anyway, so "reference" is the default while training.
@@ -249,7 +254,10 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         lr = sched(step, progress_fraction(step, elapsed))
         for g in opt.param_groups:
             g["lr"] = lr
-        e_pred, f_pred = predict(model, batch, create_graph=True)
+        if step < cfg.direct_force_steps:
+            e_pred, f_pred = predict_direct(model, batch)
+        else:
+            e_pred, f_pred = predict(model, batch, create_graph=True)
         loss_e = ((e_pred - batch.energy).abs() / batch.n_atoms).mean()
         loss_f = (f_pred - batch.forces).norm(dim=-1).mean()
         loss = cfg.w_energy * loss_e.to(loss_f.dtype) + cfg.w_force * loss_f
@@ -298,7 +306,9 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
         if step % cfg.log_every_steps == 0 and acc["n"]:
             n = acc.pop("n")
             history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed, "lr": lr,
-                            "skipped_steps": skipped, **{k: v / n for k, v in acc.items()}})
+                            "skipped_steps": skipped,
+                            "forces": "direct" if step <= cfg.direct_force_steps else "autograd",
+                            **{k: v / n for k, v in acc.items()}})
             acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
         val_due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
             (not cfg.val_every_steps and pos == 0)
