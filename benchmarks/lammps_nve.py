@@ -174,6 +174,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="spice-xtb", help="packaged name or checkpoint")
     p.add_argument("--device", default="cuda")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="model precision (float32: the default of export on the GPU)")
     p.add_argument("--job", action="append", required=True)
     p.add_argument("--every", type=int, default=50, help="thermo interval (steps)")
     p.add_argument("--timeout", default="off",
@@ -185,7 +187,8 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = (args.workdir / "model.pt").resolve()
     subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
-                    "--device", args.device, "-o", str(model)], check=True)
+                    "--device", args.device, "--dtype", args.dtype, "-o", str(model)],
+                   check=True)
     specs = [prepare(job, args.workdir, model, args.every, args.timeout) for job in args.job]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
@@ -207,7 +210,7 @@ def main() -> None:
         device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     except Exception:  # noqa: BLE001
         device = args.device
-    out = {"device": device, "model": args.model, "dtype": "float32", "commit": commit,
+    out = {"device": device, "model": args.model, "dtype": args.dtype, "commit": commit,
            "timestep_fs": TIMESTEP_PS * 1e3, "concurrent_jobs": len(specs),
            "command": " ".join(sys.argv), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +227,7 @@ def main() -> None:
               f"{r.get('final_nearest_neighbour_A', {}).get('max', float('nan')):>8.2f}")
     if not args.no_plot:
         plot(results, args.out.with_suffix(".png"),
-             f"{device}, model {args.model}, float32, 0.5 fs, commit {commit[:8]}")
+             f"{device}, model {args.model}, {args.dtype}, 0.5 fs, commit {commit[:8]}")
 
 
 if __name__ == "__main__":
