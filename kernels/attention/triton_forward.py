@@ -81,6 +81,22 @@ def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k,
 
 
 @triton.jit
+def _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H: tl.constexpr):
+    """The radial MLP's output layer for heads offs_h: (W_gate, W_weight [HID_P, BLOCK_H],
+    gate = sigmoid(g_raw), signed weight w), each [BLOCK_E, BLOCK_H]."""
+    wmask = kmask[:, None] & hmask[None, :]
+    w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask, other=0.0)
+    w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
+                  other=0.0)
+    graw = tl.dot(hidden, w_g, input_precision="ieee")
+    graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
+    wt = tl.dot(hidden, w_w, input_precision="ieee")
+    wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
+    gate = 1.0 / (1.0 + tl.exp(-graw))
+    return w_g, w_w, gate, wt
+
+
+@triton.jit
 def _edge_tile_scalars(
     offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
@@ -109,15 +125,7 @@ def _edge_tile_scalars(
     pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
                       BLOCK_R)
     hidden = pre / (1.0 + tl.exp(-pre))
-    wmask = kmask[:, None] & hmask[None, :]
-    w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask, other=0.0)
-    w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
-                  other=0.0)
-    graw = tl.dot(hidden, w_g, input_precision="ieee")
-    graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
-    wt = tl.dot(hidden, w_w, input_precision="ieee")
-    wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
-    gate = 1.0 / (1.0 + tl.exp(-graw))
+    _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H)
     return j, x, y, z, d, env, pre, hidden, gate, wt
 
 
@@ -171,16 +179,8 @@ def _edge_scores_kernel(
     for h0 in range(0, H, BLOCK_H):
         offs_h = h0 + tl.arange(0, BLOCK_H)
         hmask = offs_h < H
-        wmask = kmask[:, None] & hmask[None, :]
-        w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask,
-                      other=0.0)
-        w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
-                      other=0.0)
-        graw = tl.dot(hidden, w_g, input_precision="ieee")
-        graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
-        wt = tl.dot(hidden, w_w, input_precision="ieee")
-        wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
-        gate = 1.0 / (1.0 + tl.exp(-graw))
+        _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h,
+                                        hmask, H)
         m3 = emask[:, None, None] & hmask[None, :, None] & dmask[None, None, :]
         hd = offs_h[None, :, None] * DK + offs_d[None, None, :]
         qi = tl.load(q_ptr + ii.to(tl.int64)[:, None, None] * (H * DK) + hd, mask=m3, other=0.0)

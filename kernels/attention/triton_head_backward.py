@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import _edge_geometry, _pow2, _radial_pre, _rbf_chunk
+from .triton_forward import _edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_chunk
 
 
 @triton.jit
@@ -67,16 +67,8 @@ def _head_bwd_kernel(
         for h0 in range(0, H, BLOCK_H):
             offs_h = h0 + tl.arange(0, BLOCK_H)
             hmask = offs_h < H
-            wmask = kmask[:, None] & hmask[None, :]
-            w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask,
-                          other=0.0)
-            w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :],
-                          mask=wmask, other=0.0)
-            graw = tl.dot(hidden, w_g, input_precision="ieee")
-            graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
-            wt = tl.dot(hidden, w_w, input_precision="ieee")
-            wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
-            gate = 1.0 / (1.0 + tl.exp(-graw))
+            w_g, w_w, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask,
+                                                offs_h, hmask, H)
             hd = offs_h[:, None] * DK + offs_d[None, :]
             qd_mask = hmask[:, None] & dmask[None, :]
             qi = tl.load(q_ptr + i.to(tl.int64) * (H * DK) + hd, mask=qd_mask, other=0.0)
