@@ -40,9 +40,7 @@ class EdgeRadialMLP(nn.Module):
 
     def hidden(self, dist: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
         """The hidden layer [E, hidden]: SiLU(rbf(d) W_rbf + E_r[Z_i] + E_s[Z_j])."""
-        return nn.functional.silu(
-            self.basis(dist) @ self.w_rbf + self.emb_recv[species_i] + self.emb_send[species_j]
-        )
+        return self.weights().hidden(self.basis(dist), species_i, species_j)
 
     def forward(self, dist: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
         return self.hidden(dist, species_i, species_j) @ self.w_out + self.b_out

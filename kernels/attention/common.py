@@ -53,6 +53,11 @@ class EdgeRadialWeights:
     def rbf(self, dist: Tensor) -> Tensor:
         return gaussian_rbf(dist, self.rbf_centers, self.rbf_width)
 
+    def hidden(self, rbf: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
+        """The hidden layer [E, hidden] from rbf(d) [E, R] and the two atoms' elements."""
+        return torch.nn.functional.silu(
+            rbf @ self.w_rbf + self.emb_recv[species_i] + self.emb_send[species_j])
+
 
 def receiver_chunks(rp: list, max_edges: int):
     """Consecutive receiver ranges (r0, r1, e0, e1) of a CSR row pointer `rp`, each with at

@@ -29,10 +29,7 @@ def edge_gate_weight(
     dist: Tensor, species_i: Tensor, species_j: Tensor, radial: EdgeRadialWeights
 ) -> tuple[Tensor, Tensor]:
     """Per-edge (gate in (0, 1), signed weight), each [E, H], from the radial MLP."""
-    rbf = radial.rbf(dist)
-    hidden = torch.nn.functional.silu(
-        rbf @ radial.w_rbf + radial.emb_recv[species_i] + radial.emb_send[species_j]
-    )
+    hidden = radial.hidden(radial.rbf(dist), species_i, species_j)
     gate_raw, weight = (hidden @ radial.w_out + radial.b_out).chunk(2, dim=-1)
     return torch.sigmoid(gate_raw), weight
 

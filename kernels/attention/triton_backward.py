@@ -272,7 +272,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     """
     from e2former_lammps.o3 import rotation_to_pole, wigner_d
 
-    from .common import gaussian_rbf
+    from .common import EdgeRadialWeights, gaussian_rbf
     from .triton_forward import edge_scores
     from .triton_head_backward import head_backward
 
@@ -316,8 +316,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         if weight_grads:
             pi, pj = pair_i[e0:e1], pair_j[e0:e1]
             rbf = gaussian_rbf(dist.detach()[:, 0], centers, width)
-            pre = rbf @ w_rbf + emb_recv[species[pi]] + emb_send[species[pj]]
-            hidden = torch.nn.functional.silu(pre)
+            hidden = EdgeRadialWeights(centers, width, w_rbf, emb_recv, emb_send, w_out,
+                                       b_out).hidden(rbf, species[pi], species[pj])
             dw[0] += rbf.transpose(0, 1) @ d_pre
             dw[1].index_add_(0, species[pi], d_pre)
             dw[2].index_add_(0, species[pj], d_pre)
