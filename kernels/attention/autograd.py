@@ -74,7 +74,7 @@ class TritonAttention(torch.autograd.Function):
         from .triton_forward import attention_forward
 
         out, m, den = attention_forward(
-            q, k, v, rij, pair_j, species, rowptr, centers, width, w_rbf, emb_recv,
+            q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, w_rbf, emb_recv,
             emb_send, w_out, b_out, cutoff, eps)
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
                               pair_i, pair_j, species, rowptr, centers, out, m, den)

@@ -427,8 +427,9 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rb
         BLOCK_R=bl["BLOCK_R"], num_warps=bl.get("PRE_NUM_WARPS", 8))
 
 
-def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf,
-                      emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps, blocks=None):
+def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,
+                      w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps,
+                      blocks=None):
     """Run the fused forward. All float tensors one dtype, contiguous. See module docstring."""
     n_recv, n_heads, d_k = q.shape
     channels = v.shape[-1]
@@ -453,10 +454,7 @@ def attention_forward(q, k, v, rij, pair_j, species, rowptr, centers, rbf_width,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
             out, m, den, out, 0, 0, *scal, PRE=False, **common)
         return out, m, den
-    rp = rowptr.tolist()
-    pair_i = torch.repeat_interleave(
-        torch.arange(n_recv, device=q.device), rowptr[1:] - rowptr[:-1])
-    chunks = list(receiver_chunks(rp, PRE_CHUNK_EDGES))
+    chunks = list(receiver_chunks(rowptr.tolist(), PRE_CHUNK_EDGES))
     sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
                      dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:
