@@ -104,8 +104,9 @@ class E2FormerV2(nn.Module):
         self.reference_energies.copy_(torch.tensor(
             [self.config.reference_energies[e] for e in self.elements], dtype=torch.float64))
 
-    def _node_energy(self, x: Tensor) -> Tensor:
-        return self.energy_head(self.final_norm(x)[:, 0]).squeeze(-1)
+    def _node_energy(self, x_normed: Tensor) -> Tensor:
+        """Network energy of each atom from its final-normed features (l = 0 rows)."""
+        return self.energy_head(x_normed[:, 0]).squeeze(-1)
 
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
@@ -138,7 +139,7 @@ class E2FormerV2(nn.Module):
             rij=torch.zeros(0, 3, dtype=dtype, device=device),
             n_local=n, exchange=NoGhosts(n),
         )
-        return self._node_energy(self._features(graph)).to(ref.dtype)
+        return self._node_energy(self.final_norm(self._features(graph))).to(ref.dtype)
 
     def _baseline(self) -> Tensor:
         """isolated_atom_energies(), cached while the weights are frozen and unchanged (MD):
@@ -159,13 +160,13 @@ class E2FormerV2(nn.Module):
         Each atom's energy is measured from the same element with no neighbours, so an
         isolated atom has exactly its reference energy.
         """
-        return self._atom_energies(self._features(graph), graph)
+        return self._atom_energies(self.final_norm(self._features(graph)[:graph.n_local]), graph)
 
-    def _atom_energies(self, x: Tensor, graph: AtomGraph) -> Tensor:
-        n_local = graph.n_local
-        species = graph.species[:n_local]
+    def _atom_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
+        """eatoms from the final-normed features of the local atoms [n_local, rows, C]."""
+        species = graph.species[:graph.n_local]
         baseline = self._baseline()
-        e_node = self._node_energy(x[:n_local])
+        e_node = self._node_energy(x_normed)
         return e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
 
@@ -178,9 +179,9 @@ class E2FormerV2(nn.Module):
         if self.force_head is None:
             raise ValueError("this model has no direct force head "
                              "(E2FormerConfig.direct_force_head=False)")
-        x = self._features(graph)
-        forces = self.force_head(self.final_norm(x[:graph.n_local])[:, 1:4]).squeeze(-1)
-        return self._atom_energies(x, graph), forces
+        x_normed = self.final_norm(self._features(graph)[:graph.n_local])
+        forces = self.force_head(x_normed[:, 1:4]).squeeze(-1)
+        return self._atom_energies(x_normed, graph), forces
 
     # --- persistence -------------------------------------------------------------------
     def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:

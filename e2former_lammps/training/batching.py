@@ -141,18 +141,19 @@ def predict(model: E2FormerV2, batch: Batch, create_graph: bool = False
     g = batch.graph
     eatoms, grad = energy_and_pair_gradient(model, g, create_graph=create_graph)
     forces = pair_gradient_to_forces(grad, g.pair_i, g.pair_j, g.n_local)
-    energy = torch.zeros(batch.n_atoms.numel(), dtype=torch.float64, device=eatoms.device)
-    energy = energy.index_add(0, g.batch, eatoms.to(torch.float64))
-    return energy, forces
+    return _frame_energies(eatoms, batch), forces
 
 
 def predict_direct(model: E2FormerV2, batch: Batch) -> tuple[Tensor, Tensor]:
     """(energies [B] float64 eV, forces [N, 3] eV/Å) with the direct force head."""
-    g = batch.graph
-    eatoms, forces = model.energy_and_direct_forces(g)
+    eatoms, forces = model.energy_and_direct_forces(batch.graph)
+    return _frame_energies(eatoms, batch), forces
+
+
+def _frame_energies(eatoms: Tensor, batch: Batch) -> Tensor:
+    """Per-atom energies summed per structure: [B] float64 eV."""
     energy = torch.zeros(batch.n_atoms.numel(), dtype=torch.float64, device=eatoms.device)
-    energy = energy.index_add(0, g.batch, eatoms.to(torch.float64))
-    return energy, forces
+    return energy.index_add(0, batch.graph.batch, eatoms.to(torch.float64))
 
 
 def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[str, float]:

@@ -99,6 +99,11 @@ def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> N
         be.copy_(bm)
 
 
+def _fresh_sums() -> dict:
+    """Running sums of the logged training quantities between two history entries."""
+    return {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
+
+
 def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
     """Train as `cfg` says; returns {"model": path, "metrics": ..., "step": ...}.
 
@@ -231,7 +236,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
                    mininterval=1.0 if os.isatty(2) else 15.0)
     t0 = time.monotonic()
     last_ckpt_t = t0
-    acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
+    acc = _fresh_sums()
     order = epoch_order(n_train, cfg.seed, epoch)
 
     def done(elapsed: float) -> bool:
@@ -309,7 +314,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
                             "skipped_steps": skipped,
                             "forces": "direct" if step <= cfg.direct_force_steps else "autograd",
                             **{k: v / n for k, v in acc.items()}})
-            acc = {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
+            acc = _fresh_sums()
         val_due = (cfg.val_every_steps and step % cfg.val_every_steps == 0) or \
             (not cfg.val_every_steps and pos == 0)
         if val_due and val_set is not None and not done(elapsed):
