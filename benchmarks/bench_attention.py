@@ -126,6 +126,16 @@ def attention_inputs(n, species, dtype, device, seed=0):
     return q, k, v, mlp
 
 
+def attention_problem(n_atoms: int, dev):
+    """Water box of ~n_atoms on dev, its pair list (rij float32) and random attention inputs:
+    (n, species, pair_i, pair_j, rij, q, k, v, radial MLP)."""
+    pos, species, box = water_box(n_atoms, device=dev)
+    n = pos.shape[0]
+    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
+    return n, species, pair_i, pair_j, rij.float(), q, k, v, mlp
+
+
 def frozen_weights(mlp):
     """The radial weights without gradients: the MD case (forces only)."""
     import dataclasses
@@ -472,11 +482,7 @@ def sweep(n_atoms):
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
-    pos, species, box = water_box(n_atoms, device=dev)
-    n = pos.shape[0]
-    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
-    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
-    rij = rij.float()
+    n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, dev)
     with torch.no_grad():
         for bl in SWEEP:
             tf.default_blocks = lambda n_heads, device, bl=bl: bl
@@ -517,11 +523,7 @@ def autotune(n_atoms, log):
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
-    pos, species, box = water_box(n_atoms, device=dev)
-    n = pos.shape[0]
-    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
-    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
-    rij = rij.float()
+    n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, dev)
     ref = None
     res = {"n_atoms": n, "edges": int(pair_i.numel()), "forward": [], "backward": [],
            "head_backward": []}
@@ -592,11 +594,7 @@ def profile(n_atoms):
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
-    pos, species, box = water_box(n_atoms, device=dev)
-    n = pos.shape[0]
-    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
-    q, k, v, mlp = attention_inputs(n, species, torch.float32, dev)
-    rij = rij.float()
+    n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, dev)
     g_out = torch.randn(n, 20, CFG["channels"], device=dev)
     for mode in ("forces", "weights"):
         def fb():
