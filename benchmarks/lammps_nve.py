@@ -9,8 +9,9 @@ Writes JSON and a PNG of E(t) - E(0) per atom.
     python benchmarks/lammps_nve.py --model spice-xtb --device cuda \
         --job water:648:10000 --job serine:20000 --out benchmarks/results/lammps_nve.json
 Jobs: `water:N_ATOMS:STEPS` (periodic box at 1 g/cm^3, 300 K) and `serine:STEPS` (serine and 26
-waters in vacuum, lammps_examples/solvated_amino_acid). Timestep 0.5 fs, neighbour list
-rebuilt when needed (check every step), thermo every --every steps; --timeout stops each run
+waters in vacuum, lammps_examples/solvated_amino_acid), relaxed first by --minimize CG
+iterations. Timestep 0.5 fs, neighbour list rebuilt when needed (check every step), thermo
+every --every steps; --timeout stops each run
 cleanly after a wall time (the JSON then says how many steps were done).
 """
 from __future__ import annotations
@@ -41,7 +42,7 @@ python e2former_attach input 1 SELF format p here "from e2former_lammps.lammps i
 python e2former_attach invoke
 neighbor 1.0 bin
 neigh_modify every 1 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot {rot} dist gaussian
+{minimize}velocity all create 300.0 4928459 mom yes rot {rot} dist gaussian
 timestep {timestep}
 fix nve all nve
 thermo_style custom step time temp pe ke etotal
@@ -53,7 +54,8 @@ write_dump all xyz final.xyz modify element {elements}
 """
 
 
-def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str) -> dict:
+def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str,
+            min_iter: int) -> dict:
     kind, *rest = job.split(":")
     d = workdir / job.replace(":", "_")
     d.mkdir(parents=True, exist_ok=True)
@@ -74,17 +76,27 @@ def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str) -> d
         raise SystemExit(f"unknown job kind {kind!r} in {job!r} (water:N:STEPS or serine:STEPS)")
     (d / "in.nve").write_text(DECK.format(
         boundary=spec["boundary"], data="system.data", model=model, elements=spec["elements"],
-        rot=spec["rot"], timestep=TIMESTEP_PS, every=every, steps=steps, timeout=timeout))
+        rot=spec["rot"], timestep=TIMESTEP_PS, minimize=minimize_lines(min_iter), every=every, steps=steps, timeout=timeout))
     return {"job": job, "dir": d, "steps": steps, **spec}
 
 
+def minimize_lines(min_iter: int) -> str:
+    """Relax the start (a built box or a data file is not at the model's minimum: the released
+    energy would heat an NVE run) before the velocities are drawn."""
+    if min_iter <= 0:
+        return ""
+    return (f"min_style cg\nminimize 0.0 1.0e-3 {min_iter} {10 * min_iter}\n"
+            "reset_timestep 0\n")
+
+
 def parse_log(path: Path) -> tuple[np.ndarray, float | None, int]:
-    """Thermo rows [step, time, temp, pe, ke, etotal], loop wall time (s), atom count."""
+    """Thermo rows [step, time, temp, pe, ke, etotal] of the last run (the minimisation
+    before it prints its own), its loop wall time (s), atom count."""
     rows, loop_s, n_atoms, reading = [], None, 0, False
     for line in path.read_text().splitlines():
         parts = line.split()
         if parts[:2] == ["Step", "Time"]:
-            reading = True
+            rows, reading = [], True
             continue
         if line.startswith("Loop time of"):
             reading = False
@@ -180,6 +192,8 @@ def main() -> None:
     p.add_argument("--every", type=int, default=50, help="thermo interval (steps)")
     p.add_argument("--timeout", default="off",
                    help="LAMMPS `timer timeout` (HH:MM:SS): stop a run early, cleanly")
+    p.add_argument("--minimize", type=int, default=200,
+                   help="conjugate-gradient iterations before NVE (0: start as built)")
     p.add_argument("--workdir", type=Path, default=Path("runs/nve"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_nve.json"))
     p.add_argument("--no-plot", action="store_true")
@@ -189,7 +203,8 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
                     "--device", args.device, "--dtype", args.dtype, "-o", str(model)],
                    check=True)
-    specs = [prepare(job, args.workdir, model, args.every, args.timeout) for job in args.job]
+    specs = [prepare(job, args.workdir, model, args.every, args.timeout, args.minimize)
+             for job in args.job]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
     procs = []
@@ -211,7 +226,8 @@ def main() -> None:
     except Exception:  # noqa: BLE001
         device = args.device
     out = {"device": device, "model": args.model, "dtype": args.dtype, "commit": commit,
-           "timestep_fs": TIMESTEP_PS * 1e3, "concurrent_jobs": len(specs),
+           "timestep_fs": TIMESTEP_PS * 1e3, "minimize_iterations": args.minimize,
+           "concurrent_jobs": len(specs),
            "command": " ".join(sys.argv), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -7,7 +7,8 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from .forces import energy_and_pair_gradient, pair_gradient_to_forces, pair_gradient_to_virial
+from .cuda_graphs import GraphedEnergyForces
+from .forces import pair_gradient_to_forces, pair_gradient_to_virial
 from .model import E2FormerV2
 from .neighbors import atoms_to_graph
 from .validation import check_pairs
@@ -33,6 +34,7 @@ class E2FormerCalculator(Calculator):
         self.model = model.to(device).eval().requires_grad_(False)
         self.device = torch.device(device)
         self.dtype = next(model.parameters()).dtype
+        self._evaluate = GraphedEnergyForces(self.model)  # CUDA graphs for small systems
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -45,7 +47,7 @@ class E2FormerCalculator(Calculator):
                                         device=self.device)
             graph.spin = torch.tensor([float(self.atoms.info.get("spin", 1.0))],
                                       device=self.device)
-        eatoms, grad = energy_and_pair_gradient(self.model, graph)
+        eatoms, grad = self._evaluate(graph)
         energies = eatoms.detach().cpu().double().numpy()
         forces = pair_gradient_to_forces(grad, graph.pair_i, graph.pair_j, len(self.atoms))
         self.results["energies"] = energies

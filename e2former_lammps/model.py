@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from .config import E2FormerConfig
 from .exchange import Exchange, NoGhosts
@@ -17,6 +18,9 @@ from .nn.norm import EquivariantRMSNorm
 from .nn.radial import GaussianBasis
 
 FORMAT_VERSION = 1
+# Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
+# in the backward: activations kept for one block instead of all (kernels/NOTES.md E11).
+CHECKPOINT_MIN_ATOMS = 20_000
 PACKAGED_MODELS = Path(__file__).parent / "models"
 
 
@@ -67,6 +71,9 @@ class TransformerBlock(nn.Module):
 class E2FormerV2(nn.Module):
     """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
 
+    # "auto": recompute blocks in the backward for large frozen-weight systems; True / False
+    checkpoint_blocks: bool | str = "auto"
+
     def __init__(self, config: E2FormerConfig):
         super().__init__()
         self.config = cfg = config
@@ -108,14 +115,25 @@ class E2FormerV2(nn.Module):
         """Network energy of each atom from its final-normed features (l = 0 rows)."""
         return self.energy_head(x_normed[:, 0]).squeeze(-1)
 
+    def _checkpointing(self, n_recv: int) -> bool:
+        """Recompute each block in the backward instead of keeping its activations?"""
+        if self.checkpoint_blocks != "auto":
+            return bool(self.checkpoint_blocks)
+        frozen = not any(p.requires_grad for p in self.parameters())
+        return frozen and torch.is_grad_enabled() and n_recv >= CHECKPOINT_MIN_ATOMS
+
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
+        recompute = self._checkpointing(ex.n_recv)
         for block in self.blocks:
             x = ex(x)
             if self.charge_spin is not None and graph.charge is not None:
                 x = self._add_charge_spin(x, graph)
-            x = block(x, graph)
+            if recompute:
+                x = checkpoint(block, x, graph, use_reentrant=False)
+            else:
+                x = block(x, graph)
         return x
 
     def _add_charge_spin(self, x: Tensor, graph: AtomGraph) -> Tensor:

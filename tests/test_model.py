@@ -135,3 +135,25 @@ def test_bad_inputs_have_clear_messages(tmp_path, model64):
         E2FormerV2.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unknown element symbol"):
         E2FormerConfig(elements=["H", "Xx"])
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_block_checkpointing_gives_the_same_forces(model64, periodic):
+    """Recomputing blocks in the backward (large MD systems) changes nothing but memory."""
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    model = model64.eval().requires_grad_(False)
+    cfg = model.config
+    atoms = water_box(2) if periodic else spice_molecules(1, min_atoms=10)[0]
+    results = {}
+    for mode in (False, True):
+        model.checkpoint_blocks = mode
+        graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
+        results[mode] = energy_and_pair_gradient(model, graph)
+    assert model._checkpointing(10) and torch.equal(results[True][0], results[False][0])
+    assert torch.allclose(results[True][1], results[False][1], rtol=0, atol=1e-12)
+    model.checkpoint_blocks = "auto"
+    assert not model._checkpointing(10) and model._checkpointing(10**6)
+    model.requires_grad_(True)
+    assert not model._checkpointing(10**6)  # training keeps activations (weight gradients)

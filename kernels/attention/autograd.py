@@ -35,8 +35,7 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
     """Gradients of <grad_out, reference(...)> by recomputation over receiver chunks."""
     grads = [torch.zeros_like(t) if need else None
              for t, need in zip((q, k, v, rij, *weights), needs)]
-    rp = rowptr.tolist()
-    for r0, r1, e0, e1 in receiver_chunks(rp, CHUNK_EDGES):
+    for r0, r1, e0, e1 in receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES):
         if e1 > e0:
             pj = pair_j[e0:e1]
             uniq, inv = torch.unique(pj, return_inverse=True)

@@ -59,10 +59,19 @@ class EdgeRadialWeights:
             rbf @ self.w_rbf + self.emb_recv[species_i] + self.emb_send[species_j])
 
 
-def receiver_chunks(rp: list, max_edges: int):
-    """Consecutive receiver ranges (r0, r1, e0, e1) of a CSR row pointer `rp`, each with at
-    most max_edges edges (but at least one receiver): the unit of chunked recomputation."""
-    r0, n_recv = 0, len(rp) - 1
+def receiver_chunks(rowptr: Tensor, n_edges: int,
+                    max_edges: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive receiver ranges (r0, r1, e0, e1) of a CSR row pointer [n_recv + 1] over
+    n_edges edges, each with at most max_edges edges (but at least one receiver): the unit of
+    chunked recomputation. A single chunk is decided from the sizes alone, without reading
+    the row pointer back from the device (so CUDA graph capture sees no synchronisation)."""
+    n_recv = rowptr.numel() - 1
+    if n_recv <= 0:
+        return []
+    if n_edges <= max_edges:
+        return [(0, n_recv, 0, n_edges)]
+    rp = rowptr.tolist()
+    chunks, r0 = [], 0
     while r0 < n_recv:
         target = rp[r0] + max_edges
         lo, hi = r0 + 1, n_recv
@@ -73,5 +82,6 @@ def receiver_chunks(rp: list, max_edges: int):
             else:
                 hi = mid - 1
         r1 = max(r0 + 1, lo)
-        yield r0, r1, rp[r0], rp[r1]
+        chunks.append((r0, r1, rp[r0], rp[r1]))
         r0 = r1
+    return chunks

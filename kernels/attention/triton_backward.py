@@ -286,7 +286,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     drij = torch.zeros_like(rij)
     dsum = torch.zeros_like(m)
     dw = [torch.zeros_like(t) for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
-    chunks = list(receiver_chunks(rowptr.tolist(), CHUNK_EDGES))
+    chunks = receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES)
     max_e = max([e1 - e0 for _, _, e0, e1 in chunks] + [0])
     sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:

@@ -403,11 +403,10 @@ def default_blocks(n_heads: int, device: torch.device) -> dict:
 
 
 def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
-    """CSR row pointer [n_recv + 1] of the receiver-sorted pair list (int32)."""
-    counts = torch.bincount(pair_i, minlength=n_recv)
-    rowptr = torch.zeros(n_recv + 1, dtype=torch.int64, device=pair_i.device)
-    rowptr[1:] = torch.cumsum(counts, 0)
-    return rowptr
+    """CSR row pointer [n_recv + 1] (int64) of the receiver-sorted pair list."""
+    # searchsorted on the sorted receivers: no host synchronisation (bincount has one)
+    bounds = torch.arange(n_recv + 1, dtype=pair_i.dtype, device=pair_i.device)
+    return torch.searchsorted(pair_i, bounds).to(torch.int64)
 
 
 def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rbf, emb_recv,
@@ -454,7 +453,7 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
             out, m, den, out, 0, 0, *scal, PRE=False, **common)
         return out, m, den
-    chunks = list(receiver_chunks(rowptr.tolist(), PRE_CHUNK_EDGES))
+    chunks = receiver_chunks(rowptr, pair_i.numel(), PRE_CHUNK_EDGES)
     sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
                      dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:

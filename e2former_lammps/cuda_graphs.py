@@ -1,0 +1,203 @@
+"""Energy and dE/drij of small systems replayed from captured CUDA graphs.
+
+Below a few thousand atoms an MD step is bound by kernel launches (thousands of small
+kernels per energy+forces), not by arithmetic (kernels/NOTES.md E10). A CUDA graph replays
+the whole forward and backward as one launch. Graphs need fixed shapes, so the inputs are
+padded up to size buckets:
+- padded pairs belong to `n_dummy` dummy receivers appended after the local atoms; they
+  sit at 2 r_c, where the envelope and its slope are exactly 0, so they change nothing and
+  no real atom has a dummy neighbour;
+- padded ghost rows (periodic images) copy the first dummy atom.
+One graph is captured per bucket (all share one memory pool) and replayed while the sizes
+stay inside it. The results equal the eager ones up to float summation order.
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .exchange import LocalImages, NoGhosts
+from .forces import energy_and_pair_gradient
+from .model import AtomGraph, E2FormerV2
+
+MIN_EDGE_QUANTUM = 256  # pair-list bucket granularity (at least)
+MIN_GHOST_QUANTUM = 64
+EDGES_PER_DUMMY = 32  # bounds the longest dummy row the attention kernels walk
+
+
+def quantum(n: int, minimum: int) -> int:
+    """Bucket granularity for size n: max(minimum, next_pow2(n) / 32) <= max(minimum, n / 16)."""
+    return max(minimum, (1 << max(n - 1, 0).bit_length()) // 32)
+
+
+def bucket(n: int, minimum: int) -> int:
+    """n rounded up to a multiple of quantum(n): <= 6.25% padding for large n, and sizes
+    that drift a little during MD stay in the same bucket."""
+    q = quantum(n, minimum)
+    return max(q, math.ceil(n / q) * q)
+
+
+@dataclass(frozen=True)
+class GraphKey:
+    n_local: int
+    n_dummy: int
+    n_ghost_pad: int  # -1: no ghosts (NoGhosts)
+    n_edge_pad: int
+    charge_spin: bool
+
+
+def graph_key(graph: AtomGraph, owner: Tensor | None, charge_spin: bool) -> GraphKey:
+    """The bucket of a graph whose ghosts (if any) are images of owner [n_ghost]."""
+    n_edges = graph.pair_i.numel()
+    return GraphKey(
+        n_local=graph.n_local,
+        n_dummy=max(1, quantum(n_edges, MIN_EDGE_QUANTUM) // EDGES_PER_DUMMY),
+        n_ghost_pad=-1 if owner is None else bucket(owner.numel(), MIN_GHOST_QUANTUM),
+        n_edge_pad=bucket(n_edges, MIN_EDGE_QUANTUM),
+        charge_spin=charge_spin and graph.charge is not None,
+    )
+
+
+class PaddedGraph:
+    """Static buffers of one GraphKey and an AtomGraph over them; `fill` copies a graph in.
+
+    Rows: local atoms [0, n_local), dummies [n_local, n_local + n_dummy), then ghosts.
+    """
+
+    def __init__(self, key: GraphKey, cutoff: float, device: torch.device, dtype: torch.dtype):
+        self.key = key
+        n_recv = key.n_local + key.n_dummy
+        n_ghost = max(key.n_ghost_pad, 0)
+        self.species = torch.zeros(n_recv + n_ghost, dtype=torch.long, device=device)
+        self.pair_i = torch.full((key.n_edge_pad,), key.n_local, dtype=torch.long, device=device)
+        self.pair_j = self.pair_i.clone()
+        self.far = torch.tensor([[2.0 * cutoff, 0.0, 0.0]], dtype=dtype, device=device)
+        self.rij = self.far.repeat(key.n_edge_pad, 1)
+        self.owner = torch.full((n_ghost,), key.n_local, dtype=torch.long, device=device)
+        self.charge = torch.zeros(1, dtype=dtype, device=device)
+        self.spin = torch.ones(1, dtype=dtype, device=device)
+        exchange = NoGhosts(n_recv) if key.n_ghost_pad < 0 else LocalImages(self.owner, n_recv)
+        self.graph = AtomGraph(species=self.species, pair_i=self.pair_i, pair_j=self.pair_j,
+                               rij=self.rij, n_local=n_recv, exchange=exchange)
+        if key.charge_spin:
+            self.graph.charge, self.graph.spin = self.charge, self.spin
+
+    def fill(self, graph: AtomGraph, owner: Tensor | None) -> None:
+        key, n_local = self.key, graph.n_local
+        n_edges = graph.pair_i.numel()
+        n_pad = key.n_edge_pad - n_edges
+        n_recv = n_local + key.n_dummy
+        self.species[:n_local] = graph.species[:n_local]
+        if owner is not None:
+            n_ghost = owner.numel()
+            self.species[n_recv:n_recv + n_ghost] = graph.species[n_local:]
+            self.owner[:n_ghost] = owner
+            self.owner[n_ghost:] = n_local
+        self.pair_i[:n_edges] = graph.pair_i
+        # ghost rows move up by n_dummy (the dummies sit between local atoms and ghosts)
+        self.pair_j[:n_edges] = torch.where(graph.pair_j >= n_local, graph.pair_j + key.n_dummy,
+                                            graph.pair_j)
+        self.rij[:n_edges] = graph.rij
+        if n_pad:
+            dummy = n_local + torch.arange(n_pad, device=self.pair_i.device) * key.n_dummy // n_pad
+            self.pair_i[n_edges:] = dummy
+            self.pair_j[n_edges:] = dummy
+            self.rij[n_edges:] = self.far
+        if key.charge_spin:
+            self.charge.copy_(graph.charge.reshape(1))
+            self.spin.copy_(graph.spin.reshape(1))
+
+
+class _Captured:
+    """A PaddedGraph, its captured energy + dE/drij evaluation and the static outputs."""
+
+    def __init__(self, key: GraphKey, model: E2FormerV2, device: torch.device,
+                 dtype: torch.dtype, pool):
+        self.padded = PaddedGraph(key, model.config.cutoff, device, dtype)
+        self.model = model
+        # Warm up on a side stream (Triton compiles, cached baselines, allocator state), as
+        # torch.cuda.graph requires, then capture one evaluation.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._run()
+        torch.cuda.current_stream().wait_stream(side)
+        self.cuda_graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.cuda_graph, pool=pool):
+            self.eatoms, self.grad = self._run()
+
+    def _run(self) -> tuple[Tensor, Tensor]:
+        graph = self.padded.graph
+        graph.rij = self.padded.rij  # energy_and_pair_gradient swaps in a leaf view
+        return energy_and_pair_gradient(self.model, graph)
+
+    def replay(self, graph: AtomGraph, owner: Tensor | None) -> tuple[Tensor, Tensor]:
+        self.padded.fill(graph, owner)
+        self.cuda_graph.replay()
+        return self.eatoms[:graph.n_local], self.grad[:graph.pair_i.numel()]
+
+
+class GraphedEnergyForces:
+    """`(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) = this(graph)`, as energy_and_pair_gradient.
+
+    Uses CUDA graphs for frozen-weight models on CUDA when every atom of the graph is computed
+    here or is a periodic image of a local atom (one LAMMPS rank, ASE) and the pair list is at
+    most `max_edges`; otherwise, or with E2FORMER_CUDA_GRAPHS=0, runs eagerly. The returned
+    tensors are overwritten by the next call: copy what you keep.
+    """
+
+    def __init__(self, model: E2FormerV2, max_graphs: int = 4, max_edges: int | None = None):
+        self.model = model
+        self.max_graphs = max_graphs
+        # larger pair lists are processed in chunks whose bounds are read back from the GPU
+        self.max_edges = max_edges or model.embedding.chunk_edges
+        self.enabled = os.environ.get("E2FORMER_CUDA_GRAPHS", "1") != "0"
+        self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()
+        self._pool = None
+
+    def _owner(self, graph: AtomGraph) -> Tensor | None | bool:
+        """Ghost owners (LocalImages), None (no ghosts), False (an exchange graphs can't hold)."""
+        ex = graph.exchange
+        if type(ex) is NoGhosts and ex.n_total == graph.n_local:
+            return None
+        if type(ex) is LocalImages and ex.n_recv == graph.n_local:
+            return ex.owner
+        return False
+
+    def __call__(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
+        owner = self._owner(graph)
+        n_edges = graph.pair_i.numel()
+        usable = (self.enabled and graph.rij.is_cuda and owner is not False
+                  and 0 < n_edges <= self.max_edges and graph.batch is None
+                  and not any(p.requires_grad for p in self.model.parameters()))
+        if not usable:
+            return energy_and_pair_gradient(self.model, graph)
+        key = graph_key(graph, owner, self.model.charge_spin is not None)
+        entry = self._graphs.get(key)
+        if entry is None:
+            try:
+                entry = self._new_entry(key, graph.rij)
+            except RuntimeError as exc:
+                warnings.warn(f"E2Former: CUDA graph capture failed ({exc}); running eagerly "
+                              "from now on", RuntimeWarning, stacklevel=2)
+                self.enabled = False
+                torch.cuda.synchronize()
+                return energy_and_pair_gradient(self.model, graph)
+        self._graphs.move_to_end(key)
+        return entry.replay(graph, owner)
+
+    def _new_entry(self, key: GraphKey, rij: Tensor) -> _Captured:
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        while len(self._graphs) >= self.max_graphs:
+            self._graphs.popitem(last=False)
+        entry = _Captured(key, self.model, rij.device, rij.dtype, self._pool)
+        self._graphs[key] = entry
+        return entry

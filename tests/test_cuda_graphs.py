@@ -1,0 +1,141 @@
+"""CUDA-graph evaluation: padded inputs give the eager energies and dE/drij; graphs replay."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from conftest import random_model, spice_molecules
+from e2former_lammps.cuda_graphs import GraphedEnergyForces, PaddedGraph, bucket, graph_key
+from e2former_lammps.exchange import LocalImages
+from e2former_lammps.forces import energy_and_pair_gradient
+from e2former_lammps.model import AtomGraph
+from e2former_lammps.neighbors import atoms_to_graph
+
+
+def ghost_graph(atoms: Atoms, model, dtype, device="cpu") -> tuple[AtomGraph, torch.Tensor]:
+    """The LAMMPS form of a periodic structure: each image a pair reaches is a ghost atom
+    (owner = the atom it images), as one LAMMPS rank hands it to the model."""
+    cfg = model.config
+    i, j, shifts = neighbor_list("ijS", atoms, cfg.cutoff)
+    order = np.argsort(i, kind="stable")
+    i, j, shifts = i[order], j[order], shifts[order]
+    n = len(atoms)
+    ghosts: dict[tuple, int] = {}
+    pair_j = j.copy()
+    for e in range(len(i)):
+        if shifts[e].any():
+            pair_j[e] = n + ghosts.setdefault((j[e], *shifts[e]), len(ghosts))
+    owner = torch.tensor([k[0] for k in ghosts], dtype=torch.long)
+    pos = atoms.get_positions()
+    rij = pos[j] - pos[i] + shifts @ np.asarray(atoms.get_cell())
+    local = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dtype)
+    species = torch.cat([local.species, local.species[owner]])
+    graph = AtomGraph(species=species.to(device), pair_i=torch.as_tensor(i).to(device),
+                      pair_j=torch.as_tensor(pair_j).to(device),
+                      rij=torch.as_tensor(rij, dtype=dtype).to(device), n_local=n,
+                      exchange=LocalImages(owner.to(device), n))
+    return graph, owner.to(device)
+
+
+def periodic_molecule(seed: int) -> Atoms:
+    atoms = spice_molecules(1, min_atoms=8, seed=seed)[0]
+    atoms.set_cell(np.diag(np.ptp(atoms.positions, axis=0) + 3.0))
+    atoms.pbc = True
+    atoms.wrap()
+    return atoms
+
+
+def test_bucket_sizes():
+    assert bucket(1, 256) == 256 and bucket(256, 256) == 256 and bucket(257, 256) == 512
+    for n in np.random.default_rng().integers(1, 10**7, 200):
+        b = bucket(int(n), 256)
+        assert n <= b < max(256, n * 1.0625 + 1)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+def test_padded_graph_matches_eager(periodic):
+    """Padding (dummy receivers at 2 r_c, ghost rows moved up, padded ghosts) changes no
+    energy and no dE/drij, also when a second geometry with fewer pairs and ghosts reuses the
+    buffers (stale rows of the first left behind), as during MD."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    model = random_model(seed=seed).eval().requires_grad_(False)
+    cfg = model.config
+    atoms = periodic_molecule(seed) if periodic else spice_molecules(1, min_atoms=8,
+                                                                      seed=seed)[0]
+    systems = []
+    for stretch in (1.0, 1.15):  # the stretched copy has fewer pairs (and images)
+        a = atoms.copy()
+        if periodic:
+            a.set_cell(a.cell * stretch, scale_atoms=True)
+        else:
+            a.positions *= stretch
+        systems.append(ghost_graph(a, model, torch.float64) if periodic else (
+            atoms_to_graph(a, cfg.elements, cfg.atomic_numbers, cfg.cutoff), None))
+    (big, big_owner), (small, small_owner) = systems
+    assert small.pair_i.numel() < big.pair_i.numel()
+    key = graph_key(big, big_owner, False)
+    padded = PaddedGraph(key, cfg.cutoff, big.rij.device, big.rij.dtype)
+    for graph, owner in systems:
+        padded.fill(graph, owner)
+        e_pad, g_pad = energy_and_pair_gradient(model, padded.graph)
+        e_ref, g_ref = energy_and_pair_gradient(model, graph)
+        e_pad, g_pad = e_pad[:graph.n_local], g_pad[:graph.pair_i.numel()]
+        assert torch.allclose(e_pad, e_ref, rtol=0, atol=1e-11), (e_pad - e_ref).abs().max()
+        assert torch.allclose(g_pad, g_ref, rtol=0, atol=1e-11), (g_pad - g_ref).abs().max()
+    assert padded.pair_i.numel() > small.pair_i.numel()
+
+
+def test_ghost_graph_is_the_periodic_structure():
+    """The test's LAMMPS-form graph is right: same energies as ASE's shift-vector graph."""
+    model = random_model(seed=3).eval().requires_grad_(False)
+    cfg = model.config
+    atoms = periodic_molecule(5)
+    graph, owner = ghost_graph(atoms, model, torch.float64)
+    assert owner.numel() > 0
+    e_ghost, _ = energy_and_pair_gradient(model, graph)
+    e_ase, _ = energy_and_pair_gradient(
+        model, atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff))
+    assert torch.allclose(e_ghost, e_ase, atol=1e-11)
+
+
+def test_unsupported_inputs_run_eagerly():
+    """CPU tensors (and weights that train) never reach graph capture."""
+    model = random_model(seed=1).eval().requires_grad_(False)
+    cfg = model.config
+    atoms = spice_molecules(1, min_atoms=8, seed=2)[0]
+    graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
+    runner = GraphedEnergyForces(model)
+    e, g = runner(graph)
+    e_ref, g_ref = energy_and_pair_gradient(model, graph)
+    assert torch.equal(e, e_ref) and torch.equal(g, g_ref) and not runner._graphs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("periodic", [False, True])
+def test_cuda_graph_replays_match_eager(periodic):
+    """Captured graphs replayed on new geometries and sizes give the eager float32 Triton
+    results (relative 1e-5), and a size change inside a bucket reuses its graph."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    model = random_model(seed=seed, dtype=torch.float32, channels=64, num_heads=8).cuda()
+    model.eval().requires_grad_(False)
+    cfg = model.config
+    runner = GraphedEnergyForces(model)
+    rng = np.random.default_rng(seed)
+    for step in range(4):
+        atoms = periodic_molecule(seed + step // 2) if periodic else spice_molecules(
+            1, min_atoms=12, seed=seed + step // 2)[0]
+        atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+        if periodic:
+            graph, _ = ghost_graph(atoms, model, torch.float32, "cuda")
+        else:
+            graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                                   torch.float32, "cuda")
+        e, g = (t.clone() for t in runner(graph))
+        e_ref, g_ref = energy_and_pair_gradient(model, graph)
+        scale_e, scale_g = e_ref.abs().max(), g_ref.abs().max()
+        assert ((e - e_ref).abs().max() / scale_e) < 1e-5
+        assert ((g - g_ref).abs().max() / scale_g) < 1e-5
+    assert 1 <= len(runner._graphs) <= 2 and runner.enabled
