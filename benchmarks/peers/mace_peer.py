@@ -73,14 +73,17 @@ def cueq_importable() -> tuple[bool, str]:
 
 
 def build_mace(cutoff=5.0, dtype=torch.float32, device="cpu", max_ell=3, hidden=HIDDEN,
-               correlation=3, num_interactions=2, num_bessel=8, seed=0):
-    """ScaleShiftMACE with random weights (mace's `--model MACE` defaults otherwise)."""
+               correlation=3, num_interactions=2, num_bessel=8, seed=0,
+               atomic_numbers=tuple(Z_TABLE), atomic_energies=(-13.6, -2041.0),
+               avg_num_neighbors=None, scale=1.0, shift=0.0):
+    """ScaleShiftMACE with random weights (mace's `--model MACE` defaults otherwise).
+    avg_num_neighbors defaults to that of water at 1 g/cm^3 within the cutoff."""
     import numpy as np
     from e3nn import o3
     from mace import modules
 
     n_density = 3 * DENSITY_MOL_PER_A3  # atoms / Å^3
-    avg_nb = n_density * 4.0 / 3.0 * math.pi * cutoff ** 3
+    avg_nb = avg_num_neighbors or n_density * 4.0 / 3.0 * math.pi * cutoff ** 3
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
@@ -89,12 +92,12 @@ def build_mace(cutoff=5.0, dtype=torch.float32, device="cpu", max_ell=3, hidden=
             r_max=cutoff, num_bessel=num_bessel, num_polynomial_cutoff=5, max_ell=max_ell,
             interaction_cls=modules.interaction_classes["RealAgnosticResidualInteractionBlock"],
             interaction_cls_first=modules.interaction_classes["RealAgnosticInteractionBlock"],
-            num_interactions=num_interactions, num_elements=len(Z_TABLE),
+            num_interactions=num_interactions, num_elements=len(atomic_numbers),
             hidden_irreps=o3.Irreps(hidden), MLP_irreps=o3.Irreps("16x0e"),
-            atomic_energies=np.array([-13.6, -2041.0]), avg_num_neighbors=avg_nb,
-            atomic_numbers=Z_TABLE, correlation=correlation, gate=torch.nn.functional.silu,
-            radial_MLP=[64, 64, 64], radial_type="bessel",
-            atomic_inter_scale=1.0, atomic_inter_shift=0.0,
+            atomic_energies=np.asarray(atomic_energies), avg_num_neighbors=avg_nb,
+            atomic_numbers=list(atomic_numbers), correlation=correlation,
+            gate=torch.nn.functional.silu, radial_MLP=[64, 64, 64], radial_type="bessel",
+            atomic_inter_scale=scale, atomic_inter_shift=shift,
         )
     finally:
         torch.set_default_dtype(old)
@@ -102,7 +105,7 @@ def build_mace(cutoff=5.0, dtype=torch.float32, device="cpu", max_ell=3, hidden=
     n_par = sum(p.numel() for p in model.parameters())
     desc = (f"mace-torch {_mace_version()} ScaleShiftMACE, random weights, {num_interactions} "
             f"layers, hidden {hidden}, max_ell {max_ell}, correlation {correlation}, "
-            f"{num_bessel} bessel, radial MLP [64,64,64], r_max {cutoff}, elements H O, "
+            f"{num_bessel} bessel, radial MLP [64,64,64], r_max {cutoff}, Z {list(atomic_numbers)}, "
             f"avg_num_neighbors {avg_nb:.1f}, {n_par} parameters, {str(dtype)[6:]}")
     return model, desc
 
