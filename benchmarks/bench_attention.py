@@ -389,7 +389,7 @@ def main():
         "device": torch.cuda.get_device_name(),
         "dtype": "float32 (tl.dot input_precision ieee: no tf32)",
         "commit": commit,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "command": " ".join(sys.argv),
         "config": CFG,
         "system": "water 1 g/cm^3, periodic cubic box, r_c 5 A",
         "flops_per_edge": flops_per_edge(),
@@ -663,7 +663,9 @@ def plot(path):
         ys = [e["atom_steps_per_s"]["ours" if impl == "triton" else impl] for e in sizes
               if (e.get("atom_steps_per_s") or {}).get("ours" if impl == "triton" else impl)]
         if xs:
-            axs[2].plot(xs, ys, mk, label=f"E2Former-V2 model ({impl} attention)")
+            what = ("triton attention; CUDA graphs where they apply" if impl == "triton"
+                    else f"{impl} attention")
+            axs[2].plot(xs, ys, mk, label=f"E2Former-V2 model ({what})")
         xs = [e["n_atoms"] for e in sizes if isinstance(
             ((e.get("peak_mem_bytes") or {}).get("model_energy_forces") or {}).get(
                 "ours" if impl == "triton" else impl), int)]
