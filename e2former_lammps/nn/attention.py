@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from e2former_lammps.o3 import path_rows
+from e2former_lammps.o3 import path_rows, row_degrees
 from kernels.attention import equivariant_attention
 
 from .linear import SO3Linear
@@ -34,13 +34,18 @@ class EquivariantAttention(nn.Module):
                          / (len(self.rows[l3]) * channels) ** 0.5)
             for l3 in range(lmax + 1)
         )
+        # message rows of the paths ending in l3, path-major: one gather per l3 (slicing each
+        # path instead costs a message-sized zero fill per path in the backward)
+        for l3 in range(lmax + 1):
+            index = [s + m for _, s, _ in self.rows[l3] for m in range(2 * l3 + 1)]
+            self.register_buffer(f"path_index_{l3}", torch.tensor(index), persistent=False)
+        self.register_buffer("row_degree", row_degrees(lmax), persistent=False)
 
     def invariants(self, x: Tensor) -> Tensor:
         """s_{l,c} = sum_m (W1 x)_{lm,c} (W2 x)_{lm,c}: [N, (lmax+1) C]."""
         prod = self.w_query_key_1(x) * self.w_query_key_2(x)
-        return torch.cat(
-            [prod[:, l * l:(l + 1) ** 2].sum(1) for l in range(self.lmax + 1)], dim=-1
-        )
+        sums = prod.new_zeros(prod.shape[0], self.lmax + 1, prod.shape[-1])
+        return sums.index_add(1, self.row_degree, prod).flatten(1)
 
     def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
                 pair_j: Tensor, rij: Tensor) -> Tensor:
@@ -53,8 +58,9 @@ class EquivariantAttention(nn.Module):
         )
         out = []
         for l3 in range(self.lmax + 1):
-            rows = self.rows[l3]
-            width = 2 * l3 + 1
-            paths = torch.cat([msg[:, s:s + width] for _, s, _ in rows], dim=-1)
-            out.append(paths @ self.path_mix[l3])
+            n_paths, width = len(self.rows[l3]), 2 * l3 + 1
+            paths = msg.index_select(1, getattr(self, f"path_index_{l3}"))
+            # [N, path, m, C] -> [N, m, path * C]: the paths' channels side by side
+            paths = paths.view(-1, n_paths, width, msg.shape[-1]).transpose(1, 2)
+            out.append(paths.reshape(-1, width, n_paths * msg.shape[-1]) @ self.path_mix[l3])
         return torch.cat(out, dim=1)

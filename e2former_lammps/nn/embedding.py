@@ -5,7 +5,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from e2former_lammps.o3 import spherical_harmonics
+from e2former_lammps.o3 import row_degrees, spherical_harmonics
 from kernels.attention.common import edge_geometry
 
 from .linear import degree_matmul
@@ -28,6 +28,7 @@ class EdgeDegreeEmbedding(nn.Module):
         self.inv_avg_degree = 1.0 / avg_degree
         self.element = nn.Embedding(n_elements, channels)
         self.radial = EdgeRadialMLP(basis, n_elements, hidden, (lmax + 1) * channels)
+        self.register_buffer("row_degree", row_degrees(lmax), persistent=False)
 
     # Edges per chunk: the per-edge tensor [E, (lmax+1)^2, hidden + 1] is built a chunk at a
     # time and recomputed in backward, so memory stays O(atoms) for large systems.
@@ -60,11 +61,10 @@ class EdgeDegreeEmbedding(nn.Module):
                                   first, last + 1 - first, use_reentrant=False)
                 acc = torch.cat([acc[:first], acc[first:last + 1] + part, acc[last + 1:]], dim=0)
         w_aug = torch.cat([self.radial.w_out, self.radial.b_out[None]], dim=0).to(acc.dtype)
-        c = self.channels
-        x = torch.cat([degree_matmul(acc, l, w_aug[:, l * c:(l + 1) * c])
-                       for l in range(self.lmax + 1)], dim=1)
-        l0 = x[:, :1] + self.element(species[:n_recv])[:, None]
-        return torch.cat([l0, x[:, 1:]], dim=1)
+        # [hidden + 1, (lmax+1) C] -> one [hidden + 1, C] matrix per degree, then per row
+        w_degree = w_aug.view(w_aug.shape[0], self.lmax + 1, self.channels).transpose(0, 1)
+        x = degree_matmul(acc, w_degree[self.row_degree])
+        return x.index_add(1, self.row_degree[:1], self.element(species[:n_recv])[:, None])
 
 
 class ChargeSpinEmbedding(nn.Module):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..o3 import row_degrees
 from .linear import SO3Linear
 
 
@@ -16,11 +17,13 @@ class GatedFeedForward(nn.Module):
         self.up = SO3Linear(channels, hidden, lmax)
         self.gates = nn.Linear(channels, lmax * hidden)
         self.down = SO3Linear(hidden, channels, lmax)
+        degree = row_degrees(lmax)
+        # row r of the hidden features is gated by gate set degree(r) (set 0: ones, unused)
+        self.register_buffer("row_degree", degree, persistent=False)
+        self.register_buffer("row0", (degree == 0)[:, None], persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.up(x)
         gates = torch.sigmoid(self.gates(x[:, 0])).view(-1, self.lmax, self.hidden)
-        parts = [nn.functional.silu(h[:, :1])]
-        for l in range(1, self.lmax + 1):
-            parts.append(h[:, l * l:(l + 1) ** 2] * gates[:, l - 1, None])
-        return self.down(torch.cat(parts, dim=1))
+        gates = torch.cat([torch.ones_like(gates[:, :1]), gates], dim=1)[:, self.row_degree]
+        return self.down(torch.where(self.row0, nn.functional.silu(h), h * gates))
