@@ -32,3 +32,24 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
         assert np.abs(res.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
+
+
+def test_gpu_lammps_cuda_graphs_match_eager(tmp_path, monkeypatch):
+    """float32 on the GPU, 81 periodic atoms (ghosts = images): 20 MD steps replayed from
+    CUDA graphs end where the eager run ends (both fused Triton attention)."""
+    monkeypatch.setenv("HWLOC_COMPONENTS", "-gl,-opencl")  # keep Triton's LLVM (lmp_gpu.sh)
+    model = random_model(seed=32, dtype=torch.float32)
+    path = tmp_path / "gpu32.pt"
+    export_lammps_model(model, path, device="cuda")
+    atoms = water_box(3, seed=4)
+    results = {}
+    for mode in ("1", "0"):
+        monkeypatch.setenv("E2FORMER_CUDA_GRAPHS", mode)
+        results[mode] = run_lammps(tmp_path / f"graphs{mode}", atoms, path, ELEMENTS,
+                                   run="velocity all create 300 7 mom yes\nfix 1 all nve\n"
+                                       "timestep 0.0005\nrun 20")
+    graphs, eager = results["1"], results["0"]
+    assert "replayed from CUDA graphs" in graphs.log
+    assert "replayed from CUDA graphs" not in eager.log
+    assert abs(graphs.energy - eager.energy) < 1e-5 * abs(eager.energy)
+    assert np.abs(graphs.forces - eager.forces).max() < 1e-4 * np.abs(eager.forces).max()

@@ -173,6 +173,10 @@ class E2FormerMLIAP(MLIAPUnified):
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)
             self._evaluate = GraphedEnergyForces(self.model)
         eatoms, grad = self._evaluate(graph)
+        if self._evaluate._graphs and not getattr(self, "_graphs_reported", False):
+            self._graphs_reported = True
+            print("E2Former: energy + forces replayed from CUDA graphs (one per pair-list "
+                  "size bucket; E2FORMER_CUDA_GRAPHS=0 runs eagerly)", flush=True)
         if self.profiler is not None:
             self.profiler.mark("model", graph)
         eatoms = eatoms.detach().double()
