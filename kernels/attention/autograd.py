@@ -75,15 +75,16 @@ class TritonAttention(torch.autograd.Function):
         out, m, den = attention_forward(
             q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, w_rbf, emb_recv,
             emb_send, w_out, b_out, cutoff, eps)
+        # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
-                              pair_i, pair_j, species, rowptr, centers, out, m, den)
+                              pair_i, pair_j, species, rowptr, centers, m, den)
         ctx.consts = (width, cutoff, eps)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j, species,
-         rowptr, centers, out, m, den) = ctx.saved_tensors
+         rowptr, centers, m, den) = ctx.saved_tensors
         width, cutoff, eps = ctx.consts
         needs = list(ctx.needs_input_grad[:9])
         diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
@@ -111,7 +112,7 @@ class TritonAttention(torch.autograd.Function):
             if attention_backward is not None:
                 grads = attention_backward(
                     grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den,
+                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
                     weight_grads=any(needs[4:]))
                 return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
         grads = _chunked_reference_grads(

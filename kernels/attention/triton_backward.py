@@ -261,7 +261,7 @@ def default_bwd_blocks(n_heads: int) -> dict[str, int]:
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, out, m, den,
+                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
                        weight_grads: bool = True):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 

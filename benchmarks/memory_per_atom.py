@@ -1,0 +1,114 @@
+"""What autograd keeps per atom for energy + forces, by module (runs on the CPU).
+
+The activation memory of a force evaluation is what autograd saves between the forward and
+the backward. This counts it exactly with `torch.autograd.graph.saved_tensors_hooks` (each
+storage once, parameters excluded), attributed to the innermost module running when the
+tensor was saved, for the full model on a water box, with the fused Triton attention (run by
+the Triton interpreter on the CPU) or the reference. Saved bytes do not depend on the device;
+the GPU's peak adds the backward's transient buffers and the allocator's rounding.
+
+    TRITON_INTERPRET=1 PYTHONPATH=.:benchmarks python benchmarks/memory_per_atom.py \
+        --atoms 150 --impl triton
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_attention import CFG, CUTOFF, neighbour_list, water_box  # noqa: E402
+
+
+def saved_bytes_by_module(model, graph) -> tuple[dict[str, int], int]:
+    """{module path: bytes saved for backward} and the total, for one energy evaluation."""
+    from e2former_lammps.forces import energy_and_pair_gradient
+
+    names = {m: n or "model" for n, m in model.named_modules()}
+    stack: list[str] = ["model"]
+    def enter(mod, args) -> None:
+        stack.append(names[mod])
+
+    def leave(mod, args, out) -> None:  # a forward hook's return value would replace `out`
+        stack.pop()
+
+    hooks = [m.register_forward_pre_hook(enter) for m in model.modules()]
+    hooks += [m.register_forward_hook(leave) for m in model.modules()]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    params |= {b.untyped_storage().data_ptr() for b in model.buffers()}
+    seen: set[int] = set()
+    by_module: dict[str, int] = defaultdict(int)
+
+    def pack(t: torch.Tensor):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in seen and ptr not in params:
+            seen.add(ptr)
+            by_module[stack[-1]] += t.untyped_storage().nbytes()
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            energy_and_pair_gradient(model, graph)
+    finally:
+        for h in hooks:
+            h.remove()
+    return dict(by_module), sum(by_module.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--atoms", type=int, default=150)
+    ap.add_argument("--impl", choices=["triton", "reference"], default="triton")
+    ap.add_argument("--checkpoint", choices=["off", "on"], default="off",
+                    help="recompute blocks in the backward (what large MD systems do)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    from e2former_lammps.config import E2FormerConfig
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph, E2FormerV2
+
+    dev = torch.device(args.device)
+    pos, species, box = water_box(args.atoms, device=dev)
+    pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+    n = pos.shape[0]
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
+    model.eval().requires_grad_(False)
+    model.set_attention_impl(args.impl)
+    model.checkpoint_blocks = args.checkpoint == "on"
+    graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
+                      n_local=n, exchange=NoGhosts(n))
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    by_module, total = saved_bytes_by_module(model, graph)
+    peak = torch.cuda.max_memory_allocated() - base if dev.type == "cuda" else None
+    # group "blocks.0.attention.value" -> "block.attention.value" summed over the blocks
+    grouped: dict[str, int] = defaultdict(int)
+    for name, b in by_module.items():
+        parts = name.split(".")
+        if parts[0] == "blocks":
+            parts = ["blocks"] + parts[2:]
+        grouped[".".join(parts)] += b
+    rows = sorted(grouped.items(), key=lambda kv: -kv[1])
+    print(f"N={n} edges={pair_i.numel()} impl={args.impl} checkpoint={args.checkpoint}: "
+          f"{total / n / 1e3:.1f} KB saved per atom ({total / 1e6:.1f} MB)"
+          + (f", peak {peak / n / 1e3:.1f} KB/atom above the inputs" if peak else ""))
+    for name, b in rows:
+        print(f"  {name:45s} {b / n / 1e3:8.1f} KB/atom")
+    if args.json:
+        args.json.write_text(json.dumps({
+            "n_atoms": n, "edges": int(pair_i.numel()), "impl": args.impl,
+            "checkpoint": args.checkpoint, "config": CFG, "device": str(dev),
+            "saved_bytes_per_atom": total / n,
+            "peak_bytes_per_atom": peak / n if peak else None,
+            "by_module_bytes_per_atom": {k: v / n for k, v in rows}}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
