@@ -174,15 +174,18 @@ def bench(fn, warmup=10, rep=50, budget_s=0.6):
     if first < 0.05:
         return triton.testing.do_bench(fn, warmup=warmup, rep=rep, return_mode="median")
     n = max(2, min(10, int(budget_s / first)))
-    times = []
-    for _ in range(n):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
+    times = [cuda_event_ms(fn) for _ in range(n)]
     return sorted(times)[len(times) // 2]
+
+
+def cuda_event_ms(fn) -> float:
+    """Milliseconds of one call of fn, between CUDA events on the current stream."""
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    a.record()
+    fn()
+    b.record()
+    torch.cuda.synchronize()
+    return a.elapsed_time(b)
 
 
 def peak_mem(fn) -> int:

@@ -76,7 +76,8 @@ def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str,
         raise SystemExit(f"unknown job kind {kind!r} in {job!r} (water:N:STEPS or serine:STEPS)")
     (d / "in.nve").write_text(DECK.format(
         boundary=spec["boundary"], data="system.data", model=model, elements=spec["elements"],
-        rot=spec["rot"], timestep=TIMESTEP_PS, minimize=minimize_lines(min_iter), every=every, steps=steps, timeout=timeout))
+        rot=spec["rot"], timestep=TIMESTEP_PS, minimize=minimize_lines(min_iter), every=every,
+        steps=steps, timeout=timeout))
     return {"job": job, "dir": d, "steps": steps, **spec}
 
 

@@ -116,7 +116,7 @@ thermo {steps}""")
         "model_alone_s": alone,
         "model_alone_atom_steps_per_s": n_atoms / alone,
         "lammps_overhead_ratio": step_s / alone,
-        "cuda_graphs": bool(unified._evaluate._graphs),
+        "cuda_graphs": unified._evaluate.in_use,
         "block_checkpointing": model._checkpointing(n_atoms),
     }
 

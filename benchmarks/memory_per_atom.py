@@ -1,14 +1,16 @@
-"""What autograd keeps per atom for energy + forces, by module (runs on the CPU).
+"""What autograd keeps per atom for energy + forces, by module.
 
 The activation memory of a force evaluation is what autograd saves between the forward and
 the backward. This counts it exactly with `torch.autograd.graph.saved_tensors_hooks` (each
 storage once, parameters excluded), attributed to the innermost module running when the
-tensor was saved, for the full model on a water box, with the fused Triton attention (run by
-the Triton interpreter on the CPU) or the reference. Saved bytes do not depend on the device;
-the GPU's peak adds the backward's transient buffers and the allocator's rounding.
+tensor was saved, for the full model (paper configuration) on a water box, with the fused
+Triton attention or the edge-materialising reference. Saved bytes do not depend on the
+device; on CUDA the peak allocated memory of the step is printed too (it adds the backward's
+transient buffers). Run it on the GPU machine with >= 10k atoms: the Triton interpreter on
+the CPU needs more than 20 minutes for the paper configuration even at 150 atoms, and below
+~10k atoms constant-size tensors (per-row weight gathers) dominate the per-atom figures.
 
-    TRITON_INTERPRET=1 PYTHONPATH=.:benchmarks python benchmarks/memory_per_atom.py \
-        --atoms 150 --impl triton
+    PYTHONPATH=.:benchmarks python benchmarks/memory_per_atom.py --atoms 10000 --impl triton
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ def saved_bytes_by_module(model, graph) -> tuple[dict[str, int], int]:
 
     names = {m: n or "model" for n, m in model.named_modules()}
     stack: list[str] = ["model"]
+
     def enter(mod, args) -> None:
         stack.append(names[mod])
 

@@ -162,6 +162,11 @@ class GraphedEnergyForces:
         self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()
         self._pool = None
 
+    @property
+    def in_use(self) -> bool:
+        """Has any evaluation been captured (and so replayed) as a CUDA graph?"""
+        return bool(self._graphs)
+
     def _owner(self, graph: AtomGraph) -> Tensor | None | bool:
         """Ghost owners (LocalImages), None (no ghosts), False (an exchange graphs can't hold)."""
         ex = graph.exchange
@@ -176,7 +181,7 @@ class GraphedEnergyForces:
         n_edges = graph.pair_i.numel()
         usable = (self.enabled and graph.rij.is_cuda and owner is not False
                   and 0 < n_edges <= self.max_edges and graph.batch is None
-                  and not any(p.requires_grad for p in self.model.parameters()))
+                  and self.model.weights_frozen)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
         key = graph_key(graph, owner, self.model.charge_spin is not None)

@@ -115,12 +115,17 @@ class E2FormerV2(nn.Module):
         """Network energy of each atom from its final-normed features (l = 0 rows)."""
         return self.energy_head(x_normed[:, 0]).squeeze(-1)
 
+    @property
+    def weights_frozen(self) -> bool:
+        """No parameter asks for a gradient (inference / MD: forces only)."""
+        return not any(p.requires_grad for p in self.parameters())
+
     def _checkpointing(self, n_recv: int) -> bool:
         """Recompute each block in the backward instead of keeping its activations?"""
         if self.checkpoint_blocks != "auto":
             return bool(self.checkpoint_blocks)
-        frozen = not any(p.requires_grad for p in self.parameters())
-        return frozen and torch.is_grad_enabled() and n_recv >= CHECKPOINT_MIN_ATOMS
+        return (self.weights_frozen and torch.is_grad_enabled()
+                and n_recv >= CHECKPOINT_MIN_ATOMS)
 
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
@@ -162,7 +167,7 @@ class E2FormerV2(nn.Module):
     def _baseline(self) -> Tensor:
         """isolated_atom_energies(), cached while the weights are frozen and unchanged (MD):
         it is a whole network pass of its own, as long as a small system's step."""
-        if any(p.requires_grad for p in self.parameters()):
+        if not self.weights_frozen:
             return self.isolated_atom_energies()
         key = tuple(p._version for p in self.parameters()) + tuple(
             (p.device, p.dtype) for p in self.parameters())[:1]

@@ -250,16 +250,25 @@ def test_eaas_pattern_matches_o3():
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def paper_size_inputs(seed: int, dtype: torch.dtype) -> dict:
+    """300 receivers with 0-69 neighbours, paper attention sizes, on the GPU."""
+    g = torch.Generator().manual_seed(seed)
+    degrees = torch.randint(0, 70, (300,), generator=g).tolist()
+    return make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256, n_rbf=256,
+                       hidden=64, dtype=dtype, device="cuda")
+
+
+def assert_grads_match(grads: dict, seed: int) -> None:
+    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
+        assert rel(a.double(), b) < 1e-4, f"d/d{name} {rel(a.double(), b):.2e} (seed {seed})"
+
+
 @pytest.mark.gpu
 @gpu
 def test_gpu_forward_backward_paper_size():
     seed = fresh_seed()
-    g = torch.Generator().manual_seed(seed)
-    degrees = torch.randint(0, 70, (300,), generator=g).tolist()
-    inputs = make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256,
-                         n_rbf=256, hidden=64, dtype=torch.float32, device="cuda")
-    ref64 = make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256,
-                        n_rbf=256, hidden=64, dtype=torch.float64, device="cuda")
+    inputs = paper_size_inputs(seed, torch.float32)
+    ref64 = paper_size_inputs(seed, torch.float64)
     out = call("triton", inputs)
     ref = call("reference", ref64)
     assert rel(out.double(), ref) < 1e-5, f"seed {seed}"
@@ -269,8 +278,7 @@ def test_gpu_forward_backward_paper_size():
         o = call(impl, inp, leaves)
         g_out = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o)
         grads[impl] = torch.autograd.grad(o, leaves, g_out)
-    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
-        assert rel(a.double(), b) < 1e-4, f"d/d{name} {rel(a.double(), b):.2e} (seed {seed})"
+    assert_grads_match(grads, seed)
 
 
 @pytest.mark.gpu
@@ -278,18 +286,14 @@ def test_gpu_forward_backward_paper_size():
 def test_gpu_forces_only_paper_size():
     """MD path on the GPU (frozen radial weights): fp32 kernels vs the fp64 reference."""
     seed = fresh_seed()
-    g = torch.Generator().manual_seed(seed)
-    degrees = torch.randint(0, 70, (300,), generator=g).tolist()
-    kw = dict(heads=128, d_k=8, channels=256, n_rbf=256, hidden=64, device="cuda")
     grads = {}
     for impl, dtype in (("triton", torch.float32), ("reference", torch.float64)):
-        inp = make_inputs(seed, degrees, n_total=400, dtype=dtype, **kw)
+        inp = paper_size_inputs(seed, dtype)
         leaves = make_leaves(inp)[:4]
         o = call(impl, inp, leaves + [w.detach() for w in make_leaves(inp)[4:]])
         g_out = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o)
         grads[impl] = torch.autograd.grad(o, leaves, g_out)
-    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
-        assert rel(a.double(), b) < 1e-4, f"d/d{name} {rel(a.double(), b):.2e} (seed {seed})"
+    assert_grads_match(grads, seed)
 
 
 @pytest.mark.gpu

@@ -115,7 +115,7 @@ def test_unsupported_inputs_run_eagerly():
     runner = GraphedEnergyForces(model)
     e, g = runner(graph)
     e_ref, g_ref = energy_and_pair_gradient(model, graph)
-    assert torch.equal(e, e_ref) and torch.equal(g, g_ref) and not runner._graphs
+    assert torch.equal(e, e_ref) and torch.equal(g, g_ref) and not runner.in_use
 
 
 @pytest.mark.gpu

@@ -49,7 +49,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench_attention import DENSITY_MOL_PER_A3, neighbour_list, water_box  # noqa: E402
+from bench_attention import (DENSITY_MOL_PER_A3, cuda_event_ms, neighbour_list,  # noqa: E402
+                             water_box)
 
 Z_TABLE = [1, 8]  # species 0 = H, 1 = O in water_box
 HIDDEN = "128x0e+128x1o+128x2e"
@@ -187,12 +188,7 @@ def time_step(fn, device, warmup=2, rep=5) -> float:
     times = []
     for _ in range(rep):
         if torch.device(device).type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            torch.cuda.synchronize()
-            times.append(a.elapsed_time(b))
+            times.append(cuda_event_ms(fn))
         else:
             t0 = time.perf_counter()
             fn()

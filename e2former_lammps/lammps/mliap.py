@@ -50,12 +50,14 @@ class E2FormerMLIAP(MLIAPUnified):
         self._exchange_key = None
         self._exchange = None
         self._evaluate = None
+        self._graphs_reported = False
         self.profiler = None
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._exchange_key = self._exchange = None
         self._evaluate = None
+        self._graphs_reported = False
         self.profiler = None
         self.device = rank_device(self.device)
         self.model.to(self.device)
@@ -173,7 +175,7 @@ class E2FormerMLIAP(MLIAPUnified):
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)
             self._evaluate = GraphedEnergyForces(self.model)
         eatoms, grad = self._evaluate(graph)
-        if self._evaluate._graphs and not getattr(self, "_graphs_reported", False):
+        if self._evaluate.in_use and not self._graphs_reported:
             self._graphs_reported = True
             print("E2Former: energy + forces replayed from CUDA graphs (one per pair-list "
                   "size bucket; E2FORMER_CUDA_GRAPHS=0 runs eagerly)", flush=True)
