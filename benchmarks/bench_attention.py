@@ -331,6 +331,57 @@ def full_model(n_atoms, graph, impls, log, check=False):
     return res
 
 
+def dot_precision_study(n_time: int, n_err: int, out: str, log) -> dict:
+    """The radial-MLP dots in "ieee" fp32 vs "tf32" (E2FORMER_DOT_PRECISION): model energy
+    and dE/drij error against the float64 reference model at n_err atoms, and the
+    energy+forces step time (eager) at n_time atoms. Writes `out` (JSON)."""
+    from e2former_lammps.config import E2FormerConfig
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph, E2FormerV2
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
+    model.requires_grad_(False)
+
+    def energy_grad(n_atoms, dtype, impl):
+        pos, species, box = water_box(n_atoms, device=dev)
+        n = pos.shape[0]
+        pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
+        model.to(dtype).set_attention_impl(impl)
+
+        def step():
+            r = rij.to(dtype).requires_grad_()
+            g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n,
+                          exchange=NoGhosts(n))
+            e = model(g).sum()
+            return e.detach(), torch.autograd.grad(e, r)[0]
+        return n, step
+
+    res = {"device": torch.cuda.get_device_name(), "commit": provenance.commit(),
+           "command": " ".join(sys.argv), "config": CFG, "what":
+           "random-weight paper-config model on water; error vs the float64 reference model"}
+    n, ref_step = energy_grad(n_err, torch.float64, "reference")
+    e_ref, g_ref = ref_step()
+    res["n_atoms_error"] = n
+    for prec in ("ieee", "tf32"):
+        os.environ["E2FORMER_DOT_PRECISION"] = prec
+        _, step = energy_grad(n_err, torch.float32, "triton")
+        e, g = step()
+        nt, step_t = energy_grad(n_time, torch.float32, "triton")
+        ms = bench(step_t, warmup=3, rep=20)
+        res[prec] = {"energy_rel_err": float((e.double() - e_ref).abs() / e_ref.abs()),
+                     "pair_grad_rel_err": float((g.double() - g_ref).norm() / g_ref.norm()),
+                     "pair_grad_max_abs_err": float((g.double() - g_ref).abs().max()),
+                     "n_atoms_time": nt, "step_ms": ms, "atom_steps_per_s": nt / (ms * 1e-3)}
+        log(f"dot precision {prec}: {res[prec]}")
+    os.environ.pop("E2FORMER_DOT_PRECISION")
+    model.double()
+    with open(out, "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
 def mace_rows(sizes: list[int], cueq: str, log) -> list[dict]:
     """MACE energy+forces on the same water boxes (peers/mace_peer.py; water_box(n) of each
     returned n_atoms); an import failure is recorded, not raised, so the rest stands."""
@@ -360,12 +411,22 @@ def main():
     ap.add_argument("--sweep", type=int, default=0, help="only time forward tile sizes at N")
     ap.add_argument("--autotune", type=int, default=0,
                     help="first time the kernel variants at N atoms and use the fastest")
+    ap.add_argument("--autotune-stages", default="fwd,reduce,bwd,head",
+                    help="comma-separated subset of fwd,reduce,bwd,head to time")
     ap.add_argument("--mace", default="off", choices=["off", "auto", "both"],
                     help="time MACE (benchmarks/peers/mace_peer.py) at the model sizes, in this "
                          "process: auto = cuEquivariance where it imports, both = e3nn and cuEq")
     ap.add_argument("--profile", type=int, default=0,
                     help="only profile forward+backward at N atoms (both head-backward modes)")
+    ap.add_argument("--dot-precision", type=int, nargs=2, default=None,
+                    metavar=("N_TIME", "N_ERR"),
+                    help="only compare the radial-MLP dots ieee vs tf32: step time at N_TIME "
+                         "atoms, error vs the float64 reference at N_ERR atoms "
+                         "(writes benchmarks/results/dot_precision.json)")
     args = ap.parse_args()
+    if args.dot_precision:
+        dot_precision_study(*args.dot_precision, "benchmarks/results/dot_precision.json", print)
+        return
     if args.profile:
         profile(args.profile)
         return
@@ -390,7 +451,8 @@ def main():
     commit = provenance.commit()
     result = {
         "device": torch.cuda.get_device_name(),
-        "dtype": "float32 (tl.dot input_precision ieee: no tf32)",
+        "dtype": "float32 (radial-MLP tl.dot input_precision "
+                 f"{os.environ.get('E2FORMER_DOT_PRECISION', 'ieee')})",
         "commit": commit,
         "torch": torch.__version__, "command": " ".join(sys.argv),
         "config": CFG,
@@ -403,7 +465,7 @@ def main():
         "sizes": [],
     }
     if args.autotune:
-        result["autotune"] = autotune(args.autotune, log)
+        result["autotune"] = autotune(args.autotune, log, args.autotune_stages.split(","))
     for n_req in args.sizes:
         t0 = time.time()
         pos, species, box = water_box(n_req, device=dev)
@@ -538,25 +600,34 @@ HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=8),
                  dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8),
                  dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)]
 
+# how dv, dk reach the senders (triton_backward.REDUCE) and the sender kernel's tiles (E15)
+REDUCE_VARIANTS = [dict(REDUCE="atomic"),
+                   dict(REDUCE="sorted", BLOCK_E=16, BLOCK_H=16, num_warps=4),
+                   dict(REDUCE="sorted", BLOCK_E=8, BLOCK_H=32, num_warps=4),
+                   dict(REDUCE="sorted", BLOCK_E=32, BLOCK_H=16, num_warps=8),
+                   dict(REDUCE="sorted", BLOCK_E=16, BLOCK_H=32, num_warps=8)]
 
-def autotune(n_atoms, log):
-    """Time forward variants, then backward (channel, then head kernel) variants at n_atoms,
-    forces only (frozen radial weights, as in MD); install the fastest."""
+
+def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
+    """Time forward variants, then backward (sender reduction, channel, head kernel) variants
+    at n_atoms, forces only (frozen radial weights, as in MD); install the fastest. stages:
+    which of these to time (the others keep their defaults)."""
     import kernels.attention.triton_backward as tb
     import kernels.attention.triton_forward as tf
     import kernels.attention.triton_head_backward as th
+    import kernels.attention.triton_sender_backward as ts
     from kernels.attention import equivariant_attention
 
     dev = torch.device("cuda")
     n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, dev)
     ref = None
-    res = {"n_atoms": n, "edges": int(pair_i.numel()), "forward": [], "backward": [],
-           "head_backward": []}
+    res = {"n_atoms": n, "edges": int(pair_i.numel()), "forward": [], "reduce": [],
+           "backward": [], "head_backward": []}
     with torch.no_grad():
         ref = equivariant_attention(q, k, v, rij, pair_i, pair_j, species, mlp.weights(),
                                     CUTOFF, 1.0, 2, impl="reference")
-    best = (float("inf"), None)
-    for bl in FWD_VARIANTS:
+    best = (float("inf"), tf.default_blocks(CFG["num_heads"], dev))
+    for bl in FWD_VARIANTS if "fwd" in stages else []:
         tf.default_blocks = lambda n_heads, device, bl=bl: bl
         fn = lambda: equivariant_attention(q, k, v, rij, pair_i, pair_j, species,  # noqa
                                            mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
@@ -607,9 +678,19 @@ def autotune(n_atoms, log):
     def set_head(bl):
         th.default_head_blocks = lambda: bl
 
-    bwd_best = fastest(BWD_VARIANTS, set_bwd, "", "backward")
-    head_best = fastest(HEAD_VARIANTS, set_head, "head ", "head_backward")
-    res["chosen"] = {"forward": fwd_best, "backward": bwd_best, "head_backward": head_best}
+    def set_reduce(bl):
+        tb.REDUCE = bl["REDUCE"]
+        sender = {key: bl[key] for key in ("BLOCK_E", "BLOCK_H", "num_warps") if key in bl}
+        if sender:
+            ts.default_sender_blocks = lambda: sender
+
+    reduce_best = fastest(REDUCE_VARIANTS, set_reduce, "reduce ", "reduce") \
+        if "reduce" in stages else None
+    bwd_best = fastest(BWD_VARIANTS, set_bwd, "", "backward") if "bwd" in stages else None
+    head_best = fastest(HEAD_VARIANTS, set_head, "head ", "head_backward") \
+        if "head" in stages else None
+    res["chosen"] = {"forward": fwd_best, "reduce": reduce_best, "backward": bwd_best,
+                     "head_backward": head_best}
     log(f"autotune chosen {res['chosen']}")
     return res
 

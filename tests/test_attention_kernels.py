@@ -133,13 +133,15 @@ def test_forward_paper_heads(interpreter):
     assert rel(call("triton", inputs), call("reference", inputs)) < 1e-12, f"seed {seed}"
 
 
-@pytest.mark.parametrize("backward", ["triton", "chunked"])
-def test_first_derivatives(interpreter, backward, monkeypatch):
+@pytest.mark.parametrize("backward,reduce", [("triton", "sorted"), ("triton", "atomic"),
+                                            ("chunked", None)])
+def test_first_derivatives(interpreter, backward, reduce, monkeypatch):
     import kernels.attention.autograd as ag
 
     if backward == "triton":
         import kernels.attention.triton_backward as tb
         monkeypatch.setattr(tb, "CHUNK_EDGES", 20)
+        monkeypatch.setattr(tb, "REDUCE", reduce)
     monkeypatch.setattr(ag, "BACKWARD_IMPL", backward)
     monkeypatch.setattr(ag, "CHUNK_EDGES", 20)  # several chunks, one receiver over the limit
     seed = fresh_seed()
@@ -155,16 +157,18 @@ def test_first_derivatives(interpreter, backward, monkeypatch):
         assert rel(a, b) < 1e-10, f"d/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
 
 
-@pytest.mark.parametrize("heads,d_k,channels,hidden,degrees", [
-    (4, 8, 8, 24, DEGREES),
-    (64, 4, 64, 40, [2, 0, 19]),  # several head blocks in both backward kernels
+@pytest.mark.parametrize("heads,d_k,channels,hidden,degrees,reduce", [
+    (4, 8, 8, 24, DEGREES, "sorted"),
+    (64, 4, 64, 40, [2, 0, 19], "sorted"),  # several head blocks in all backward kernels
+    (64, 4, 64, 40, [2, 0, 19], "atomic"),
 ])
-def test_forces_only_derivatives(interpreter, heads, d_k, channels, hidden, degrees,
+def test_forces_only_derivatives(interpreter, heads, d_k, channels, hidden, degrees, reduce,
                                  monkeypatch):
     """MD path: the radial weights need no gradient (frozen model); q, k, v, rij match."""
     import kernels.attention.triton_backward as tb
 
     monkeypatch.setattr(tb, "CHUNK_EDGES", 20)
+    monkeypatch.setattr(tb, "REDUCE", reduce)
     seed = fresh_seed()
     inputs = make_inputs(seed, degrees, n_total=len(degrees) + 3, heads=heads, d_k=d_k,
                          channels=channels, hidden=hidden)
@@ -283,17 +287,29 @@ def test_gpu_forward_backward_paper_size():
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_forces_only_paper_size():
-    """MD path on the GPU (frozen radial weights): fp32 kernels vs the fp64 reference."""
+@pytest.mark.parametrize("reduce", ["sorted", "atomic"])
+def test_gpu_forces_only_paper_size(reduce, monkeypatch):
+    """MD path on the GPU (frozen radial weights): fp32 kernels vs the fp64 reference; the
+    sender-sorted reduction gives bitwise the same dv, dk on a second run."""
+    import kernels.attention.triton_backward as tb
+
+    monkeypatch.setattr(tb, "REDUCE", reduce)
     seed = fresh_seed()
-    grads = {}
-    for impl, dtype in (("triton", torch.float32), ("reference", torch.float64)):
+
+    def forces_grads(impl, dtype):
         inp = paper_size_inputs(seed, dtype)
         leaves = make_leaves(inp)[:4]
         o = call(impl, inp, leaves + [w.detach() for w in make_leaves(inp)[4:]])
         g_out = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o)
-        grads[impl] = torch.autograd.grad(o, leaves, g_out)
+        return torch.autograd.grad(o, leaves, g_out)
+
+    grads = {"triton": forces_grads("triton", torch.float32),
+             "reference": forces_grads("reference", torch.float64)}
     assert_grads_match(grads, seed)
+    if reduce == "sorted":
+        again = forces_grads("triton", torch.float32)
+        for name, a, b in zip(("k", "v"), grads["triton"][1:3], again[1:3]):
+            assert torch.equal(a, b), f"d/d{name} differs between two runs (seed {seed})"
 
 
 @pytest.mark.gpu

@@ -2,7 +2,7 @@
 
 One program per (receiving atom, block of heads). It streams the receiver's neighbours
 (CSR by receiver: rowptr) in tiles of BLOCK_E edges and, per tile, in registers only:
-  geometry (d, r_hat, envelope), Gaussian rbf -> radial MLP (two tl.dot, fp32 "ieee"),
+  geometry (d, r_hat, envelope), Gaussian rbf -> radial MLP (two tl.dot, fp32 "ieee" or tf32),
   gate / signed weight, score <q_i, k_j> * gate / sqrt(d_k), online softmax with the
   reference's eps * exp(-max) term, the rotation R (r_hat -> pole) and D^2(R), the EAAS
   pole-frame gather/scale per path, the rotation back with D^l3(R)^T, and the weighted

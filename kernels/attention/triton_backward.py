@@ -12,8 +12,10 @@ Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l
       dR_ij, dD2_ij = dL/dR, dL/dD^2 (channel sums)                       -> [E, 9 + 25]
   * head-sized work (softmax, score, gate, radial MLP, envelope): triton_head_backward.py;
   * R and D^2 as functions of r_ij (34 numbers per edge): PyTorch autograd.
-Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv, dk are accumulated with
-atomics (not bit-deterministic run to run).
+Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv_j and dk_j (the senders'
+gradients) are reduced by REDUCE: "sorted" (default) sums them per sender over the chunk's
+sender-sorted edges (triton_sender_backward.py: deterministic, no atomics); "atomic" adds
+them from the receiver kernels with atomics. dL/dR is reduced over head blocks by atomics.
 """
 from __future__ import annotations
 
@@ -26,20 +28,62 @@ from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
-
-
-@triton.jit
-def _b(t):
-    # per-edge scalars are computed directly as [BLOCK_E, 1, 1] tensors (see the geometry
-    # loads below): with 1D scalars expanded late, triton 3.6's layout pass fails on this
-    # kernel ("arith.mulf op requires the same encoding").
-    return t
+REDUCE = "sorted"  # or "atomic": how dv, dk reach the senders (module docstring)
 
 
 @triton.jit
 def _csum(t):
     """Sum over heads and channels of [BLOCK_E, BLOCK_H, CH_P] -> [BLOCK_E]."""
     return tl.sum(tl.sum(t, axis=2), axis=1)
+
+
+@triton.jit
+def _pole_grad(
+    G00, G01, G02, G03, G04, G05, G06, G07, G08, G09,
+    G10, G11, G12, G13, G14, G15, G16, G17, G18, G19,
+    r00, r01, r02, r10, r11, r12, r20, r21, r22,
+    d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+    d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
+    S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E,
+):
+    """Pole-frame gradient of the rotated value u = D^l1 v (9 rows: l1 = 0, 1, 2), unweighted
+    by alpha, from the 20 output-gradient rows G: q = S^T (D^l3 G_path), needed rows only."""
+    p0_1 = r10 * G00 + r11 * G01 + r12 * G02
+    p2_0 = r00 * G04 + r01 * G05 + r02 * G06
+    p2_2 = r20 * G04 + r21 * G05 + r22 * G06
+    p3_1 = d10 * G07 + d11 * G08 + d12 * G09 + d13 * G10 + d14 * G11
+    p3_2 = d20 * G07 + d21 * G08 + d22 * G09 + d23 * G10 + d24 * G11
+    p3_3 = d30 * G07 + d31 * G08 + d32 * G09 + d33 * G10 + d34 * G11
+    p4_0 = r00 * G12 + r01 * G13 + r02 * G14
+    p4_1 = r10 * G12 + r11 * G13 + r12 * G14
+    p4_2 = r20 * G12 + r21 * G13 + r22 * G14
+    p5_0 = d00 * G15 + d01 * G16 + d02 * G17 + d03 * G18 + d04 * G19
+    p5_1 = d10 * G15 + d11 * G16 + d12 * G17 + d13 * G18 + d14 * G19
+    p5_3 = d30 * G15 + d31 * G16 + d32 * G17 + d33 * G18 + d34 * G19
+    p5_4 = d40 * G15 + d41 * G16 + d42 * G17 + d43 * G18 + d44 * G19
+    return (S01 * p0_1,
+            S11C * p2_2 + S12B * p3_1, S10 * G03 + S12C * p3_2, S11A * p2_0 + S12D * p3_3,
+            S22E * p5_4, S21A * p4_0 + S22D * p5_3, S21B * p4_1, S21C * p4_2 + S22B * p5_1,
+            S22A * p5_0)
+
+
+@triton.jit
+def _rotate_back(
+    q0, q10, q11, q12, q20, q21, q22, q23, q24,
+    r00, r01, r02, r10, r11, r12, r20, r21, r22,
+    d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+    d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
+):
+    """D^l1(R)^T of the 9 pole-frame rows: the contribution to dL/dv_j."""
+    return (q0,
+            r00 * q10 + r10 * q11 + r20 * q12,
+            r01 * q10 + r11 * q11 + r21 * q12,
+            r02 * q10 + r12 * q11 + r22 * q12,
+            d00 * q20 + d10 * q21 + d20 * q22 + d30 * q23 + d40 * q24,
+            d01 * q20 + d11 * q21 + d21 * q22 + d31 * q23 + d41 * q24,
+            d02 * q20 + d12 * q21 + d22 * q22 + d32 * q23 + d42 * q24,
+            d03 * q20 + d13 * q21 + d23 * q22 + d33 * q23 + d43 * q24,
+            d04 * q20 + d14 * q21 + d24 * q22 + d34 * q23 + d44 * q24)
 
 
 @triton.jit
@@ -53,6 +97,7 @@ def _attention_bwd_kernel(
     S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
     S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
     S22A: tl.constexpr, S22B: tl.constexpr, S22D: tl.constexpr, S22E: tl.constexpr,
+    ATOMIC_DV: tl.constexpr,
 ):
     i = r_base + tl.program_id(0)
     hb = tl.program_id(1)
@@ -93,6 +138,8 @@ def _attention_bwd_kernel(
         offs_e = e0 + tl.arange(0, BLOCK_E)
         emask = offs_e < end
         j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+        # per-edge scalars are loaded directly as [BLOCK_E, 1, 1]: 1D scalars expanded late
+        # make triton 3.6's layout pass fail here ("arith.mulf op requires the same encoding")
         e3 = offs_e[:, None, None]
         m3 = emask[:, None, None]
         rx = tl.load(rij_ptr + e3 * 3 + 0, mask=m3, other=0.0)
@@ -129,39 +176,21 @@ def _attention_bwd_kernel(
         w3 = tl.load(vp + 7 * C, mask=vmask, other=0.0)
         w4 = tl.load(vp + 8 * C, mask=vmask, other=0.0)
         # forward pole-frame values u = D^l1 v
-        u10 = _b(r00) * v1 + _b(r01) * v2 + _b(r02) * v3
-        u11 = _b(r10) * v1 + _b(r11) * v2 + _b(r12) * v3
-        u12 = _b(r20) * v1 + _b(r21) * v2 + _b(r22) * v3
-        u20 = _b(d00) * w0 + _b(d01) * w1 + _b(d02) * w2 + _b(d03) * w3 + _b(d04) * w4
-        u21 = _b(d10) * w0 + _b(d11) * w1 + _b(d12) * w2 + _b(d13) * w3 + _b(d14) * w4
-        u22 = _b(d20) * w0 + _b(d21) * w1 + _b(d22) * w2 + _b(d23) * w3 + _b(d24) * w4
-        u23 = _b(d30) * w0 + _b(d31) * w1 + _b(d32) * w2 + _b(d33) * w3 + _b(d34) * w4
-        u24 = _b(d40) * w0 + _b(d41) * w1 + _b(d42) * w2 + _b(d43) * w3 + _b(d44) * w4
-        # pole-frame gradients of each path's output: gp = D^l3 G_path (needed rows only)
-        p0_1 = _b(r10) * G00 + _b(r11) * G01 + _b(r12) * G02
-        p1_0 = G03
-        p2_0 = _b(r00) * G04 + _b(r01) * G05 + _b(r02) * G06
-        p2_2 = _b(r20) * G04 + _b(r21) * G05 + _b(r22) * G06
-        p3_1 = _b(d10) * G07 + _b(d11) * G08 + _b(d12) * G09 + _b(d13) * G10 + _b(d14) * G11
-        p3_2 = _b(d20) * G07 + _b(d21) * G08 + _b(d22) * G09 + _b(d23) * G10 + _b(d24) * G11
-        p3_3 = _b(d30) * G07 + _b(d31) * G08 + _b(d32) * G09 + _b(d33) * G10 + _b(d34) * G11
-        p4_0 = _b(r00) * G12 + _b(r01) * G13 + _b(r02) * G14
-        p4_1 = _b(r10) * G12 + _b(r11) * G13 + _b(r12) * G14
-        p4_2 = _b(r20) * G12 + _b(r21) * G13 + _b(r22) * G14
-        p5_0 = _b(d00) * G15 + _b(d01) * G16 + _b(d02) * G17 + _b(d03) * G18 + _b(d04) * G19
-        p5_1 = _b(d10) * G15 + _b(d11) * G16 + _b(d12) * G17 + _b(d13) * G18 + _b(d14) * G19
-        p5_3 = _b(d30) * G15 + _b(d31) * G16 + _b(d32) * G17 + _b(d33) * G18 + _b(d34) * G19
-        p5_4 = _b(d40) * G15 + _b(d41) * G16 + _b(d42) * G17 + _b(d43) * G18 + _b(d44) * G19
-        # S^T: pole-frame gradient of u (unweighted by alpha)
-        q0 = S01 * p0_1
-        q10 = S11C * p2_2 + S12B * p3_1
-        q11 = S10 * p1_0 + S12C * p3_2
-        q12 = S11A * p2_0 + S12D * p3_3
-        q20 = S22E * p5_4
-        q21 = S21A * p4_0 + S22D * p5_3
-        q22 = S21B * p4_1
-        q23 = S21C * p4_2 + S22B * p5_1
-        q24 = S22A * p5_0
+        u10 = r00 * v1 + r01 * v2 + r02 * v3
+        u11 = r10 * v1 + r11 * v2 + r12 * v3
+        u12 = r20 * v1 + r21 * v2 + r22 * v3
+        u20 = d00 * w0 + d01 * w1 + d02 * w2 + d03 * w3 + d04 * w4
+        u21 = d10 * w0 + d11 * w1 + d12 * w2 + d13 * w3 + d14 * w4
+        u22 = d20 * w0 + d21 * w1 + d22 * w2 + d23 * w3 + d24 * w4
+        u23 = d30 * w0 + d31 * w1 + d32 * w2 + d33 * w3 + d34 * w4
+        u24 = d40 * w0 + d41 * w1 + d42 * w2 + d43 * w3 + d44 * w4
+        q0, q10, q11, q12, q20, q21, q22, q23, q24 = _pole_grad(
+            G00, G01, G02, G03, G04, G05, G06, G07, G08, G09,
+            G10, G11, G12, G13, G14, G15, G16, G17, G18, G19,
+            r00, r01, r02, r10, r11, r12, r20, r21, r22,
+            d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+            d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
+            S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E)
         # dL/dalpha: <u, q> summed over the head's channels (rotation-invariant form)
         gal = v0 * q0 + u10 * q10 + u11 * q11 + u12 * q12 + u20 * q20 + u21 * q21 \
             + u22 * q22 + u23 * q23 + u24 * q24
@@ -178,24 +207,22 @@ def _attention_bwd_kernel(
         q22 = q22 * al
         q23 = q23 * al
         q24 = q24 * al
-        dvp = dv_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
-        tl.atomic_add(dvp, q0, mask=vmask, sem="relaxed")
-        tl.atomic_add(dvp + 1 * C, _b(r00) * q10 + _b(r10) * q11 + _b(r20) * q12, mask=vmask,
-                      sem="relaxed")
-        tl.atomic_add(dvp + 2 * C, _b(r01) * q10 + _b(r11) * q11 + _b(r21) * q12, mask=vmask,
-                      sem="relaxed")
-        tl.atomic_add(dvp + 3 * C, _b(r02) * q10 + _b(r12) * q11 + _b(r22) * q12, mask=vmask,
-                      sem="relaxed")
-        tl.atomic_add(dvp + 4 * C, _b(d00) * q20 + _b(d10) * q21 + _b(d20) * q22
-                      + _b(d30) * q23 + _b(d40) * q24, mask=vmask, sem="relaxed")
-        tl.atomic_add(dvp + 5 * C, _b(d01) * q20 + _b(d11) * q21 + _b(d21) * q22
-                      + _b(d31) * q23 + _b(d41) * q24, mask=vmask, sem="relaxed")
-        tl.atomic_add(dvp + 6 * C, _b(d02) * q20 + _b(d12) * q21 + _b(d22) * q22
-                      + _b(d32) * q23 + _b(d42) * q24, mask=vmask, sem="relaxed")
-        tl.atomic_add(dvp + 7 * C, _b(d03) * q20 + _b(d13) * q21 + _b(d23) * q22
-                      + _b(d33) * q23 + _b(d43) * q24, mask=vmask, sem="relaxed")
-        tl.atomic_add(dvp + 8 * C, _b(d04) * q20 + _b(d14) * q21 + _b(d24) * q22
-                      + _b(d34) * q23 + _b(d44) * q24, mask=vmask, sem="relaxed")
+        if ATOMIC_DV:
+            (t0, t1, t2, t3, t4, t5, t6, t7, t8) = _rotate_back(
+                q0, q10, q11, q12, q20, q21, q22, q23, q24,
+                r00, r01, r02, r10, r11, r12, r20, r21, r22,
+                d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+                d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
+            dvp = dv_ptr + j.to(tl.int64)[:, None, None] * (9 * C) + chan[None, :, :]
+            tl.atomic_add(dvp, t0, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 1 * C, t1, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 2 * C, t2, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 3 * C, t3, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 4 * C, t4, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 5 * C, t5, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 6 * C, t6, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 7 * C, t7, mask=vmask, sem="relaxed")
+            tl.atomic_add(dvp + 8 * C, t8, mask=vmask, sem="relaxed")
         # dL/dR: rotation in (u1 = R v1) and rotation back of the l3 = 1 paths (0, 2, 4)
         # with pole-frame outputs t0 = (0, S01 v0, 0), t2 = (S11A u12, 0, S11C u10),
         # t4 = (S21A u21, S21B u22, S21C u23): dR[a, b] += alpha t[a] G_path[b].
@@ -265,8 +292,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                        weight_grads: bool = True):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
-    Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (dv, g =
-    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2), the head kernel (dq, dk, dL/d|r|), and
+    Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (g =
+    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2), the head kernel (dq, dL/d|r|), the sender
+    kernel (dv, dk; with REDUCE "atomic" the first two kernels add them instead), and
     PyTorch for R(r_ij), D^2 (34 numbers per edge) and, if weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
     """
@@ -275,10 +303,14 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     from .common import EdgeRadialWeights, gaussian_rbf
     from .triton_forward import edge_scores
     from .triton_head_backward import head_backward
+    from .triton_sender_backward import sender_backward
 
     n_heads, channels = q.shape[1], v.shape[-1]
     ch = channels // n_heads
     bl = default_bwd_blocks(n_heads)
+    if REDUCE not in ("sorted", "atomic"):
+        raise ValueError(f"REDUCE must be 'sorted' or 'atomic', got {REDUCE!r}")
+    atomic = REDUCE == "atomic"
     consts = eaas_constants()
     dv = torch.zeros_like(v)
     dq = torch.zeros_like(q)
@@ -300,10 +332,14 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         _attention_bwd_kernel[grid](
             grad_out, v, rij, pair_j, rowptr, sw, m, den, dv, galpha, dsum, drot, r0, e0,
             float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
-            BLOCK_H=bl["BLOCK_H"], **consts, num_warps=bl["num_warps"])
+            BLOCK_H=bl["BLOCK_H"], **consts, ATOMIC_DV=atomic, num_warps=bl["num_warps"])
         dd, d_o, d_pre = head_backward(
             q, k, rij, pair_j, species, rowptr, centers, width, w_rbf, emb_recv, emb_send,
-            w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1, weight_grads)
+            w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1, weight_grads,
+            atomic_dk=atomic)
+        if not atomic:  # galpha now holds dL/d<q_i, k_j>
+            sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
+                            cutoff, e0, e1, consts)
         rc = rij[e0:e1].detach().requires_grad_()
         with torch.enable_grad():
             dist = rc.norm(dim=-1, keepdim=True)

@@ -6,6 +6,7 @@ Accumulation dtype = input dtype (fp32 on the GPU; fp64 works in the interpreter
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -70,27 +71,28 @@ def _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R: tl.constexpr):
 
 @triton.jit
 def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                BLOCK_R: tl.constexpr):
+                BLOCK_R: tl.constexpr, DOT: tl.constexpr):
     """The radial MLP's first layer: pre (the element embeddings) + rbf(d) @ W_rbf."""
     for r0 in range(0, n_rbf, BLOCK_R):
         offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
         w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
                     mask=rmask[:, None] & kmask[None, :], other=0.0)
-        pre += tl.dot(rbf, w, input_precision="ieee")
+        pre += tl.dot(rbf, w, input_precision=DOT)
     return pre
 
 
 @triton.jit
-def _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H: tl.constexpr):
+def _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H: tl.constexpr,
+                DOT: tl.constexpr):
     """The radial MLP's output layer for heads offs_h: (W_gate, W_weight [HID_P, BLOCK_H],
     gate = sigmoid(g_raw), signed weight w), each [BLOCK_E, BLOCK_H]."""
     wmask = kmask[:, None] & hmask[None, :]
     w_g = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + offs_h[None, :], mask=wmask, other=0.0)
     w_w = tl.load(w_out_ptr + offs_k[:, None] * (2 * H) + H + offs_h[None, :], mask=wmask,
                   other=0.0)
-    graw = tl.dot(hidden, w_g, input_precision="ieee")
+    graw = tl.dot(hidden, w_g, input_precision=DOT)
     graw += tl.load(b_out_ptr + offs_h, mask=hmask, other=0.0)[None, :]
-    wt = tl.dot(hidden, w_w, input_precision="ieee")
+    wt = tl.dot(hidden, w_w, input_precision=DOT)
     wt += tl.load(b_out_ptr + H + offs_h, mask=hmask, other=0.0)[None, :]
     gate = 1.0 / (1.0 + tl.exp(-graw))
     return w_g, w_w, gate, wt
@@ -102,6 +104,7 @@ def _edge_tile_scalars(
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
     n_rbf, n_hid, inv_width, cutoff, offs_h, hmask,
     H: tl.constexpr, HID_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """Geometry and radial MLP of one edge tile: j, (x, y, z) unit, d, envelope p, gate, weight."""
     j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
@@ -123,9 +126,10 @@ def _edge_tile_scalars(
                   mask=emask[:, None] & kmask[None, :], other=0.0)
     pre += tl.load(emb_recv_ptr + i_species * n_hid + offs_k, mask=kmask, other=0.0)[None, :]
     pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                      BLOCK_R)
+                      BLOCK_R, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
-    _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H)
+    _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H,
+                                 DOT)
     return j, x, y, z, d, env, pre, hidden, gate, wt
 
 
@@ -151,7 +155,7 @@ def _edge_scores_kernel(
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
     e_base, e_end, n_rbf, n_hid, inv_width, cutoff, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr,
 ):
     """Edge-parallel prepass (PRE mode): radial MLP once per edge (all heads), score s and
     signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk."""
@@ -171,7 +175,7 @@ def _edge_scores_kernel(
     pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
     pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
     pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                      BLOCK_R)
+                      BLOCK_R, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
     offs_d = tl.arange(0, DK_P)
     dmask = offs_d < DK
@@ -180,7 +184,7 @@ def _edge_scores_kernel(
         offs_h = h0 + tl.arange(0, BLOCK_H)
         hmask = offs_h < H
         _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h,
-                                        hmask, H)
+                                     hmask, H, DOT)
         m3 = emask[:, None, None] & hmask[None, :, None] & dmask[None, None, :]
         hd = offs_h[None, :, None] * DK + offs_d[None, None, :]
         qi = tl.load(q_ptr + ii.to(tl.int64)[:, None, None] * (H * DK) + hd, mask=m3, other=0.0)
@@ -210,7 +214,7 @@ def _attention_fwd_kernel(
     H: tl.constexpr, DK: tl.constexpr, CH: tl.constexpr,
     DK_P: tl.constexpr, CH_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DEFER: tl.constexpr,
-    PRE: tl.constexpr,
+    DOT: tl.constexpr, PRE: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
     S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
     S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
@@ -270,7 +274,7 @@ def _attention_fwd_kernel(
             j, x, y, z, d, env, pre, hidden, gate, wt = _edge_tile_scalars(
                 offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
                 centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
-                n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R)
+                n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R, DOT)
             qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
             s = gate * qk * qk_scale
         s = tl.where(emask[:, None], s, -1.0e30)
@@ -387,6 +391,21 @@ def _attention_fwd_kernel(
     tl.store(op + 19 * C, tl.sum(a19, axis=0) * inv, mask=cmask)
 
 
+DOT_PRECISIONS = ("ieee", "tf32")
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """tl.dot input precision of the radial MLP in all attention kernels: "ieee" (full fp32,
+    the default) or "tf32" (tensor cores; inputs rounded to a 10-bit mantissa), chosen with
+    the environment variable E2FORMER_DOT_PRECISION; float64 always "ieee". Only the radial
+    MLP (per-edge scalars) uses tl.dot: geometry, rotations and the channel sums stay fp32.
+    Measured error and speed: kernels/NOTES.md, E16."""
+    value = os.environ.get("E2FORMER_DOT_PRECISION", "ieee")
+    if value not in DOT_PRECISIONS:
+        raise ValueError(f"E2FORMER_DOT_PRECISION={value!r}: expected one of {DOT_PRECISIONS}")
+    return value if dtype == torch.float32 else "ieee"
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
@@ -423,7 +442,7 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rb
         w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
         1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
         HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
-        BLOCK_R=bl["BLOCK_R"], num_warps=bl.get("PRE_NUM_WARPS", 8))
+        BLOCK_R=bl["BLOCK_R"], DOT=dot_precision(q.dtype), num_warps=bl.get("PRE_NUM_WARPS", 8))
 
 
 def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,
@@ -443,7 +462,8 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
     consts = eaas_constants()
     common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch),
                   HID_P=_pow2(n_hid, 16), BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"],
-                  BLOCK_R=bl["BLOCK_R"], DEFER=bl.get("DEFER", False), **consts,
+                  BLOCK_R=bl["BLOCK_R"], DEFER=bl.get("DEFER", False),
+                  DOT=dot_precision(q.dtype), **consts,
                   num_warps=bl.get("num_warps", 4))
     scal = (n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), float(softmax_eps), 1.0 / math.sqrt(d_k))
     n_hb = triton.cdiv(n_heads, bl["BLOCK_H"])

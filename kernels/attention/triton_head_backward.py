@@ -10,7 +10,8 @@ and m_i, den_i the forward's statistics (den includes eps * exp(-m)):
     dg_raw = ds <q_i, k_j> / sqrt(d_k) sigmoid'(g_raw),
     dpre = ([dg_raw, dw] W_out^T) SiLU'(pre),  dd = (dpre W_rbf^T) . drbf/dd + dp p'(d).
 One program per receiver streams its edges (all heads): the radial MLP is recomputed once per
-edge, q_i is read once, dq_i needs no per-edge storage; dk_j by atomics. Nothing per edge is
+edge, q_i is read once, dq_i needs no per-edge storage; dk_j by atomics or, with
+REDUCE = "sorted" (triton_backward.py), by the sender kernel (triton_sender_backward.py). Nothing per edge is
 written except dd (the distance gradient, [E]) and, only when the weights need gradients,
 dL/d(g_raw, w) [E, 2H] and dL/dpre [E, hidden] for the weight products done in PyTorch.
 """
@@ -22,7 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import _edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_chunk
+from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_chunk,
+                             dot_precision)
 
 
 @triton.jit
@@ -34,7 +36,7 @@ def _head_bwd_kernel(
     r_base, e_base, n_rbf, n_hid, inv_width, cutoff, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
-    WEIGHT_GRADS: tl.constexpr,
+    WEIGHT_GRADS: tl.constexpr, ATOMIC_DK: tl.constexpr, DOT: tl.constexpr,
 ):
     i = r_base + tl.program_id(0)
     zi = tl.load(species_ptr + i)
@@ -59,7 +61,7 @@ def _head_bwd_kernel(
         pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
         pre += emb_i[None, :]
         pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                          BLOCK_R)
+                          BLOCK_R, DOT)
         sig = 1.0 / (1.0 + tl.exp(-pre))
         hidden = pre * sig
         dpre = tl.zeros([BLOCK_E, HID_P], dtype=pre.dtype)
@@ -68,7 +70,7 @@ def _head_bwd_kernel(
             offs_h = h0 + tl.arange(0, BLOCK_H)
             hmask = offs_h < H
             w_g, w_w, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask,
-                                                offs_h, hmask, H)
+                                             offs_h, hmask, H, DOT)
             hd = offs_h[:, None] * DK + offs_d[None, :]
             qd_mask = hmask[:, None] & dmask[None, :]
             qi = tl.load(q_ptr + i.to(tl.int64) * (H * DK) + hd, mask=qd_mask, other=0.0)
@@ -93,10 +95,13 @@ def _head_bwd_kernel(
             dq_tile = tl.sum(d_qk[:, :, None] * kj, axis=0)
             tl.atomic_add(dq_ptr + i.to(tl.int64) * (H * DK) + hd, dq_tile, mask=qd_mask,
                           sem="relaxed")
-            tl.atomic_add(dk_ptr + kp, d_qk[:, :, None] * qi[None, :, :], mask=m3,
-                          sem="relaxed")
-            dpre += tl.dot(d_graw, tl.trans(w_g), input_precision="ieee")
-            dpre += tl.dot(d_wt, tl.trans(w_w), input_precision="ieee")
+            if ATOMIC_DK:
+                tl.atomic_add(dk_ptr + kp, d_qk[:, :, None] * qi[None, :, :], mask=m3,
+                              sem="relaxed")
+            else:  # dL/d<q_i, k_j> for the sender kernel, in place of the g it has read
+                tl.store(galpha_ptr + le[:, None] * H + offs_h[None, :], d_qk, mask=m2h)
+            dpre += tl.dot(d_graw, tl.trans(w_g), input_precision=DOT)
+            dpre += tl.dot(d_wt, tl.trans(w_w), input_precision=DOT)
             if WEIGHT_GRADS:
                 dop = do_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
                 tl.store(dop, d_graw, mask=m2h)
@@ -110,7 +115,7 @@ def _head_bwd_kernel(
             offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
             w_t = tl.load(w_rbf_ptr + offs_r[None, :] * n_hid + offs_k[:, None],
                           mask=rmask[None, :] & kmask[:, None], other=0.0)
-            drbf = tl.dot(dpre, w_t, input_precision="ieee")
+            drbf = tl.dot(dpre, w_t, input_precision=DOT)
             dd += tl.sum(drbf * rbf * (-t * inv_width), axis=1)
         tl.store(ddist_ptr + le, dd, mask=emask)
 
@@ -123,11 +128,14 @@ def default_head_blocks() -> dict[str, int]:
 
 def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf, emb_recv,
                   emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk,
-                  r0: int, r1: int, e0: int, e1: int, weight_grads: bool):
+                  r0: int, r1: int, e0: int, e1: int, weight_grads: bool,
+                  atomic_dk: bool = True):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); accumulates into dq, dk.
 
     Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelope, d_o [e1 - e0, 2H] or
     None, d_pre [e1 - e0, hidden] or None); galpha is chunk-local [e1 - e0, H], dsum [n, H].
+    atomic_dk False: dk is left to the sender kernel, and galpha is overwritten with
+    dL/d<q_i, k_j> (what that kernel needs).
     """
     n_heads, d_k = q.shape[1], q.shape[2]
     n_rbf, n_hid = w_rbf.shape
@@ -142,7 +150,8 @@ def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf,
         r0, e0, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), 1.0 / math.sqrt(d_k),
         H=n_heads, DK=d_k, DK_P=_pow2(d_k), HID_P=_pow2(n_hid, 16),
         BLOCK_E=bl["BLOCK_E"], BLOCK_H=min(bl["BLOCK_H"], _pow2(n_heads, 16)),
-        BLOCK_R=bl["BLOCK_R"], WEIGHT_GRADS=weight_grads, num_warps=bl["num_warps"])
+        BLOCK_R=bl["BLOCK_R"], WEIGHT_GRADS=weight_grads, ATOMIC_DK=atomic_dk,
+        DOT=dot_precision(q.dtype), num_warps=bl["num_warps"])
     if not weight_grads:
         return dd, None, None
     return dd, d_o, d_pre
