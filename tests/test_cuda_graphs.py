@@ -122,7 +122,7 @@ def test_unsupported_inputs_run_eagerly():
 @pytest.mark.parametrize("periodic", [False, True])
 def test_cuda_graph_replays_match_eager(periodic):
     """Captured graphs replayed on new geometries and sizes give the eager float32 Triton
-    results (relative 1e-5), and a size change inside a bucket reuses its graph."""
+    results (relative 1e-5, floor 1e-6 eV, eV/Å), and a size change inside a bucket reuses its graph."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
     model = random_model(seed=seed, dtype=torch.float32, channels=64, num_heads=8).cuda()
     model.eval().requires_grad_(False)
@@ -140,6 +140,8 @@ def test_cuda_graph_replays_match_eager(periodic):
                                    torch.float32, "cuda")
         e, g = (t.clone() for t in runner(graph))
         e_ref, g_ref = energy_and_pair_gradient(model, graph)
-        assert ((e - e_ref).abs().max() / e_ref.abs().max()) < 1e-5
-        assert ((g - g_ref).abs().max() / g_ref.abs().max()) < 1e-5
+        # relative 1e-5 of the largest value, with a floor for float32 rounding: a random
+        # model's per-atom energies (~0.02 eV) are small sums of much larger terms
+        assert (e - e_ref).abs().max() <= 1e-5 * e_ref.abs().max() + 1e-6
+        assert (g - g_ref).abs().max() <= 1e-5 * g_ref.abs().max() + 1e-6
     assert 1 <= len(runner._graphs) <= 2 and runner.enabled

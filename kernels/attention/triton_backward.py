@@ -13,9 +13,10 @@ Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l
   * head-sized work (softmax, score, gate, radial MLP, envelope): triton_head_backward.py;
   * R and D^2 as functions of r_ij (34 numbers per edge): PyTorch autograd.
 Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv_j and dk_j (the senders'
-gradients) are reduced by REDUCE: "sorted" (default) sums them per sender over the chunk's
-sender-sorted edges (triton_sender_backward.py: deterministic, no atomics); "atomic" adds
-them from the receiver kernels with atomics. dL/dR is reduced over head blocks by atomics.
+gradients) are reduced by REDUCE: "atomic" (default) adds them from the receiver kernels
+with atomics; "sorted" sums them per sender over the chunk's sender-sorted edges
+(triton_sender_backward.py: deterministic, ~6% slower, kernels/NOTES.md E15). dL/dR is
+reduced over head blocks by atomics.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
-REDUCE = "sorted"  # or "atomic": how dv, dk reach the senders (module docstring)
+# how dv, dk reach the senders (module docstring): "atomic" is faster on the H200 (E15),
+# "sorted" is deterministic run to run
+REDUCE = "atomic"
 
 
 @triton.jit
