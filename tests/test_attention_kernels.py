@@ -43,9 +43,11 @@ def fresh_seed() -> int:
     return seed
 
 
-def make_inputs(seed, degrees, n_total, heads=4, d_k=8, channels=8, n_rbf=20, hidden=24,
-                dtype=torch.float64, device="cpu"):
-    """Random op inputs; degrees[i] neighbours of receiver i (0 allowed), distances in (0.7, r_c)."""
+def make_inputs(seed, degrees, n_total, heads=4, d_k=8, channels=8, n_rbf=48, hidden=24,
+                dtype=torch.float64, device="cpu", uniform_rbf=True):
+    """Random op inputs; degrees[i] neighbours of receiver i (0 allowed), distances in (0.7, r_c).
+    uniform_rbf: the radial weights say their centres are evenly spaced (as the model's
+    GaussianBasis does), so the kernels visit a window of Gaussians; else all of them."""
     g = torch.Generator().manual_seed(seed)
     n_recv = len(degrees)
     pair_i = torch.repeat_interleave(torch.arange(n_recv), torch.tensor(degrees))
@@ -66,6 +68,7 @@ def make_inputs(seed, degrees, n_total, heads=4, d_k=8, channels=8, n_rbf=20, hi
         torch.linspace(0.0, CUTOFF, n_rbf, dtype=torch.float64), CUTOFF / (n_rbf - 1),
         rn(n_rbf, hidden, scale=n_rbf**-0.5), rn(3, hidden, scale=0.5), rn(3, hidden, scale=0.5),
         rn(hidden, 2 * heads, scale=hidden**-0.5), rn(2 * heads, scale=0.3),
+        CUTOFF / (n_rbf - 1) if uniform_rbf else 0.0,
     )
     cast = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
     radial = EdgeRadialWeights(*(cast(f) if torch.is_tensor(f) else f
@@ -102,11 +105,14 @@ def rel(a, b):
 DEGREES = [0, 3, 40, 17, 1, 0, 16]
 
 
-@pytest.mark.parametrize("dtype,tol,variant", [(torch.float64, 1e-12, {}),
-                                               (torch.float64, 1e-12, {"DEFER": True}),
-                                               (torch.float64, 1e-12, {"PRE": True}),
-                                               (torch.float32, 2e-5, {})])
-def test_forward_matches_reference(interpreter, dtype, tol, variant, monkeypatch):
+@pytest.mark.parametrize("dtype,tol,variant,uniform_rbf", [
+    (torch.float64, 1e-12, {}, True),
+    (torch.float64, 1e-12, {}, False),  # all Gaussians, by tl.dot
+    (torch.float64, 1e-12, {"DEFER": True}, True),
+    (torch.float64, 1e-12, {"PRE": True}, True),
+    (torch.float64, 1e-12, {"PRE": True}, False),
+    (torch.float32, 2e-5, {}, True)])
+def test_forward_matches_reference(interpreter, dtype, tol, variant, uniform_rbf, monkeypatch):
     """Kernel variants (see triton_forward.default_blocks); PRE in chunks of <= 20 edges."""
     import kernels.attention.triton_forward as tf
 
@@ -114,7 +120,7 @@ def test_forward_matches_reference(interpreter, dtype, tol, variant, monkeypatch
     monkeypatch.setattr(tf, "default_blocks", lambda h, dev: {**default(h, dev), **variant})
     monkeypatch.setattr(tf, "PRE_CHUNK_EDGES", 20)
     seed = fresh_seed()
-    inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype)
+    inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype, uniform_rbf=uniform_rbf)
     ref_inputs = make_inputs(seed, DEGREES, n_total=9, dtype=torch.float64)
     out = call("triton", inputs)
     ref = call("reference", ref_inputs)
@@ -133,9 +139,10 @@ def test_forward_paper_heads(interpreter):
     assert rel(call("triton", inputs), call("reference", inputs)) < 1e-12, f"seed {seed}"
 
 
-@pytest.mark.parametrize("backward,reduce", [("triton", "sorted"), ("triton", "atomic"),
-                                            ("chunked", None)])
-def test_first_derivatives(interpreter, backward, reduce, monkeypatch):
+@pytest.mark.parametrize("backward,reduce,uniform_rbf", [
+    ("triton", "sorted", True), ("triton", "atomic", True), ("triton", "atomic", False),
+    ("chunked", None, True)])
+def test_first_derivatives(interpreter, backward, reduce, uniform_rbf, monkeypatch):
     import kernels.attention.autograd as ag
 
     if backward == "triton":
@@ -145,7 +152,7 @@ def test_first_derivatives(interpreter, backward, reduce, monkeypatch):
     monkeypatch.setattr(ag, "BACKWARD_IMPL", backward)
     monkeypatch.setattr(ag, "CHUNK_EDGES", 20)  # several chunks, one receiver over the limit
     seed = fresh_seed()
-    inputs = make_inputs(seed, DEGREES, n_total=9)
+    inputs = make_inputs(seed, DEGREES, n_total=9, uniform_rbf=uniform_rbf)
     grads = {}
     for impl in ("reference", "triton"):
         leaves = make_leaves(inputs)
@@ -235,6 +242,34 @@ def test_no_edges(interpreter):
     assert out.shape == (3, 20, 8) and (out == 0).all()
     grads = torch.autograd.grad(out.sum(), leaves, allow_unused=True)
     assert all(g is None or (g == 0).all() for g in grads)
+
+
+def test_rbf_window_leaves_out_only_negligible_gaussians():
+    """Every centre outside the kernels' window is > 8.5 widths from d (Gaussian < 2e-16)."""
+    from kernels.attention.triton_forward import rbf_window
+
+    n_rbf, width = 256, CUTOFF / 255
+    win, inv_spacing = rbf_window(n_rbf, width, width)
+    assert win == 19 and inv_spacing == pytest.approx(1 / width)
+    centers = torch.linspace(0.0, CUTOFF, n_rbf, dtype=torch.float64)
+    d = torch.linspace(0.0, CUTOFF, 10007, dtype=torch.float64)
+    lo = torch.floor(d * inv_spacing + 0.5).long() - win // 2  # as _window_start
+    idx = torch.arange(n_rbf)
+    outside = (idx[None, :] < lo[:, None]) | (idx[None, :] >= lo[:, None] + win)
+    gauss = torch.exp(-0.5 * ((d[:, None] - centers[None, :]) / width) ** 2)
+    assert gauss[outside].max() < 2e-16
+    assert rbf_window(19, 1.0, 1.0) == (0, 0.0)  # window as wide as the basis: dense
+    assert rbf_window(256, width, 0.0) == (0, 0.0)  # spacing unknown: dense
+
+
+def test_dot_precision_option(monkeypatch):
+    from kernels.attention.triton_forward import dot_precision
+
+    monkeypatch.setenv("E2FORMER_DOT_PRECISION", "tf32")
+    assert dot_precision(torch.float32) == "tf32" and dot_precision(torch.float64) == "ieee"
+    monkeypatch.setenv("E2FORMER_DOT_PRECISION", "bf16")
+    with pytest.raises(ValueError, match="E2FORMER_DOT_PRECISION='bf16'"):
+        dot_precision(torch.float32)
 
 
 def test_auto_dispatch_cpu_is_reference():

@@ -49,4 +49,5 @@ class EdgeRadialMLP(nn.Module):
         return EdgeRadialWeights(
             rbf_centers=self.basis.centers, rbf_width=self.basis.width, w_rbf=self.w_rbf,
             emb_recv=self.emb_recv, emb_send=self.emb_send, w_out=self.w_out, b_out=self.b_out,
+            rbf_spacing=self.basis.width,  # linspace centres, width = spacing
         )

@@ -69,26 +69,26 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
 class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
-                pair_i, pair_j, species, rowptr, centers, width, cutoff, eps):
+                pair_i, pair_j, species, rowptr, centers, width, spacing, cutoff, eps):
         from .triton_forward import attention_forward
 
         out, m, den = attention_forward(
-            q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, w_rbf, emb_recv,
-            emb_send, w_out, b_out, cutoff, eps)
+            q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
+            emb_recv, emb_send, w_out, b_out, cutoff, eps)
         # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
                               pair_i, pair_j, species, rowptr, centers, m, den)
-        ctx.consts = (width, cutoff, eps)
+        ctx.consts = (width, spacing, cutoff, eps)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j, species,
          rowptr, centers, m, den) = ctx.saved_tensors
-        width, cutoff, eps = ctx.consts
+        width, spacing, cutoff, eps = ctx.consts
         needs = list(ctx.needs_input_grad[:9])
         diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
-        tail = [None] * 8
+        tail = [None] * 9
         if not any(needs):
             return (None,) * 9 + tuple(tail)
         if torch.is_grad_enabled():
@@ -112,7 +112,7 @@ class TritonAttention(torch.autograd.Function):
             if attention_backward is not None:
                 grads = attention_backward(
                     grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
+                    spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
                     weight_grads=any(needs[4:]))
                 return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
         grads = _chunked_reference_grads(
@@ -140,5 +140,5 @@ def equivariant_attention_triton(
         c(q), c(k), c(v), c(rij), c(radial.w_rbf), c(radial.emb_recv), c(radial.emb_send),
         c(radial.w_out), c(radial.b_out), pair_i.contiguous(), pair_j.contiguous(),
         species.contiguous(), rowptr, c(radial.rbf_centers), float(radial.rbf_width),
-        float(cutoff), float(softmax_eps),
+        float(radial.rbf_spacing), float(cutoff), float(softmax_eps),
     )

@@ -49,6 +49,9 @@ class EdgeRadialWeights:
     emb_send: Tensor  # [n_elements, hidden]
     w_out: Tensor  # [hidden, 2 H]
     b_out: Tensor  # [2 H]
+    # Å between neighbouring centres when they are evenly spaced (0: not known to be); lets
+    # the Triton kernels visit only the Gaussians near each distance (triton_forward.rbf_window)
+    rbf_spacing: float = 0.0
 
     def rbf(self, dist: Tensor) -> Tensor:
         return gaussian_rbf(dist, self.rbf_centers, self.rbf_width)

@@ -291,7 +291,7 @@ def default_bwd_blocks(n_heads: int) -> dict[str, int]:
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
-                       w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
+                       spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
                        weight_grads: bool = True):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
@@ -327,8 +327,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     for r0, r1, e0, e1 in chunks:
         if e1 <= e0:
             continue
-        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, w_rbf, emb_recv,
-                    emb_send, w_out, b_out, cutoff, e0, e1)
+        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing, w_rbf,
+                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1)
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
         drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
@@ -337,8 +337,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
             float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
             BLOCK_H=bl["BLOCK_H"], **consts, ATOMIC_DV=atomic, num_warps=bl["num_warps"])
         dd, d_o, d_pre = head_backward(
-            q, k, rij, pair_j, species, rowptr, centers, width, w_rbf, emb_recv, emb_send,
-            w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1, weight_grads,
+            q, k, rij, pair_j, species, rowptr, centers, width, spacing, w_rbf, emb_recv,
+            emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1,
+            weight_grads,
             atomic_dk=atomic)
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,

@@ -70,14 +70,40 @@ def _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R: tl.constexpr):
 
 
 @triton.jit
-def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                BLOCK_R: tl.constexpr, DOT: tl.constexpr):
-    """The radial MLP's first layer: pre (the element embeddings) + rbf(d) @ W_rbf."""
-    for r0 in range(0, n_rbf, BLOCK_R):
-        offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
-        w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
-                    mask=rmask[:, None] & kmask[None, :], other=0.0)
-        pre += tl.dot(rbf, w, input_precision=DOT)
+def _window_start(d, centers_ptr, inv_spacing, WIN: tl.constexpr):
+    """First Gaussian of each edge's window: WIN evenly spaced centres around d [BLOCK_E]."""
+    mu0 = tl.load(centers_ptr)
+    return tl.floor((d - mu0) * inv_spacing + 0.5).to(tl.int32) - WIN // 2
+
+
+@triton.jit
+def _rbf_at(d, centers_ptr, r, n_rbf, inv_width):
+    """Gaussian r [BLOCK_E] (one per edge) of the distances d [BLOCK_E]: (rmask, t, rbf)."""
+    rmask = (r >= 0) & (r < n_rbf)
+    mu = tl.load(centers_ptr + r, mask=rmask, other=0.0)
+    t = (d - mu) * inv_width
+    return rmask, t, tl.where(rmask, tl.exp(-0.5 * t * t), 0.0)
+
+
+@triton.jit
+def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing, offs_k,
+                kmask, BLOCK_R: tl.constexpr, WIN: tl.constexpr, DOT: tl.constexpr):
+    """The radial MLP's first layer: pre (the element embeddings) + rbf(d) @ W_rbf. WIN > 0:
+    only the WIN Gaussians nearest d (evenly spaced centres; rbf_window), rows of W_rbf
+    gathered per edge; WIN = 0: all n_rbf, as a tl.dot per BLOCK_R chunk."""
+    if WIN > 0:
+        lo = _window_start(d, centers_ptr, inv_spacing, WIN)
+        for t in tl.static_range(WIN):
+            rmask, _, rbf = _rbf_at(d, centers_ptr, lo + t, n_rbf, inv_width)
+            w = tl.load(w_rbf_ptr + (lo + t)[:, None] * n_hid + offs_k[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            pre += rbf[:, None] * w
+    else:
+        for r0 in range(0, n_rbf, BLOCK_R):
+            offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
+            w = tl.load(w_rbf_ptr + offs_r[:, None] * n_hid + offs_k[None, :],
+                        mask=rmask[:, None] & kmask[None, :], other=0.0)
+            pre += tl.dot(rbf, w, input_precision=DOT)
     return pre
 
 
@@ -102,9 +128,9 @@ def _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H: t
 def _edge_tile_scalars(
     offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
-    n_rbf, n_hid, inv_width, cutoff, offs_h, hmask,
+    n_rbf, n_hid, inv_width, inv_spacing, cutoff, offs_h, hmask,
     H: tl.constexpr, HID_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
-    DOT: tl.constexpr,
+    WIN: tl.constexpr, DOT: tl.constexpr,
 ):
     """Geometry and radial MLP of one edge tile: j, (x, y, z) unit, d, envelope p, gate, weight."""
     j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
@@ -125,8 +151,8 @@ def _edge_tile_scalars(
     pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :],
                   mask=emask[:, None] & kmask[None, :], other=0.0)
     pre += tl.load(emb_recv_ptr + i_species * n_hid + offs_k, mask=kmask, other=0.0)[None, :]
-    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                      BLOCK_R, DOT)
+    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing,
+                      offs_k, kmask, BLOCK_R, WIN, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
     _, _, gate, wt = _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H,
                                  DOT)
@@ -153,9 +179,10 @@ def _b(t):
 def _edge_scores_kernel(
     q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
-    e_base, e_end, n_rbf, n_hid, inv_width, cutoff, qk_scale,
+    e_base, e_end, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DOT: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, WIN: tl.constexpr,
+    DOT: tl.constexpr,
 ):
     """Edge-parallel prepass (PRE mode): radial MLP once per edge (all heads), score s and
     signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk."""
@@ -174,8 +201,8 @@ def _edge_scores_kernel(
     m2 = emask[:, None] & kmask[None, :]
     pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
     pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
-    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                      BLOCK_R, DOT)
+    pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing,
+                      offs_k, kmask, BLOCK_R, WIN, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
     offs_d = tl.arange(0, DK_P)
     dmask = offs_d < DK
@@ -210,11 +237,11 @@ def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
     out_ptr, m_ptr, den_ptr, sw_ptr, r_base, e_base,
-    n_rbf, n_hid, inv_width, cutoff, eps, qk_scale,
+    n_rbf, n_hid, inv_width, inv_spacing, cutoff, eps, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, CH: tl.constexpr,
     DK_P: tl.constexpr, CH_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DEFER: tl.constexpr,
-    DOT: tl.constexpr, PRE: tl.constexpr,
+    WIN: tl.constexpr, DOT: tl.constexpr, PRE: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
     S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
     S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
@@ -274,7 +301,8 @@ def _attention_fwd_kernel(
             j, x, y, z, d, env, pre, hidden, gate, wt = _edge_tile_scalars(
                 offs_e, emask, i_species, rij_ptr, pj_ptr, species_ptr,
                 centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
-                n_rbf, n_hid, inv_width, cutoff, offs_h, hmask, H, HID_P, BLOCK_E, BLOCK_R, DOT)
+                n_rbf, n_hid, inv_width, inv_spacing, cutoff, offs_h, hmask, H, HID_P, BLOCK_E,
+                BLOCK_R, WIN, DOT)
             qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
             s = gate * qk * qk_scale
         s = tl.where(emask[:, None], s, -1.0e30)
@@ -428,25 +456,43 @@ def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
     return torch.searchsorted(pair_i, bounds).to(torch.int64)
 
 
-def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rbf, emb_recv,
-                emb_send, w_out, b_out, cutoff, e0: int, e1: int, blocks=None) -> None:
+RBF_WINDOW_WIDTHS = 8.0
+
+
+def rbf_window(n_rbf: int, width: float, spacing: float) -> tuple[int, float]:
+    """(WIN, 1 / spacing): the kernels visit only the WIN Gaussians nearest each distance
+    when the centres are evenly spaced (spacing > 0, Å); WIN = 0: all n_rbf. Every centre
+    left out is more than RBF_WINDOW_WIDTHS + 1/2 widths from d, so its Gaussian is below
+    exp(-36) ~ 2e-16: the same numbers as the dense sum in float32 and float64."""
+    if spacing <= 0.0:
+        return 0, 0.0
+    half = math.ceil(RBF_WINDOW_WIDTHS * width / spacing) + 1
+    win = 2 * half + 1
+    return (win, 1.0 / spacing) if win < n_rbf else (0, 0.0)
+
+
+def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing, w_rbf,
+                emb_recv, emb_send, w_out, b_out, cutoff, e0: int, e1: int,
+                blocks=None) -> None:
     """The PRE prepass for edges [e0, e1): sw[e - e0] = [s (H), w (H)] (score, signed weight)."""
     if e1 <= e0:
         return
     n_heads, d_k = q.shape[1], q.shape[2]
     n_rbf, n_hid = w_rbf.shape
+    win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
     bl = blocks or default_blocks(n_heads, q.device)
     be = bl.get("PRE_BLOCK_E", 32)
     _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
         q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
-        w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff),
+        w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff),
         1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
         HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
-        BLOCK_R=bl["BLOCK_R"], DOT=dot_precision(q.dtype), num_warps=bl.get("PRE_NUM_WARPS", 8))
+        BLOCK_R=bl["BLOCK_R"], WIN=win, DOT=dot_precision(q.dtype),
+        num_warps=bl.get("PRE_NUM_WARPS", 8))
 
 
 def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,
-                      w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps,
+                      rbf_spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps,
                       blocks=None):
     """Run the fused forward. All float tensors one dtype, contiguous. See module docstring."""
     n_recv, n_heads, d_k = q.shape
@@ -460,12 +506,14 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
         return out, m, den
     bl = blocks or default_blocks(n_heads, q.device)
     consts = eaas_constants()
-    common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch),
+    win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
+    common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch), WIN=win,
                   HID_P=_pow2(n_hid, 16), BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"],
                   BLOCK_R=bl["BLOCK_R"], DEFER=bl.get("DEFER", False),
                   DOT=dot_precision(q.dtype), **consts,
                   num_warps=bl.get("num_warps", 4))
-    scal = (n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), float(softmax_eps), 1.0 / math.sqrt(d_k))
+    scal = (n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff), float(softmax_eps),
+            1.0 / math.sqrt(d_k))
     n_hb = triton.cdiv(n_heads, bl["BLOCK_H"])
     if not bl.get("PRE", False):
         _attention_fwd_kernel[(n_recv, n_hb)](
@@ -477,8 +525,8 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
     sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
                      dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:
-        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, w_rbf,
-                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl)
+        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing,
+                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl)
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,

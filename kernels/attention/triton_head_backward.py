@@ -23,8 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_chunk,
-                             dot_precision)
+from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_at,
+                             _rbf_chunk, _window_start, dot_precision, rbf_window)
 
 
 @triton.jit
@@ -33,9 +33,9 @@ def _head_bwd_kernel(
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
     m_ptr, den_ptr, galpha_ptr, dsum_ptr,
     dq_ptr, dk_ptr, ddist_ptr, do_ptr, dpre_ptr,
-    r_base, e_base, n_rbf, n_hid, inv_width, cutoff, qk_scale,
+    r_base, e_base, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale,
     H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, WIN: tl.constexpr,
     WEIGHT_GRADS: tl.constexpr, ATOMIC_DK: tl.constexpr, DOT: tl.constexpr,
 ):
     i = r_base + tl.program_id(0)
@@ -60,8 +60,8 @@ def _head_bwd_kernel(
         m2 = emask[:, None] & kmask[None, :]
         pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
         pre += emb_i[None, :]
-        pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, offs_k, kmask,
-                          BLOCK_R, DOT)
+        pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing,
+                          offs_k, kmask, BLOCK_R, WIN, DOT)
         sig = 1.0 / (1.0 + tl.exp(-pre))
         hidden = pre * sig
         dpre = tl.zeros([BLOCK_E, HID_P], dtype=pre.dtype)
@@ -111,12 +111,21 @@ def _head_bwd_kernel(
             tl.store(dpre_ptr + le.to(tl.int64)[:, None] * n_hid + offs_k[None, :], dpre,
                      mask=m2)
         dd = denv_acc * denv
-        for r0 in range(0, n_rbf, BLOCK_R):
-            offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width, BLOCK_R)
-            w_t = tl.load(w_rbf_ptr + offs_r[None, :] * n_hid + offs_k[:, None],
-                          mask=rmask[None, :] & kmask[:, None], other=0.0)
-            drbf = tl.dot(dpre, w_t, input_precision=DOT)
-            dd += tl.sum(drbf * rbf * (-t * inv_width), axis=1)
+        if WIN > 0:  # the Gaussians the forward visited (triton_forward.rbf_window)
+            lo = _window_start(d, centers_ptr, inv_spacing, WIN)
+            for t in tl.static_range(WIN):
+                rmask, tt, rbf = _rbf_at(d, centers_ptr, lo + t, n_rbf, inv_width)
+                w_r = tl.load(w_rbf_ptr + (lo + t)[:, None] * n_hid + offs_k[None, :],
+                              mask=rmask[:, None] & kmask[None, :], other=0.0)
+                dd += tl.sum(dpre * w_r, axis=1) * rbf * (-tt * inv_width)
+        else:
+            for r0 in range(0, n_rbf, BLOCK_R):
+                offs_r, rmask, t, rbf = _rbf_chunk(d, centers_ptr, r0, n_rbf, inv_width,
+                                                   BLOCK_R)
+                w_t = tl.load(w_rbf_ptr + offs_r[None, :] * n_hid + offs_k[:, None],
+                              mask=rmask[None, :] & kmask[:, None], other=0.0)
+                drbf = tl.dot(dpre, w_t, input_precision=DOT)
+                dd += tl.sum(drbf * rbf * (-t * inv_width), axis=1)
         tl.store(ddist_ptr + le, dd, mask=emask)
 
 
@@ -126,8 +135,8 @@ def default_head_blocks() -> dict[str, int]:
     return dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)
 
 
-def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf, emb_recv,
-                  emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk,
+def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, rbf_spacing, w_rbf,
+                  emb_recv, emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk,
                   r0: int, r1: int, e0: int, e1: int, weight_grads: bool,
                   atomic_dk: bool = True):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); accumulates into dq, dk.
@@ -144,13 +153,14 @@ def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, w_rbf,
     d_o = torch.empty(n_e, 2 * n_heads, dtype=q.dtype, device=q.device) if weight_grads else dd
     d_pre = torch.empty(n_e, n_hid, dtype=q.dtype, device=q.device) if weight_grads else dd
     bl = default_head_blocks()
+    win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
     _head_bwd_kernel[(r1 - r0,)](
         q, k, rij, pair_j, species, rowptr, centers, w_rbf, emb_recv, emb_send, w_out, b_out,
         m, den, galpha, dsum, dq, dk, dd, d_o, d_pre,
-        r0, e0, n_rbf, n_hid, 1.0 / rbf_width, float(cutoff), 1.0 / math.sqrt(d_k),
+        r0, e0, n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff), 1.0 / math.sqrt(d_k),
         H=n_heads, DK=d_k, DK_P=_pow2(d_k), HID_P=_pow2(n_hid, 16),
         BLOCK_E=bl["BLOCK_E"], BLOCK_H=min(bl["BLOCK_H"], _pow2(n_heads, 16)),
-        BLOCK_R=bl["BLOCK_R"], WEIGHT_GRADS=weight_grads, ATOMIC_DK=atomic_dk,
+        BLOCK_R=bl["BLOCK_R"], WIN=win, WEIGHT_GRADS=weight_grads, ATOMIC_DK=atomic_dk,
         DOT=dot_precision(q.dtype), num_warps=bl["num_warps"])
     if not weight_grads:
         return dd, None, None
