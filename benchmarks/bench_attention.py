@@ -147,7 +147,9 @@ def frozen_weights(mlp):
 
 
 def flops_per_edge() -> float:
-    """Algorithmic FLOPs of the fused forward per edge (radial MLP, score, TP and sums)."""
+    """Algorithmic FLOPs of the forward per edge as the operation is defined (radial MLP over
+    all num_rbf Gaussians, score, TP and sums). Since E17 the kernels skip the Gaussians far
+    from each distance (~30k of these FLOPs), so TFLOP/s from this count is an effective rate."""
     c, h, dk = CFG["channels"], CFG["num_heads"], CFG["head_dim"]
     r, hid = CFG["num_rbf"], CFG["radial_hidden"]
     mlp = 2 * r * hid + 2 * hid * 2 * h + 4 * r  # two layers + rbf

@@ -70,10 +70,13 @@ def run_lammps(workdir: Path, atoms, model_file: Path, elements: list[str], npro
                 settings, run)
     (workdir / "in.test").write_text(text)
     cmd = [lmp_binary(), "-nocite", "-in", "in.test"]
+    env = None
     if nprocs > 1:
         cmd = ["mpirun", "-np", str(nprocs)] + cmd
+        if os.geteuid() == 0:  # containers run tests as root; Open MPI refuses without these
+            env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL)
+                          stdin=subprocess.DEVNULL, env=env)
     out = proc.stdout + proc.stderr
     if expect_fail:
         assert proc.returncode != 0 or "ERROR" in out, out[-3000:]

@@ -122,7 +122,8 @@ def test_unsupported_inputs_run_eagerly():
 @pytest.mark.parametrize("periodic", [False, True])
 def test_cuda_graph_replays_match_eager(periodic):
     """Captured graphs replayed on new geometries and sizes give the eager float32 Triton
-    results (relative 1e-5, floor 1e-6 eV, eV/Å), and a size change inside a bucket reuses its graph."""
+    results (relative 1e-5, floor 1e-6 eV, eV/Å), and a size change inside a bucket reuses
+    its graph."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
     model = random_model(seed=seed, dtype=torch.float32, channels=64, num_heads=8).cuda()
     model.eval().requires_grad_(False)

@@ -296,9 +296,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
     Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (g =
-    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2), the head kernel (dq, dL/d|r|), the sender
-    kernel (dv, dk; with REDUCE "atomic" the first two kernels add them instead), and
-    PyTorch for R(r_ij), D^2 (34 numbers per edge) and, if weight_grads, the weight products.
+    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2, dv), the head kernel (dq, dk, dL/d|r|)
+    (with REDUCE "sorted", dv and dk come from the sender kernel instead), and PyTorch for
+    R(r_ij), D^2 (34 numbers per edge) and, if weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
     """
     from e2former_lammps.o3 import rotation_to_pole, wigner_d
@@ -339,8 +339,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         dd, d_o, d_pre = head_backward(
             q, k, rij, pair_j, species, rowptr, centers, width, spacing, w_rbf, emb_recv,
             emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1,
-            weight_grads,
-            atomic_dk=atomic)
+            weight_grads, atomic_dk=atomic)
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
                             cutoff, e0, e1, consts)

@@ -11,8 +11,9 @@ and m_i, den_i the forward's statistics (den includes eps * exp(-m)):
     dpre = ([dg_raw, dw] W_out^T) SiLU'(pre),  dd = (dpre W_rbf^T) . drbf/dd + dp p'(d).
 One program per receiver streams its edges (all heads): the radial MLP is recomputed once per
 edge, q_i is read once, dq_i needs no per-edge storage; dk_j by atomics or, with
-REDUCE = "sorted" (triton_backward.py), by the sender kernel (triton_sender_backward.py). Nothing per edge is
-written except dd (the distance gradient, [E]) and, only when the weights need gradients,
+REDUCE = "sorted" (triton_backward.py), by the sender kernel (triton_sender_backward.py).
+Nothing per edge is written except dd (the distance gradient, [E]) and, only when the
+weights need gradients,
 dL/d(g_raw, w) [E, 2H] and dL/dpre [E, hidden] for the weight products done in PyTorch.
 """
 from __future__ import annotations
