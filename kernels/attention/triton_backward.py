@@ -15,8 +15,9 @@ Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l
 Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv_j and dk_j (the senders'
 gradients) are reduced by REDUCE: "atomic" (default) adds them from the receiver kernels
 with atomics; "sorted" sums them per sender over the chunk's sender-sorted edges
-(triton_sender_backward.py: deterministic, ~6% slower, kernels/NOTES.md E15). dL/dR is
-reduced over head blocks by atomics.
+(triton_sender_backward.py: dv, dk bitwise reproducible, ~6% slower, kernels/NOTES.md E15).
+dL/dR is reduced over head blocks by atomics in both modes, so forces are not bitwise
+reproducible run to run (float32 rounding only).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .triton_forward import _pow2, eaas_constants
 
 CHUNK_EDGES = 1 << 20
 # how dv, dk reach the senders (module docstring): "atomic" is faster on the H200 (E15),
-# "sorted" is deterministic run to run
+# "sorted" gives bitwise reproducible dv, dk
 REDUCE = "atomic"
 
 

@@ -10,7 +10,7 @@ that end on j and sums in registers
     dk_j = sum_i dqk_ijh q_ih,
 recomputing alpha (prepass score and weight, the forward's (m, den)), the rotations and q
 from G_i = dL/dout_i; dqk = dL/d<q_i, k_j> comes from the head kernel. One read-add-write
-of dv_j, dk_j per sender and chunk: deterministic, and no atomics.
+of dv_j, dk_j per sender and chunk, in a fixed order: no atomics, bitwise reproducible.
 """
 from __future__ import annotations
 
