@@ -378,7 +378,6 @@ def dot_precision_study(n_time: int, n_err: int, out: str, log) -> dict:
                      "n_atoms_time": nt, "step_ms": ms, "atom_steps_per_s": nt / (ms * 1e-3)}
         log(f"dot precision {prec}: {res[prec]}")
     os.environ.pop("E2FORMER_DOT_PRECISION")
-    model.double()
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     return res
