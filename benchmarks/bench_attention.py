@@ -146,6 +146,33 @@ def frozen_weights(mlp):
                                      if torch.is_tensor(getattr(w, f.name))})
 
 
+def paper_model(device):
+    """The paper-configuration E2FormerV2 (H, O) with seed-0 random weights, frozen as in MD
+    (calculator, LAMMPS: forces only)."""
+    from e2former_lammps.config import E2FormerConfig
+    from e2former_lammps.model import E2FormerV2
+
+    torch.manual_seed(0)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(device)
+    return model.requires_grad_(False)
+
+
+def energy_grad_step(model, species, pair_i, pair_j, rij, n_atoms: int):
+    """One eager energy + dE/drij evaluation of `model` on a pair list without ghosts, as a
+    closure returning (E eV, dE/drij [E, 3] eV/Å)."""
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.model import AtomGraph
+
+    graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=n_atoms,
+                      exchange=NoGhosts(n_atoms))
+
+    def step():
+        eatoms, grad = energy_and_pair_gradient(model, graph)
+        return eatoms.sum().detach(), grad
+    return step
+
+
 def flops_per_edge() -> float:
     """Algorithmic FLOPs of the forward per edge as the operation is defined (radial MLP over
     all num_rbf Gaussians, score, TP and sums). Since E17 the kernels skip the Gaussians far
@@ -270,24 +297,14 @@ def attention_stage(n_atoms, graph, impls, log, do_bwd_ref=True):
 
 
 def full_model(n_atoms, graph, impls, log, check=False):
-    from e2former_lammps.config import E2FormerConfig
     from e2former_lammps.exchange import NoGhosts
-    from e2former_lammps.model import AtomGraph, E2FormerV2
+    from e2former_lammps.model import AtomGraph
 
     pos, species, pair_i, pair_j, rij = graph
-    torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(pos.device)
-    model.requires_grad_(False)  # as in MD (calculator, LAMMPS): forces only
+    model = paper_model(pos.device)
+    step = energy_grad_step(model, species, pair_i, pair_j, rij.float(), n_atoms)
     g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
                   n_local=n_atoms, exchange=NoGhosts(n_atoms))
-
-    def step():
-        r = g.rij.detach().requires_grad_()
-        g2 = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n_atoms,
-                       exchange=g.exchange)
-        e = model(g2).sum()
-        (grad,) = torch.autograd.grad(e, r)
-        return e.detach(), grad
 
     res, vals = {}, {}
     for impl in impls:
@@ -337,28 +354,15 @@ def dot_precision_study(n_time: int, n_err: int, out: str, log) -> dict:
     """The radial-MLP dots in "ieee" fp32 vs "tf32" (E2FORMER_DOT_PRECISION): model energy
     and dE/drij error against the float64 reference model at n_err atoms, and the
     energy+forces step time (eager) at n_time atoms. Writes `out` (JSON)."""
-    from e2former_lammps.config import E2FormerConfig
-    from e2former_lammps.exchange import NoGhosts
-    from e2former_lammps.model import AtomGraph, E2FormerV2
-
     dev = torch.device("cuda")
-    torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
-    model.requires_grad_(False)
+    model = paper_model(dev)
 
     def energy_grad(n_atoms, dtype, impl):
         pos, species, box = water_box(n_atoms, device=dev)
         n = pos.shape[0]
         pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
         model.to(dtype).set_attention_impl(impl)
-
-        def step():
-            r = rij.to(dtype).requires_grad_()
-            g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n,
-                          exchange=NoGhosts(n))
-            e = model(g).sum()
-            return e.detach(), torch.autograd.grad(e, r)[0]
-        return n, step
+        return n, energy_grad_step(model, species, pair_i, pair_j, rij.to(dtype), n)
 
     res = {"device": torch.cuda.get_device_name(), "commit": provenance.commit(),
            "command": " ".join(sys.argv), "config": CFG, "what":

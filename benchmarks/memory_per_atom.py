@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attention import CFG, CUTOFF, neighbour_list, water_box  # noqa: E402
+from bench_attention import (CFG, CUTOFF, neighbour_list, paper_model,  # noqa: E402
+                             water_box)
 
 
 def saved_bytes_by_module(model, graph) -> tuple[dict[str, int], int]:
@@ -71,17 +72,14 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    from e2former_lammps.config import E2FormerConfig
     from e2former_lammps.exchange import NoGhosts
-    from e2former_lammps.model import AtomGraph, E2FormerV2
+    from e2former_lammps.model import AtomGraph
 
     dev = torch.device(args.device)
     pos, species, box = water_box(args.atoms, device=dev)
     pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
     n = pos.shape[0]
-    torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
-    model.eval().requires_grad_(False)
+    model = paper_model(dev).eval()
     model.set_attention_impl(args.impl)
     model.checkpoint_blocks = args.checkpoint == "on"
     graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),

@@ -10,7 +10,8 @@ import argparse
 
 import torch
 
-from bench_attention import CFG, CUTOFF, bench, neighbour_list, water_box
+from bench_attention import (CUTOFF, bench, energy_grad_step, neighbour_list,
+                             paper_model, water_box)
 
 
 def main() -> None:
@@ -19,24 +20,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=40)
     args = ap.parse_args()
 
-    from e2former_lammps.config import E2FormerConfig
-    from e2former_lammps.exchange import NoGhosts
-    from e2former_lammps.model import AtomGraph, E2FormerV2
-
     dev = torch.device("cuda")
     pos, species, box = water_box(args.atoms, device=dev)
     n = pos.shape[0]
     pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
-    torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).to(dev)
-    model.requires_grad_(False)
-
-    def step():
-        r = rij.float().requires_grad_()
-        g = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=r, n_local=n,
-                      exchange=NoGhosts(n))
-        e = model(g).sum()
-        return torch.autograd.grad(e, r)[0]
+    step = energy_grad_step(paper_model(dev), species, pair_i, pair_j, rij.float(), n)
 
     ms = bench(step, warmup=2, rep=5)
     print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s",
