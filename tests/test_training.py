@@ -191,6 +191,22 @@ def test_config_errors(tmp_path):
     assert cli_main(["train", str(p)]) == 2  # clear error, no traceback
 
 
+def test_shipped_configs_load_and_chain():
+    """Every YAML in configs/ is a valid training config with a buildable model, and the
+    second stage of the shipped model starts from what the first stage writes."""
+    from pathlib import Path
+
+    configs = {p.stem: TrainConfig.from_yaml(p)
+               for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
+    assert {"spice-xtb", "spice-xtb-long", "spice-xtb-continue"} <= set(configs)
+    for name, cfg in configs.items():
+        if cfg.init_model is None:
+            E2FormerConfig(elements=["H", "O"], **cfg.model)
+    first, second = configs["spice-xtb-long"], configs["spice-xtb-continue"]
+    assert Path(second.init_model) == Path(first.output_dir) / first.model_name
+    assert second.model == {}  # the architecture comes from the first stage
+
+
 def test_train_rejects_unknown_elements(tmp_path):
     data = _write(tmp_path / "d.xyz", _molecules(2))
     with pytest.raises(ValueError, match=r"\['O'\]"):
