@@ -15,20 +15,15 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    import yaml
-
     from .training import TrainConfig, train
+    from .training.config import parse_overrides
 
     cfg = TrainConfig.from_yaml(args.config)
     overrides = {k: v for k, v in (("output_dir", args.output_dir), ("device", args.device))
                  if v is not None}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = yaml.safe_load(value)
+    overrides.update(parse_overrides(args.set))
     if overrides:
-        cfg = TrainConfig.from_dict({**cfg.to_dict(), **overrides})
+        cfg = cfg.replace(**overrides)
     if args.no_resume:
         cfg.resume = False
     result = train(cfg)

@@ -186,9 +186,20 @@ def test_config_errors(tmp_path):
     p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "model": {"chanels": 3}}))
     with pytest.raises(ValueError, match="chanels"):
         TrainConfig.from_yaml(p)
+    # YAML 1.1 reads 3e-3 (no dot) as a string: accepted as the number it means
+    p.write_text("train: x.xyz\nmax_steps: 2\nlr: 3e-3\n")
+    cfg = TrainConfig.from_yaml(p)
+    assert cfg.lr == 0.003 and isinstance(cfg.lr, float) and cfg.max_steps == 2
+    for bad, name in (("lr: fast", "lr"), ("batch_size: 2.5", "batch_size"),
+                      ("w_force: true", "w_force")):
+        p.write_text(f"train: x.xyz\nmax_steps: 2\n{bad}\n")
+        with pytest.raises(ValueError, match=name):
+            TrainConfig.from_yaml(p)
     p.write_text(yaml.safe_dump({"train": str(tmp_path / "missing.xyz"), "max_steps": 1,
                                  "output_dir": str(tmp_path / "o")}))
     assert cli_main(["train", str(p)]) == 2  # clear error, no traceback
+    assert cli_main(["train", str(p), "--set", "lr"]) == 2  # KEY=VALUE expected
+    assert cli_main(["train", str(p), "--set", "lr=fast"]) == 2
 
 
 def test_shipped_configs_load_and_chain():

@@ -10,6 +10,9 @@ MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim
               "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "avg_degree",
               "direct_force_head")
 
+# annotation (as written, postponed) -> the number type the entry must hold
+_NUMERIC_FIELDS = {"float": float, "float | None": float, "int": int, "int | None": int}
+
 
 @dataclass
 class TrainConfig:
@@ -71,6 +74,7 @@ class TrainConfig:
     model_name: str = "model.pt"
 
     def __post_init__(self) -> None:
+        self._check_numbers()
         if isinstance(self.train, (str, Path)):
             self.train = [str(self.train)]
         if isinstance(self.val, (str, Path)):
@@ -95,6 +99,27 @@ class TrainConfig:
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"train config: dtype must be float32 or float64, got {self.dtype}")
 
+    def _check_numbers(self) -> None:
+        """Numeric entries as numbers: YAML 1.1 reads `3e-3` (no dot) as a string, which
+        would otherwise fail deep inside the optimiser."""
+        for f in fields(self):
+            kind = _NUMERIC_FIELDS.get(f.type)
+            value = getattr(self, f.name)
+            if kind is None or value is None:
+                continue
+            try:
+                if isinstance(value, bool):
+                    raise ValueError
+                number = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"train config: {f.name} must be a number, got {value!r}") \
+                    from None
+            if kind is int:
+                if number != int(number):
+                    raise ValueError(f"train config: {f.name} must be an integer, got {value!r}")
+                number = int(number)
+            setattr(self, f.name, number)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -108,6 +133,10 @@ class TrainConfig:
             raise ValueError("train config: missing required key 'train'")
         return cls(**d)
 
+    def replace(self, **overrides) -> "TrainConfig":
+        """A copy with some entries changed (checked like a YAML file's keys)."""
+        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
         path = Path(path)
@@ -120,3 +149,14 @@ class TrainConfig:
             return cls.from_dict(d)
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{path}: {exc}") from None
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """`KEY=VALUE` strings (VALUE read as YAML: 5, 1e-3, null, [a, b]) -> {KEY: value}."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value)
+    return out
