@@ -115,7 +115,7 @@ class TrainConfig:
                 raise ValueError(f"train config: {f.name} must be a number, got {value!r}") \
                     from None
             if kind is int:
-                if number != int(number):
+                if not number.is_integer():
                     raise ValueError(f"train config: {f.name} must be an integer, got {value!r}")
                 number = int(number)
             setattr(self, f.name, number)
