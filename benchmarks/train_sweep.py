@@ -7,7 +7,8 @@ commit, per variant: changes, steps, structures/s, final val metrics overall and
 the validation curve) and a PNG (val force and energy MAE against training time), and prints
 a table. Use it to pick a recipe before spending a long run on it (training/NOTES.md).
 
-GPU machine (`deploy/carry_training_data.sh`, then carry .carry/spice-xtb and .whl/mace for ASE):
+GPU machine (`deploy/carry_training_data.sh` here first; carry .carry/spice-xtb, and
+.whl/mace for ASE):
 
     python3 -m pip install -q --no-deps --target /tmp/site .whl/mace/ase-*.whl
     PYTHONPATH=/tmp/site:.:benchmarks python3 benchmarks/train_sweep.py \\
