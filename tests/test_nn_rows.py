@@ -45,3 +45,54 @@ def test_so3_linear_and_norm_match_their_per_degree_definitions():
     ref = ref / torch.sqrt(ms + norm.eps)[:, None, None]
     ref[:, 0] += norm.bias
     assert torch.allclose(norm(x), ref, atol=1e-13)
+
+
+def _plain_norm(norm: EquivariantRMSNorm, x: torch.Tensor) -> torch.Tensor:
+    """The norm as plain autograd operations (what the custom backward replaces)."""
+    row0 = norm.row0
+    xc = x - x.mean(-1, keepdim=True) * row0
+    ms = (xc.pow(2).mean(-1) / (norm.row_divisor / x.shape[-1])).sum(-1)
+    return xc * norm.scale[norm.row_degree] * torch.rsqrt(ms + norm.eps)[:, None, None] \
+        + row0 * norm.bias
+
+
+@pytest.mark.parametrize("lmax", [0, 2])
+def test_norm_backward_and_double_backward(lmax):
+    """The hand-written backward (keeps only the input) gives the same first and second
+    derivatives as autograd on the plain formula, for x, scale and bias (float64)."""
+    g = torch.Generator().manual_seed(int(torch.seed() % 2**31))
+    rows = (lmax + 1) ** 2
+    norm = EquivariantRMSNorm(5, lmax).double()
+    with torch.no_grad():
+        norm.scale.copy_(torch.randn(norm.scale.shape, dtype=torch.float64, generator=g))
+        norm.bias.copy_(torch.randn(norm.bias.shape, dtype=torch.float64, generator=g))
+    x = torch.randn(4, rows, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    params = (norm.scale, norm.bias)
+    assert torch.allclose(norm(x), _plain_norm(norm, x), atol=1e-14)
+    w = torch.randn(4, rows, 5, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((norm(x) * w).sum(), (x, *params), create_graph=True)
+    want = torch.autograd.grad((_plain_norm(norm, x) * w).sum(), (x, *params),
+                               create_graph=True)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-13)
+    # second derivatives: a loss on the input gradient (as a force loss is), by x and params
+    v = torch.randn(4, rows, 5, dtype=torch.float64, generator=g)
+    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params), allow_unused=True)
+    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params), allow_unused=True)
+    for a, b, t in zip(got2, want2, (x, *params)):
+        # None: no dependence (the bias does not reach dL/dx)
+        a = torch.zeros_like(t) if a is None else a
+        b = torch.zeros_like(t) if b is None else b
+        assert torch.allclose(a, b, atol=1e-12)
+    assert got2[0].abs().max() > 0 and got2[1].abs().max() > 0
+    assert torch.autograd.gradgradcheck(lambda t: norm(t), (x,))
+
+
+def test_norm_keeps_only_its_input_for_the_backward():
+    norm = EquivariantRMSNorm(8, 2).double()
+    x = torch.randn(3, 9, 8, dtype=torch.float64, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        norm(x)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
