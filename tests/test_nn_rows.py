@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from e2former_lammps.nn.ffn import GatedFeedForward
 from e2former_lammps.nn.linear import SO3Linear, degree_matmul
 from e2former_lammps.nn.norm import EquivariantRMSNorm
 from e2former_lammps.o3 import row_degrees
@@ -96,3 +97,56 @@ def test_norm_keeps_only_its_input_for_the_backward():
         norm(x)
     big = [t for t in saved if t.numel() >= x.numel()]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
+
+
+def _plain_ffn(ffn: GatedFeedForward, x: torch.Tensor) -> torch.Tensor:
+    """The feed-forward as plain autograd operations (what the custom backward replaces)."""
+    h = ffn.up(x)
+    gates = torch.sigmoid(ffn.gates(x[:, 0])).view(x.shape[0], ffn.lmax, ffn.hidden)
+    gates = torch.cat([torch.ones_like(gates[:, :1]), gates], dim=1)[:, ffn.row_degree]
+    return ffn.down(torch.where(ffn.row0, torch.nn.functional.silu(h), h * gates))
+
+
+@pytest.mark.parametrize("lmax", [1, 2])  # the model allows 1 and 2
+def test_ffn_backward_and_double_backward(lmax):
+    """The gated activation's own backward (keeps h and the small gates) gives the same first
+    and second derivatives as autograd on the plain formula (float64)."""
+    g = torch.Generator().manual_seed(int(torch.seed() % 2**31))
+    rows = (lmax + 1) ** 2
+    ffn = GatedFeedForward(4, 6, lmax).double()
+    x = torch.randn(5, rows, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    params = tuple(ffn.parameters())
+    assert torch.allclose(ffn(x), _plain_ffn(ffn, x), atol=1e-14)
+    w = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((ffn(x) * w).sum(), (x, *params), create_graph=True)
+    want = torch.autograd.grad((_plain_ffn(ffn, x) * w).sum(), (x, *params), create_graph=True)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-13)
+    v = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
+    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params), allow_unused=True)
+    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params), allow_unused=True)
+    for a, b, t in zip(got2, want2, (x, *params)):
+        a = torch.zeros_like(t) if a is None else a
+        b = torch.zeros_like(t) if b is None else b
+        assert torch.allclose(a, b, atol=1e-12)
+    assert got2[0].abs().max() > 0
+    assert torch.autograd.gradgradcheck(lambda t: ffn(t), (x,))
+
+
+def test_ffn_keeps_three_feature_sized_tensors_not_four():
+    """Input (for up), hidden h (for the activation), activation output (for down): the gates
+    spread over all rows are no longer kept (the plain formula keeps them too)."""
+    ffn = GatedFeedForward(8, 8, 2).double()
+    # enough atoms that per-row weight gathers ([9, 8, 8]) are smaller than a feature tensor
+    x = torch.randn(100, 9, 8, dtype=torch.float64, requires_grad=True)
+
+    def feature_sized_saved(fn) -> int:
+        saved = {}
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.setdefault(t.untyped_storage().data_ptr(), t.numel()) and t,
+                lambda t: t):
+            fn(x)
+        return sum(1 for n in saved.values() if n >= x.numel())
+
+    assert feature_sized_saved(ffn) == 3
+    assert feature_sized_saved(lambda t: _plain_ffn(ffn, t)) == 4
