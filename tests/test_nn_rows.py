@@ -150,3 +150,40 @@ def test_ffn_keeps_three_feature_sized_tensors_not_four():
 
     assert feature_sized_saved(ffn) == 3
     assert feature_sized_saved(lambda t: _plain_ffn(ffn, t)) == 4
+
+
+@pytest.mark.parametrize("lmax", [1, 2])
+def test_attention_invariants_backward_and_double_backward(lmax):
+    """The query/key invariants' own backward (keeps only x, recomputes x W1 and x W2) gives
+    the same first and second derivatives as autograd on the plain formula (float64)."""
+    from e2former_lammps.nn.attention import EquivariantAttention
+    from e2former_lammps.nn.radial import GaussianBasis
+
+    g = torch.Generator().manual_seed(int(torch.seed() % 2**31))
+    attn = EquivariantAttention(GaussianBasis(5.0, 8), 2, 4, lmax, 2, 4, 8, 5.0, 1e-6).double()
+    rows = (lmax + 1) ** 2
+    x = torch.randn(5, rows, 4, dtype=torch.float64, generator=g, requires_grad=True)
+
+    def plain(t):
+        prod = attn.w_query_key_1(t) * attn.w_query_key_2(t)
+        sums = prod.new_zeros(prod.shape[0], lmax + 1, prod.shape[-1])
+        return sums.index_add(1, attn.row_degree, prod).flatten(1)
+
+    params = (attn.w_query_key_1.weight, attn.w_query_key_2.weight)
+    assert torch.allclose(attn.invariants(x), plain(x), atol=1e-14)
+    w = torch.randn(5, (lmax + 1) * 4, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((attn.invariants(x) * w).sum(), (x, *params), create_graph=True)
+    want = torch.autograd.grad((plain(x) * w).sum(), (x, *params), create_graph=True)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-13)
+    v = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
+    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params))
+    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params))
+    for a, b in zip(got2, want2):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradgradcheck(attn.invariants, (x,))
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        attn.invariants(x)
+    kept = {t.untyped_storage().data_ptr() for t in saved if t.shape == x.shape}
+    assert kept == {x.untyped_storage().data_ptr()}  # x W1 and x W2 are not kept

@@ -7,8 +7,38 @@ from torch import Tensor, nn
 from e2former_lammps.o3 import path_rows, row_degrees
 from kernels.attention import equivariant_attention
 
-from .linear import SO3Linear
+from .linear import SO3Linear, degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
+
+
+class _InvariantProducts(torch.autograd.Function):
+    """s_{l,c} = sum over the rows r of degree l of (x W1)_{rc} (x W2)_{rc}, keeping only x.
+
+    Autograd on the plain formula keeps both products x W1 and x W2 (two [rows, C] tensors
+    per atom); this recomputes them in the backward (two GEMMs, <1% of a step). The backward
+    is written in differentiable operations, so a second derivative is exact.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1_rows: Tensor, w2_rows: Tensor, row_degree: Tensor,
+                n_degrees: int) -> Tensor:
+        ctx.save_for_backward(x, w1_rows, w2_rows, row_degree)
+        prod = degree_matmul(x, w1_rows) * degree_matmul(x, w2_rows)
+        sums = prod.new_zeros(prod.shape[0], n_degrees, prod.shape[-1])
+        return sums.index_add(1, row_degree, prod)
+
+    @staticmethod
+    def backward(ctx, grad_sums: Tensor):
+        x, w1_rows, w2_rows, row_degree = ctx.saved_tensors
+        a, b = degree_matmul(x, w1_rows), degree_matmul(x, w2_rows)
+        grad_rows = grad_sums[:, row_degree]
+        grad_a, grad_b = grad_rows * b, grad_rows * a
+        grad_x = (degree_matmul(grad_a, w1_rows.transpose(1, 2))
+                  + degree_matmul(grad_b, w2_rows.transpose(1, 2)))
+        xt = x.transpose(0, 1).transpose(1, 2)  # [rows, C_in, N]
+        grad_w1 = torch.bmm(xt, grad_a.transpose(0, 1))
+        grad_w2 = torch.bmm(xt, grad_b.transpose(0, 1))
+        return grad_x, grad_w1, grad_w2, None, None
 
 
 class EquivariantAttention(nn.Module):
@@ -43,9 +73,10 @@ class EquivariantAttention(nn.Module):
 
     def invariants(self, x: Tensor) -> Tensor:
         """s_{l,c} = sum_m (W1 x)_{lm,c} (W2 x)_{lm,c}: [N, (lmax+1) C]."""
-        prod = self.w_query_key_1(x) * self.w_query_key_2(x)
-        sums = prod.new_zeros(prod.shape[0], self.lmax + 1, prod.shape[-1])
-        return sums.index_add(1, self.row_degree, prod).flatten(1)
+        rows = self.row_degree
+        return _InvariantProducts.apply(x, self.w_query_key_1.weight[rows],
+                                        self.w_query_key_2.weight[rows], rows,
+                                        self.lmax + 1).flatten(1)
 
     def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
                 pair_j: Tensor, rij: Tensor) -> Tensor:
