@@ -48,6 +48,29 @@ def test_so3_linear_and_norm_match_their_per_degree_definitions():
     assert torch.allclose(norm(x), ref, atol=1e-13)
 
 
+def _assert_same_derivatives(fn, plain, x: torch.Tensor, params: tuple, g: torch.Generator
+                             ) -> None:
+    """fn (custom backward) and plain (autograd on the formula) agree in value, in the first
+    derivatives by x and params, and in the second derivatives of a loss on dL/dx (as a
+    force loss is) by x and params; float64. gradgradcheck on fn by x as well."""
+    assert torch.allclose(fn(x), plain(x), atol=1e-14)
+    w = torch.randn(fn(x).shape, dtype=torch.float64, generator=g)
+    got = torch.autograd.grad((fn(x) * w).sum(), (x, *params), create_graph=True)
+    want = torch.autograd.grad((plain(x) * w).sum(), (x, *params), create_graph=True)
+    for a, b in zip(got, want):
+        assert torch.allclose(a, b, atol=1e-13)
+    v = torch.randn(x.shape, dtype=torch.float64, generator=g)
+    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params), allow_unused=True)
+    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params), allow_unused=True)
+    for a, b, t in zip(got2, want2, (x, *params)):
+        # None: no dependence (e.g. a bias does not reach dL/dx)
+        a = torch.zeros_like(t) if a is None else a
+        b = torch.zeros_like(t) if b is None else b
+        assert torch.allclose(a, b, atol=1e-12)
+    assert got2[0].abs().max() > 0
+    assert torch.autograd.gradgradcheck(fn, (x,))
+
+
 def _plain_norm(norm: EquivariantRMSNorm, x: torch.Tensor) -> torch.Tensor:
     """The norm as plain autograd operations (what the custom backward replaces)."""
     row0 = norm.row0
@@ -68,25 +91,8 @@ def test_norm_backward_and_double_backward(lmax):
         norm.scale.copy_(torch.randn(norm.scale.shape, dtype=torch.float64, generator=g))
         norm.bias.copy_(torch.randn(norm.bias.shape, dtype=torch.float64, generator=g))
     x = torch.randn(4, rows, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    params = (norm.scale, norm.bias)
-    assert torch.allclose(norm(x), _plain_norm(norm, x), atol=1e-14)
-    w = torch.randn(4, rows, 5, dtype=torch.float64, generator=g)
-    got = torch.autograd.grad((norm(x) * w).sum(), (x, *params), create_graph=True)
-    want = torch.autograd.grad((_plain_norm(norm, x) * w).sum(), (x, *params),
-                               create_graph=True)
-    for a, b in zip(got, want):
-        assert torch.allclose(a, b, atol=1e-13)
-    # second derivatives: a loss on the input gradient (as a force loss is), by x and params
-    v = torch.randn(4, rows, 5, dtype=torch.float64, generator=g)
-    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params), allow_unused=True)
-    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params), allow_unused=True)
-    for a, b, t in zip(got2, want2, (x, *params)):
-        # None: no dependence (the bias does not reach dL/dx)
-        a = torch.zeros_like(t) if a is None else a
-        b = torch.zeros_like(t) if b is None else b
-        assert torch.allclose(a, b, atol=1e-12)
-    assert got2[0].abs().max() > 0 and got2[1].abs().max() > 0
-    assert torch.autograd.gradgradcheck(lambda t: norm(t), (x,))
+    _assert_same_derivatives(norm, lambda t: _plain_norm(norm, t), x, (norm.scale, norm.bias),
+                             g)
 
 
 def test_norm_keeps_only_its_input_for_the_backward():
@@ -115,22 +121,8 @@ def test_ffn_backward_and_double_backward(lmax):
     rows = (lmax + 1) ** 2
     ffn = GatedFeedForward(4, 6, lmax).double()
     x = torch.randn(5, rows, 4, dtype=torch.float64, generator=g, requires_grad=True)
-    params = tuple(ffn.parameters())
-    assert torch.allclose(ffn(x), _plain_ffn(ffn, x), atol=1e-14)
-    w = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
-    got = torch.autograd.grad((ffn(x) * w).sum(), (x, *params), create_graph=True)
-    want = torch.autograd.grad((_plain_ffn(ffn, x) * w).sum(), (x, *params), create_graph=True)
-    for a, b in zip(got, want):
-        assert torch.allclose(a, b, atol=1e-13)
-    v = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
-    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params), allow_unused=True)
-    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params), allow_unused=True)
-    for a, b, t in zip(got2, want2, (x, *params)):
-        a = torch.zeros_like(t) if a is None else a
-        b = torch.zeros_like(t) if b is None else b
-        assert torch.allclose(a, b, atol=1e-12)
-    assert got2[0].abs().max() > 0
-    assert torch.autograd.gradgradcheck(lambda t: ffn(t), (x,))
+    _assert_same_derivatives(ffn, lambda t: _plain_ffn(ffn, t), x, tuple(ffn.parameters()),
+                             g)
 
 
 def test_ffn_keeps_three_feature_sized_tensors_not_four():
@@ -169,19 +161,8 @@ def test_attention_invariants_backward_and_double_backward(lmax):
         sums = prod.new_zeros(prod.shape[0], lmax + 1, prod.shape[-1])
         return sums.index_add(1, attn.row_degree, prod).flatten(1)
 
-    params = (attn.w_query_key_1.weight, attn.w_query_key_2.weight)
-    assert torch.allclose(attn.invariants(x), plain(x), atol=1e-14)
-    w = torch.randn(5, (lmax + 1) * 4, dtype=torch.float64, generator=g)
-    got = torch.autograd.grad((attn.invariants(x) * w).sum(), (x, *params), create_graph=True)
-    want = torch.autograd.grad((plain(x) * w).sum(), (x, *params), create_graph=True)
-    for a, b in zip(got, want):
-        assert torch.allclose(a, b, atol=1e-13)
-    v = torch.randn(5, rows, 4, dtype=torch.float64, generator=g)
-    got2 = torch.autograd.grad((got[0] * v).sum(), (x, *params))
-    want2 = torch.autograd.grad((want[0] * v).sum(), (x, *params))
-    for a, b in zip(got2, want2):
-        assert torch.allclose(a, b, atol=1e-12)
-    assert torch.autograd.gradgradcheck(attn.invariants, (x,))
+    _assert_same_derivatives(attn.invariants, plain, x,
+                             (attn.w_query_key_1.weight, attn.w_query_key_2.weight), g)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         attn.invariants(x)
