@@ -52,7 +52,8 @@ def _assert_same_derivatives(fn, plain, x: torch.Tensor, params: tuple, g: torch
                              ) -> None:
     """fn (custom backward) and plain (autograd on the formula) agree in value, in the first
     derivatives by x and params, and in the second derivatives of a loss on dL/dx (as a
-    force loss is) by x and params; float64. gradgradcheck on fn by x as well."""
+    force loss is) by x and params; float64. gradgradcheck on fn by x, and dL/dx with the
+    parameters frozen, as well."""
     assert torch.allclose(fn(x), plain(x), atol=1e-14)
     w = torch.randn(fn(x).shape, dtype=torch.float64, generator=g)
     got = torch.autograd.grad((fn(x) * w).sum(), (x, *params), create_graph=True)
@@ -69,6 +70,13 @@ def _assert_same_derivatives(fn, plain, x: torch.Tensor, params: tuple, g: torch
         assert torch.allclose(a, b, atol=1e-12)
     assert got2[0].abs().max() > 0
     assert torch.autograd.gradgradcheck(fn, (x,))
+    # frozen parameters (MD): the backward skips their gradients, dL/dx is unchanged
+    for p in params:
+        p.requires_grad_(False)
+    frozen = torch.autograd.grad((fn(x) * w).sum(), x)[0]
+    for p in params:
+        p.requires_grad_(True)
+    assert torch.allclose(frozen, want[0], atol=1e-13)
 
 
 def _plain_norm(norm: EquivariantRMSNorm, x: torch.Tensor) -> torch.Tensor:

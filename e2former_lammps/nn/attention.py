@@ -35,9 +35,10 @@ class _InvariantProducts(torch.autograd.Function):
         grad_a, grad_b = grad_rows * b, grad_rows * a
         grad_x = (degree_matmul(grad_a, w1_rows.transpose(1, 2))
                   + degree_matmul(grad_b, w2_rows.transpose(1, 2)))
+        # weight gradients only when asked for (not in MD, where the weights are frozen)
         xt = x.transpose(0, 1).transpose(1, 2)  # [rows, C_in, N]
-        grad_w1 = torch.bmm(xt, grad_a.transpose(0, 1))
-        grad_w2 = torch.bmm(xt, grad_b.transpose(0, 1))
+        grad_w1 = torch.bmm(xt, grad_a.transpose(0, 1)) if ctx.needs_input_grad[1] else None
+        grad_w2 = torch.bmm(xt, grad_b.transpose(0, 1)) if ctx.needs_input_grad[2] else None
         return grad_x, grad_w1, grad_w2, None, None
 
 

@@ -33,6 +33,8 @@ class _GatedActivation(torch.autograd.Function):
         sig = torch.sigmoid(h)
         grad_h = torch.where(row0, grad_out * sig * (1 + h * (1 - sig)),
                              grad_out * _gate_rows(gates, row_degree))
+        if not ctx.needs_input_grad[1]:
+            return grad_h, None, None, None
         per_row = (grad_out * h).masked_fill(row0, 0)
         grad_sets = torch.zeros(h.shape[0], gates.shape[1] + 1, h.shape[2], dtype=h.dtype,
                                 device=h.device).index_add(1, row_degree, per_row)

@@ -42,8 +42,9 @@ class _RMSNormFunction(torch.autograd.Function):
         dot = (g * x_hat).sum((1, 2))[:, None, None]
         grad_xc = inv * (g - x_hat / row_divisor[:, None] * dot)
         grad_x = grad_xc - grad_xc.mean(dim=-1, keepdim=True) * row0
-        grad_scale_rows = (grad_y * x_hat).sum(0)
-        grad_bias = (grad_y.sum(0) * row0).sum(0)
+        # parameter gradients only when asked for (not in MD, where the weights are frozen)
+        grad_scale_rows = (grad_y * x_hat).sum(0) if ctx.needs_input_grad[1] else None
+        grad_bias = (grad_y.sum(0) * row0).sum(0) if ctx.needs_input_grad[2] else None
         return grad_x, grad_scale_rows, grad_bias, None, None, None
 
 
