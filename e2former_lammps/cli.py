@@ -36,8 +36,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     from .training import evaluate_model_file
 
+    # a progress bar on stderr when someone watches it (stdout stays clean for --json)
     res = evaluate_model_file(args.model, args.data, batch_size=args.batch_size,
-                              device=args.device, data_format=args.format)
+                              device=args.device, data_format=args.format,
+                              progress=sys.stderr.isatty())
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
