@@ -14,9 +14,10 @@ from .radial import EdgeRadialMLP, GaussianBasis
 class _InvariantProducts(torch.autograd.Function):
     """s_{l,c} = sum over the rows r of degree l of (x W1)_{rc} (x W2)_{rc}, keeping only x.
 
-    Autograd on the plain formula keeps both products x W1 and x W2 (two [rows, C] tensors
-    per atom); this recomputes them in the backward (two GEMMs, <1% of a step). The backward
-    is written in differentiable operations, so a second derivative is exact.
+    Autograd on the plain formula keeps the products x W1, x W2 and their intermediates
+    (three [rows, C] tensors per atom with frozen weights, counted); this keeps x and
+    recomputes the products in the backward (two GEMMs, <1% of a step predicted). The
+    backward is written in differentiable operations, so a second derivative is exact.
     """
 
     @staticmethod
