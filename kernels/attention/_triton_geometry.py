@@ -30,6 +30,24 @@ def _sh2(x, y, z):
 
 
 @triton.jit
+def _load_rij(rij_ptr, e, mask):
+    """Components of rij for edge indices e (any tile shape). Masked edges read (0, 1, 0), a
+    unit vector, so normalising and the rotation stay finite on them."""
+    rx = tl.load(rij_ptr + e * 3 + 0, mask=mask, other=0.0)
+    ry = tl.load(rij_ptr + e * 3 + 1, mask=mask, other=1.0)
+    rz = tl.load(rij_ptr + e * 3 + 2, mask=mask, other=0.0)
+    return rx, ry, rz
+
+
+@triton.jit
+def _envelope(d, cutoff):
+    """Polynomial cutoff p(x) = 1 - 10 x^3 + 15 x^4 - 6 x^5, x = min(d / r_c, 1), as
+    kernels.attention.common.envelope."""
+    xc = tl.minimum(d / cutoff, 1.0)
+    return 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
+
+
+@triton.jit
 def _rotation_to_pole(x, y, z):
     """Entries of R with R r_hat = y_hat, the same branches as o3.rotation_to_pole."""
     s = tl.where(y >= 0, 1.0, -1.0).to(x.dtype)

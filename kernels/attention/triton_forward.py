@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _rotation_to_pole, _wigner2
+from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
 from .common import receiver_chunks
 
 N_ROWS_IN = 9
@@ -47,13 +47,9 @@ def eaas_constants() -> dict[str, float]:
 def _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff):
     """j, unit vector (x, y, z), distance d and envelope p (0 on masked edges) of a tile."""
     j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
-    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
-    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+    rx, ry, rz = _load_rij(rij_ptr, offs_e, emask)
     d = tl.sqrt(rx * rx + ry * ry + rz * rz)
-    xc = tl.minimum(d / cutoff, 1.0)
-    env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
-    env = tl.where(emask, env, 0.0)
+    env = tl.where(emask, _envelope(d, cutoff), 0.0)
     return j, rx / d, ry / d, rz / d, d, env
 
 
@@ -133,17 +129,7 @@ def _edge_tile_scalars(
     WIN: tl.constexpr, DOT: tl.constexpr,
 ):
     """Geometry and radial MLP of one edge tile: j, (x, y, z) unit, d, envelope p, gate, weight."""
-    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
-    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
-    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
-    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
-    x = rx / d
-    y = ry / d
-    z = rz / d
-    xc = tl.minimum(d / cutoff, 1.0)
-    env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
-    env = tl.where(emask, env, 0.0)
+    j, x, y, z, d, env = _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff)
     # Radial MLP: hidden = SiLU(rbf @ w_rbf + emb_recv[Z_i] + emb_send[Z_j]).
     offs_k = tl.arange(0, HID_P)
     kmask = offs_k < n_hid
@@ -191,9 +177,7 @@ def _edge_scores_kernel(
     ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
     zi = tl.load(species_ptr + ii, mask=emask, other=0)
     j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-    rx = tl.load(rij_ptr + offs_e * 3 + 0, mask=emask, other=0.0)
-    ry = tl.load(rij_ptr + offs_e * 3 + 1, mask=emask, other=1.0)
-    rz = tl.load(rij_ptr + offs_e * 3 + 2, mask=emask, other=0.0)
+    rx, ry, rz = _load_rij(rij_ptr, offs_e, emask)
     d = tl.sqrt(rx * rx + ry * ry + rz * rz)
     offs_k = tl.arange(0, HID_P)
     kmask = offs_k < n_hid

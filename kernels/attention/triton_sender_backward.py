@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _rotation_to_pole, _wigner2
+from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
 from .triton_backward import _pole_grad, _rotate_back
 from .triton_forward import _pow2
 
@@ -66,9 +66,7 @@ def _sender_bwd_kernel(
         # geometry as [BLOCK_E, 1, 1] from the start (see triton_backward.py: layout pass)
         e3 = e[:, None, None]
         m3 = smask[:, None, None]
-        rx = tl.load(rij_ptr + e3 * 3 + 0, mask=m3, other=0.0)
-        ry = tl.load(rij_ptr + e3 * 3 + 1, mask=m3, other=1.0)
-        rz = tl.load(rij_ptr + e3 * 3 + 2, mask=m3, other=0.0)
+        rx, ry, rz = _load_rij(rij_ptr, e3, m3)
         d = tl.sqrt(rx * rx + ry * ry + rz * rz)
         r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(rx / d, ry / d, rz / d)
         (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
@@ -77,11 +75,8 @@ def _sender_bwd_kernel(
         # alpha = w p(d) exp(s - m_i) / den_i, as in the channel kernel
         amask = smask[:, None] & hmask[None, :]
         e2 = e[:, None]
-        x2 = tl.load(rij_ptr + e2 * 3 + 0, mask=smask[:, None], other=0.0)
-        y2 = tl.load(rij_ptr + e2 * 3 + 1, mask=smask[:, None], other=1.0)
-        z2 = tl.load(rij_ptr + e2 * 3 + 2, mask=smask[:, None], other=0.0)
-        xc = tl.minimum(tl.sqrt(x2 * x2 + y2 * y2 + z2 * z2) / cutoff, 1.0)
-        env = 1.0 + xc * xc * xc * (-10.0 + xc * (15.0 - 6.0 * xc))
+        x2, y2, z2 = _load_rij(rij_ptr, e2, smask[:, None])
+        env = _envelope(tl.sqrt(x2 * x2 + y2 * y2 + z2 * z2), cutoff)
         swp = sw_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
         s_e = tl.load(swp, mask=amask, other=0.0)
         w_e = tl.load(swp + H, mask=amask, other=0.0)
