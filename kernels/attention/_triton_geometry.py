@@ -107,3 +107,24 @@ def _wigner2(r00, r01, r02, r10, r11, r12, r20, r21, r22):
     d43 = 0.17213259316477406 * y0_4 + -0.086066296582387125 * y1_4 + -0.08606629658238682 * y2_4 + 0.51639777949432242 * y4_4
     d44 = -0.25819888974716104 * y0_4 + 0.25819888974716126 * y2_4
     return (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24, d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
+
+
+@triton.jit
+def _pole_frame(rij_ptr, e, mask):
+    """R (r_hat -> pole, 9 entries) and D^2(R) (25 entries) of the edges e, any tile shape."""
+    rx, ry, rz = _load_rij(rij_ptr, e, mask)
+    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+    r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(rx / d, ry / d, rz / d)
+    (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+     d30, d31, d32, d33, d34, d40, d41, d42, d43, d44) = _wigner2(
+        r00, r01, r02, r10, r11, r12, r20, r21, r22)
+    return (r00, r01, r02, r10, r11, r12, r20, r21, r22,
+            d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+            d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
+
+
+@triton.jit
+def _edge_envelope(rij_ptr, e, mask, cutoff):
+    """Envelope p(|r_ij|) of the edges e, any tile shape."""
+    rx, ry, rz = _load_rij(rij_ptr, e, mask)
+    return _envelope(tl.sqrt(rx * rx + ry * ry + rz * rz), cutoff)

@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
+from ._triton_geometry import _edge_envelope, _pole_frame
 from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants
 
@@ -146,18 +146,15 @@ def _attention_bwd_kernel(
         # make triton 3.6's layout pass fail here ("arith.mulf op requires the same encoding")
         e3 = offs_e[:, None, None]
         m3 = emask[:, None, None]
-        rx, ry, rz = _load_rij(rij_ptr, e3, m3)
-        d = tl.sqrt(rx * rx + ry * ry + rz * rz)
-        r00, r01, r02, r10, r11, r12, r20, r21, r22 = _rotation_to_pole(rx / d, ry / d, rz / d)
-        (d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
-         d30, d31, d32, d33, d34, d40, d41, d42, d43, d44) = _wigner2(
-            r00, r01, r02, r10, r11, r12, r20, r21, r22)
+        (r00, r01, r02, r10, r11, r12, r20, r21, r22,
+         d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+         d30, d31, d32, d33, d34, d40, d41, d42, d43, d44) = _pole_frame(
+            rij_ptr, e3, m3)
         le = offs_e - e_base  # chunk-local edge index
         amask = emask[:, None] & hmask[None, :]
         # alpha = w p(d) exp(s - m_i) / den_i from the prepass's (s, w) and the forward's stats
         e2 = offs_e[:, None]
-        x2, y2, z2 = _load_rij(rij_ptr, e2, emask[:, None])
-        env = _envelope(tl.sqrt(x2 * x2 + y2 * y2 + z2 * z2), cutoff)
+        env = _edge_envelope(rij_ptr, e2, emask[:, None], cutoff)
         swp = sw_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
         s_e = tl.load(swp, mask=amask, other=0.0)
         w_e = tl.load(swp + H, mask=amask, other=0.0)
