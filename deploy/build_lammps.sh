@@ -73,6 +73,7 @@ elif SRC_ID="$(git -C "$SRC" rev-parse HEAD 2>/dev/null)"; then SRC_ID="git $SRC
 else SRC_ID="path $SRC"; fi
 KEY="$(printf '%s\n' "rev=$KEY_REV" "lammps=$LMP_VERSION_STR" "src=$SRC_ID" "flags=$LAMMPS_FLAGS" \
         "python=$PYINFO" "mpi=$MPI_ID" "cxx=$CXX_ID" "superbuild=$(sha256sum "$REPO/CMakeLists.txt" | cut -c1-16)" \
+        "patches=$(cat "$REPO"/deploy/lammps-patches/*.patch 2>/dev/null | sha256sum | cut -c1-16)" \
         | sha256sum | cut -c1-12)"
 PREFIX="${PREFIX:-$CACHE/lammps-$LMP_VERSION-$KEY}"
 BUILD_DIR="${BUILD_DIR:-$CACHE/build/$LMP_VERSION-$KEY}"

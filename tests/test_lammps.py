@@ -221,3 +221,19 @@ def test_cli_export_of_the_shipped_model_runs_in_lammps(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no packaged model" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def _per_rank_mbytes(log: str) -> float:
+    line = [l for l in log.splitlines() if l.startswith("Per MPI rank memory allocation")][-1]
+    return float(line.split("=")[1].split("|")[-1].split()[0])
+
+
+def test_mliap_neighbour_copy_grows_linearly_with_atoms(tmp_path, model_file):
+    """deploy/lammps-patches/0001: LAMMPS sized MLIAPData::lmp_firstneigh as atoms x all pairs,
+    quadratic in the atom count (2e14 bytes at 1M atoms: pair_style mliap stopped there)."""
+    boxes = {n_side: water_box(n_side) for n_side in (4, 10)}
+    mbytes = {n: _per_rank_mbytes(run_lammps(tmp_path / f"water{n}", atoms, model_file,
+                                             ELEMENTS).log) for n, atoms in boxes.items()}
+    # memory a + b N grows less than the atom count; unpatched: 55.6 -> 1912 MB (34x for 15.6x)
+    atoms_ratio = len(boxes[10]) / len(boxes[4])
+    assert mbytes[10] / mbytes[4] < atoms_ratio, (mbytes, atoms_ratio)
