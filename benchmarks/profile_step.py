@@ -1,7 +1,8 @@
 """Where the time of one energy+forces step goes: torch.profiler CUDA-kernel table.
 
-Full model (paper configuration, water, r_c 5 Å) at N atoms, fp32, with the model's parameters
-frozen as in MD (only dE/drij is asked for). Prints the step time and the top CUDA kernels.
+Full model (paper configuration with random weights, or a trained model with --model) on
+water (r_c 5 Å) at N atoms, fp32, with the model's parameters frozen as in MD (only dE/drij is
+asked for). Prints the step time and the top CUDA kernels.
 
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 
 import torch
 
+from e2former_lammps import E2FormerV2
 from bench_attention import (CUTOFF, bench, energy_grad_step, neighbour_list,
                              paper_model, water_box)
 
@@ -18,13 +20,21 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atoms", type=int, default=10000)
     ap.add_argument("--rows", type=int, default=40)
+    ap.add_argument("--model", help="a trained model (packaged name or file) instead of the "
+                    "paper configuration's random weights")
     args = ap.parse_args()
 
     dev = torch.device("cuda")
     pos, species, box = water_box(args.atoms, device=dev)
     n = pos.shape[0]
     pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
-    step = energy_grad_step(paper_model(dev), species, pair_i, pair_j, rij.float(), n)
+    if args.model:
+        model = E2FormerV2.load(args.model).to(dev).requires_grad_(False)
+        # water_box numbers H 0, O 1; the model numbers its own elements
+        species = torch.tensor([model.elements.index(e) for e in ("H", "O")], device=dev)[species]
+    else:
+        model = paper_model(dev)
+    step = energy_grad_step(model, species, pair_i, pair_j, rij.float(), n)
 
     ms = bench(step, warmup=2, rep=5)
     print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s",
