@@ -445,7 +445,7 @@ def main():
         import kernels.attention.triton_forward as tf
 
         bl = json.loads(args.blocks)
-        tf.default_blocks = lambda n_heads, device: bl
+        tf.default_blocks = lambda n_heads, ch, device: bl
     lines = []
 
     def log(s):
@@ -578,7 +578,7 @@ def sweep(n_atoms):
     n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, dev)
     with torch.no_grad():
         for bl in SWEEP:
-            tf.default_blocks = lambda n_heads, device, bl=bl: bl
+            tf.default_blocks = lambda n_heads, ch, device, bl=bl: bl
             t0 = time.time()
             fn = lambda: equivariant_attention(q, k, v, rij, pair_i, pair_j, species,  # noqa
                                                mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
@@ -632,9 +632,10 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
     with torch.no_grad():
         ref = equivariant_attention(q, k, v, rij, pair_i, pair_j, species, mlp.weights(),
                                     CUTOFF, 1.0, 2, impl="reference")
-    best = (float("inf"), tf.default_blocks(CFG["num_heads"], dev))
+    best = (float("inf"), tf.default_blocks(CFG["num_heads"],
+                                            CFG["channels"] // CFG["num_heads"], dev))
     for bl in FWD_VARIANTS if "fwd" in stages else []:
-        tf.default_blocks = lambda n_heads, device, bl=bl: bl
+        tf.default_blocks = lambda n_heads, ch, device, bl=bl: bl
         fn = lambda: equivariant_attention(q, k, v, rij, pair_i, pair_j, species,  # noqa
                                            mlp.weights(), CUTOFF, 1.0, 2, impl="triton")
         with torch.no_grad():
@@ -649,7 +650,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
         if ms < best[0] and err < 1e-5:
             best = (ms, bl)
     fwd_best = best[1]
-    tf.default_blocks = lambda n_heads, device: fwd_best
+    tf.default_blocks = lambda n_heads, ch, device: fwd_best
     del ref
     leaves = [q, k, v, rij]
     g_out = torch.randn(n, 20, CFG["channels"], device=dev)
@@ -679,7 +680,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
         return best[1]
 
     def set_bwd(bl):
-        tb.default_bwd_blocks = lambda n_heads: bl
+        tb.default_bwd_blocks = lambda n_heads, ch: bl
 
     def set_head(bl):
         th.default_head_blocks = lambda: bl
@@ -688,7 +689,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
         tb.REDUCE = bl["REDUCE"]
         sender = {key: bl[key] for key in ("BLOCK_E", "BLOCK_H", "num_warps") if key in bl}
         if sender:
-            ts.default_sender_blocks = lambda: sender
+            ts.default_sender_blocks = lambda n_heads, ch: sender
 
     reduce_best = fastest(REDUCE_VARIANTS, set_reduce, "reduce ", "reduce") \
         if "reduce" in stages else None

@@ -117,7 +117,8 @@ def test_forward_matches_reference(interpreter, dtype, tol, variant, uniform_rbf
     import kernels.attention.triton_forward as tf
 
     default = tf.default_blocks
-    monkeypatch.setattr(tf, "default_blocks", lambda h, dev: {**default(h, dev), **variant})
+    monkeypatch.setattr(tf, "default_blocks",
+                        lambda h, ch, dev: {**default(h, ch, dev), **variant})
     monkeypatch.setattr(tf, "PRE_CHUNK_EDGES", 20)
     seed = fresh_seed()
     inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype, uniform_rbf=uniform_rbf)
@@ -168,6 +169,8 @@ def test_first_derivatives(interpreter, backward, reduce, uniform_rbf, monkeypat
     (4, 8, 8, 24, DEGREES, "sorted"),
     (64, 4, 64, 40, [2, 0, 19], "sorted"),  # several head blocks in all backward kernels
     (64, 4, 64, 40, [2, 0, 19], "atomic"),
+    (8, 8, 64, 24, [3, 0, 17], "sorted"),  # 8 channels per head: 4 heads per backward program
+    (2, 8, 64, 24, [3, 0, 17], "atomic"),  # 32 channels per head: 1 head per program
 ])
 def test_forces_only_derivatives(interpreter, heads, d_k, channels, hidden, degrees, reduce,
                                  monkeypatch):
@@ -289,12 +292,13 @@ def test_eaas_pattern_matches_o3():
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def paper_size_inputs(seed: int, dtype: torch.dtype) -> dict:
-    """300 receivers with 0-69 neighbours, paper attention sizes, on the GPU."""
+def paper_size_inputs(seed: int, dtype: torch.dtype, heads: int = 128, channels: int = 256,
+                      n_rbf: int = 256) -> dict:
+    """300 receivers with 0-69 neighbours, paper attention sizes (default), on the GPU."""
     g = torch.Generator().manual_seed(seed)
     degrees = torch.randint(0, 70, (300,), generator=g).tolist()
-    return make_inputs(seed, degrees, n_total=400, heads=128, d_k=8, channels=256, n_rbf=256,
-                       hidden=64, dtype=dtype, device="cuda")
+    return make_inputs(seed, degrees, n_total=400, heads=heads, d_k=8, channels=channels,
+                       n_rbf=n_rbf, hidden=64, dtype=dtype, device="cuda")
 
 
 def assert_grads_match(grads: dict, seed: int) -> None:
@@ -323,7 +327,12 @@ def test_gpu_forward_backward_paper_size():
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("reduce", ["sorted", "atomic"])
-def test_gpu_forces_only_paper_size(reduce, monkeypatch):
+@pytest.mark.parametrize("heads,channels,n_rbf", [
+    (128, 256, 256),  # paper: 2 channels per head
+    (8, 64, 32),  # the shipped model: 8 channels per head (fewer heads per program, E20)
+    (2, 64, 32),  # 32 channels per head: one head per program in the backward kernels
+])
+def test_gpu_forces_only(reduce, heads, channels, n_rbf, monkeypatch):
     """MD path on the GPU (frozen radial weights): fp32 kernels vs the fp64 reference; the
     sender-sorted reduction gives bitwise the same dv, dk on a second run."""
     import kernels.attention.triton_backward as tb
@@ -332,7 +341,7 @@ def test_gpu_forces_only_paper_size(reduce, monkeypatch):
     seed = fresh_seed()
 
     def forces_grads(impl, dtype):
-        inp = paper_size_inputs(seed, dtype)
+        inp = paper_size_inputs(seed, dtype, heads, channels, n_rbf)
         leaves = make_leaves(inp)[:4]
         o = call(impl, inp, leaves + [w.detach() for w in make_leaves(inp)[4:]])
         g_out = torch.randn(o.shape, generator=torch.Generator().manual_seed(seed)).to(o)

@@ -27,7 +27,7 @@ import triton.language as tl
 
 from ._triton_geometry import _edge_envelope, _pole_frame
 from .common import receiver_chunks
-from .triton_forward import _pow2, eaas_constants
+from .triton_forward import _pow2, eaas_constants, heads_per_program
 
 CHUNK_EDGES = 1 << 20
 # how dv, dk reach the senders (module docstring): "atomic" is faster on the H200 (E15),
@@ -277,10 +277,11 @@ def _attention_bwd_kernel(
     tl.store(dsum_ptr + i * H + offs_h, dsum, mask=hmask)
 
 
-def default_bwd_blocks(n_heads: int) -> dict[str, int]:
+def default_bwd_blocks(n_heads: int, ch: int) -> dict[str, int]:
     # fastest of BWD_VARIANTS (benchmarks/bench_attention.py --autotune) at 10k water atoms on
-    # the H100, no register spills (ptxas, triton 3.6): kernels/NOTES.md, E7
-    return dict(BLOCK_E=16, BLOCK_H=16, num_warps=4)
+    # the H100, no register spills (ptxas, triton 3.6): kernels/NOTES.md, E7 (BLOCK_H 16 at 2
+    # channels per head; the same tile width with more channels per head: E20)
+    return dict(BLOCK_E=16, BLOCK_H=heads_per_program(32, n_heads, ch), num_warps=4)
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
@@ -303,7 +304,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
 
     n_heads, channels = q.shape[1], v.shape[-1]
     ch = channels // n_heads
-    bl = default_bwd_blocks(n_heads)
+    bl = default_bwd_blocks(n_heads, ch)
     if REDUCE not in ("sorted", "atomic"):
         raise ValueError(f"REDUCE must be 'sorted' or 'atomic', got {REDUCE!r}")
     atomic = REDUCE == "atomic"

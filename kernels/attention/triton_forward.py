@@ -425,12 +425,25 @@ def _pow2(n: int, lo: int = 1) -> int:
 PRE_CHUNK_EDGES = 1 << 20  # edges per launch in PRE mode (bounds the [E, 2H] scratch)
 
 
-def default_blocks(n_heads: int, device: torch.device) -> dict:
+def heads_per_program(lanes: int, n_heads: int, ch: int) -> int:
+    """BLOCK_H for tiles `lanes` = BLOCK_H x CH_P wide (heads x channels per head).
+
+    The tiles were tuned for the paper's 2 channels per head. The same BLOCK_H with 8 channels
+    per head (the shipped model: 64 channels, 8 heads) makes every [BLOCK_E, BLOCK_H, CH_P]
+    accumulator 4x larger (register spills) while most heads are masked: kernels/NOTES.md E20.
+    """
+    return max(1, min(lanes // _pow2(ch), _pow2(n_heads)))
+
+
+def default_blocks(n_heads: int, ch: int, device: torch.device) -> dict:
     """Tile sizes: BLOCK_E edges per tile, BLOCK_H heads per program, BLOCK_R rbf chunk;
-    PRE: edge-parallel prepass of the radial MLP + score (else all fused in one kernel);
-    DEFER: sum over the tile's edges once at the end instead of per tile."""
-    # Fastest of the autotuned variants on the H100 at 10k water atoms (kernels/NOTES.md, E5).
-    return dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4)
+    PRE: edge-parallel prepass of the radial MLP + score (else all fused in one kernel, which
+    needs BLOCK_H >= 16 for its tl.dot); DEFER: sum over the tile's edges once at the end
+    instead of per tile. ch: channels per head."""
+    # Fastest of the autotuned variants on the H100 at 10k water atoms (kernels/NOTES.md, E5):
+    # BLOCK_H 64 at 2 channels per head
+    return dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=heads_per_program(128, n_heads, ch),
+                BLOCK_R=32, num_warps=4)
 
 
 def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
@@ -464,7 +477,7 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_
     n_heads, d_k = q.shape[1], q.shape[2]
     n_rbf, n_hid = w_rbf.shape
     win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
-    bl = blocks or default_blocks(n_heads, q.device)
+    bl = blocks or default_blocks(n_heads, 1, q.device)  # only its PRE_* and BLOCK_R
     be = bl.get("PRE_BLOCK_E", 32)
     _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
         q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
@@ -488,7 +501,7 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
     den = torch.empty(n_recv, n_heads, dtype=q.dtype, device=q.device)
     if n_recv == 0:
         return out, m, den
-    bl = blocks or default_blocks(n_heads, q.device)
+    bl = blocks or default_blocks(n_heads, ch, q.device)
     consts = eaas_constants()
     win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
     common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch), WIN=win,

@@ -20,7 +20,7 @@ import triton.language as tl
 
 from ._triton_geometry import _edge_envelope, _pole_frame
 from .triton_backward import _pole_grad, _rotate_back
-from .triton_forward import _pow2
+from .triton_forward import _pow2, heads_per_program
 
 
 @triton.jit
@@ -154,10 +154,10 @@ def sender_csr(pair_j: torch.Tensor, n_total: int) -> tuple[torch.Tensor, torch.
     return perm, torch.searchsorted(sorted_j, bounds)
 
 
-def default_sender_blocks() -> dict[str, int]:
+def default_sender_blocks(n_heads: int, ch: int) -> dict[str, int]:
     # first guess (BLOCK_E x BLOCK_H x CH like the channel kernel's tile); benchmarks/
-    # bench_attention.py --autotune times the alternatives (kernels/NOTES.md, E15)
-    return dict(BLOCK_E=16, BLOCK_H=16, num_warps=4)
+    # bench_attention.py --autotune times the alternatives (kernels/NOTES.md, E15, E20)
+    return dict(BLOCK_E=16, BLOCK_H=heads_per_program(32, n_heads, ch), num_warps=4)
 
 
 def sender_backward(grad_out, q, rij, pair_i, pair_j, sw, dqk, m, den, dv, dk, cutoff: float,
@@ -168,7 +168,7 @@ def sender_backward(grad_out, q, rij, pair_i, pair_j, sw, dqk, m, den, dv, dk, c
     n_heads, d_k = q.shape[1], q.shape[2]
     n_total, ch = dv.shape[0], dv.shape[-1] // n_heads
     perm, colptr = sender_csr(pair_j[e0:e1], n_total)
-    bl = blocks or default_sender_blocks()
+    bl = blocks or default_sender_blocks(n_heads, ch)
     grid = (n_total, triton.cdiv(n_heads, bl["BLOCK_H"]))
     _sender_bwd_kernel[grid](
         grad_out, q, rij, pair_i, perm, colptr, sw, dqk, m, den, dv, dk, e0, float(cutoff),
