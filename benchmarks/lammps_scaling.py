@@ -169,6 +169,13 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_json(path: Path) -> None:
+    """PNG beside a results JSON of this script."""
+    out = json.loads(Path(path).read_text())
+    plot(out["results"], Path(path).with_suffix(".png"),
+         f"{out['device']}, {out.get('model', 'random weights')}, commit {out['commit'][:8]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
@@ -179,7 +186,12 @@ def main() -> None:
                    help="random weights of this size (ignored with --model)")
     p.add_argument("--model", help="a trained model: packaged name (spice-xtb) or .pt file")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_scaling.json"))
+    p.add_argument("--plot", type=Path, metavar="JSON",
+                   help="only draw the PNG of a results JSON written earlier, and exit")
     args = p.parse_args()
+    if args.plot:
+        plot_json(args.plot)
+        return
     if args.model:
         trained = E2FormerV2.load(args.model)
         missing = {"H", "O"} - set(trained.elements)
@@ -217,7 +229,6 @@ def main() -> None:
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
                      "model on the GPU", "command": " ".join(sys.argv), "results": results}
     args.out.write_text(json.dumps(out, indent=1))
-    plot(results, args.out.with_suffix(".png"), f"{device}, {args.model or args.config + ' config'}, commit {commit[:8]}")
     print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
     for r in results:
         if "error" in r:
@@ -225,6 +236,11 @@ def main() -> None:
         else:
             print(f"{r['n_atoms']:>8} {r['timesteps_per_s']:>9.3f} {r['atom_steps_per_s']:>13.0f} "
                   f"{r['model_fraction']:>10.2f} {r['model_alone_atom_steps_per_s']:>12.0f}")
+    try:
+        plot_json(args.out)
+    except (ImportError, SystemError) as exc:  # matplotlib's C++ modules after liblammps's
+        print(f"no plot ({type(exc).__name__}: {exc}); the JSON is written: plot it in a fresh "
+              f"process with  python benchmarks/lammps_scaling.py --plot {args.out}")
 
 
 if __name__ == "__main__":
