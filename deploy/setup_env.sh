@@ -101,6 +101,13 @@ else
     command -v mpicc >/dev/null || die "mpich installed but mpicc is still not in PATH"
     info "installed: $(mpichversion 2>/dev/null | head -n1)"
 fi
+# `patch` applies deploy/lammps-patches/ to a copy of the LAMMPS source (CMakeLists.txt)
+if ! command -v patch >/dev/null && command -v apt-get >/dev/null; then
+    info "patch missing: installing Debian patch"
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends patch \
+        || { $SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+             $SUDO apt-get install -y -q --no-install-recommends patch; }
+fi
 
 # --------------------------------------------------------------------------------------
 step "4/5 mpi4py built against $(command -v mpicc)"
