@@ -69,6 +69,15 @@ def water_box(n_atoms: int, seed: int = 0, device="cuda"):
     return pos.to(device), species.to(device), box
 
 
+def water_species(model, species: torch.Tensor) -> torch.Tensor:
+    """water_box's species (0 = H, 1 = O) as `model`'s element indices (a trained model
+    numbers its own elements; one without H or O raises, naming them)."""
+    from e2former_lammps.validation import species_index
+
+    cfg = model.config
+    return species_index([1, 8], cfg.atomic_numbers, cfg.elements).to(species.device)[species]
+
+
 def neighbour_list(pos, box: float, cutoff: float, chunk: int = 1 << 16):
     """Cell-list pairs (all j != i with |r_ij| < cutoff, minimum image; needs box > 2 r_c).
 

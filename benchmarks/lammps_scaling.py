@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import provenance  # noqa: E402
-from bench_attention import CFG, water_box  # noqa: E402
+from bench_attention import CFG, water_box, water_species  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.forces import energy_and_pair_gradient  # noqa: E402
@@ -134,7 +134,7 @@ def warm_up_kernels(model: E2FormerV2, device: str) -> None:
 
     pos, species, box = water_box(300, device=device)
     pair_i, pair_j, rij = neighbour_list(pos, box, model.config.cutoff)
-    species = torch.tensor([model.elements.index(e) for e in ("H", "O")], device=device)[species]
+    species = water_species(model, species)
     from e2former_lammps.exchange import NoGhosts
     from e2former_lammps.model import AtomGraph
 

@@ -13,7 +13,7 @@ import torch
 
 from e2former_lammps import E2FormerV2
 from bench_attention import (CUTOFF, bench, energy_grad_step, neighbour_list,
-                             paper_model, water_box)
+                             paper_model, water_box, water_species)
 
 
 def main() -> None:
@@ -30,8 +30,7 @@ def main() -> None:
     pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
     if args.model:
         model = E2FormerV2.load(args.model).to(dev).requires_grad_(False)
-        # water_box numbers H 0, O 1; the model numbers its own elements
-        species = torch.tensor([model.elements.index(e) for e in ("H", "O")], device=dev)[species]
+        species = water_species(model, species)
     else:
         model = paper_model(dev)
     step = energy_grad_step(model, species, pair_i, pair_j, rij.float(), n)
