@@ -203,19 +203,21 @@ def test_config_errors(tmp_path):
 
 
 def test_shipped_configs_load_and_chain():
-    """Every YAML in configs/ is a valid training config with a buildable model, and the
-    second stage of the shipped model starts from what the first stage writes."""
+    """Every YAML in configs/ is a valid training config with a buildable model, and each
+    stage of the shipped model starts from what the stage before it writes."""
     from pathlib import Path
 
     configs = {p.stem: TrainConfig.from_yaml(p)
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
-    assert {"spice-xtb", "spice-xtb-long", "spice-xtb-continue"} <= set(configs)
+    stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces"]
+    assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
             E2FormerConfig(elements=["H", "O"], **cfg.model)
-    first, second = configs["spice-xtb-long"], configs["spice-xtb-continue"]
-    assert Path(second.init_model) == Path(first.output_dir) / first.model_name
-    assert second.model == {}  # the architecture comes from the first stage
+    for before, after in zip(stages, stages[1:]):
+        first, second = configs[before], configs[after]
+        assert Path(second.init_model) == Path(first.output_dir) / first.model_name
+        assert second.model == {}  # the architecture comes from the first stage
 
 
 def test_train_rejects_unknown_elements(tmp_path):
