@@ -176,3 +176,41 @@ def test_attention_invariants_backward_and_double_backward(lmax):
         attn.invariants(x)
     kept = {t.untyped_storage().data_ptr() for t in saved if t.shape == x.shape}
     assert kept == {x.untyped_storage().data_ptr()}  # x W1 and x W2 are not kept
+
+
+@pytest.mark.parametrize("chunk_edges", [1, 5, 13])
+def test_edge_degree_embedding_in_receiver_chunks_equals_one_pass(chunk_edges):
+    """The chunked edge sum (whole receivers per chunk, recomputed in the backward) gives the
+    same features and the same forces as one pass over all edges, with receivers that have
+    no neighbours at the start, middle and end and one with more neighbours than a chunk."""
+    from e2former_lammps.nn.embedding import EdgeDegreeEmbedding
+    from e2former_lammps.nn.radial import GaussianBasis
+
+    g = torch.Generator().manual_seed(int(torch.seed() % 2**31))
+    emb = EdgeDegreeEmbedding(GaussianBasis(5.0, 8), 3, 4, 2, 8, 3.0, 5.0).double()
+    n_recv, n_total = 9, 12
+    degrees = [0, 3, 7, 0, 0, 2, 14, 1, 0]  # receiver 6 has more edges than any chunk
+    pair_i = torch.repeat_interleave(torch.arange(n_recv), torch.tensor(degrees))
+    pair_j = torch.randint(0, n_total, (pair_i.numel(),), generator=g)
+    species = torch.randint(0, 3, (n_total,), generator=g)
+    direction = torch.nn.functional.normalize(
+        torch.randn(pair_i.numel(), 3, dtype=torch.float64, generator=g), dim=1)
+    lengths = 0.8 + 4.0 * torch.rand(pair_i.numel(), 1, dtype=torch.float64, generator=g)
+    rij = (direction * lengths).requires_grad_()
+
+    def features_and_grad(chunk):
+        emb.chunk_edges = chunk
+        x = emb(species, n_recv, pair_i, pair_j, rij)
+        weights = torch.randn(x.shape, dtype=x.dtype, generator=torch.Generator().manual_seed(1))
+        (grad,) = torch.autograd.grad((x * weights).sum(), rij)
+        return x.detach(), grad
+
+    emb.chunk_edges = chunk_edges
+    bounds = emb._receiver_chunks(pair_i, n_recv)
+    assert bounds[0][0] == 0 and bounds[-1][1] == n_recv and bounds[-1][3] == pair_i.numel()
+    assert all(a[1] == b[0] and a[3] == b[2] for a, b in zip(bounds, bounds[1:]))
+    x_chunked, grad_chunked = features_and_grad(chunk_edges)
+    x_one, grad_one = features_and_grad(1 << 18)
+    assert x_chunked.shape == (n_recv, 9, 4)
+    assert torch.allclose(x_chunked, x_one, atol=1e-12)
+    assert torch.allclose(grad_chunked, grad_one, atol=1e-12)

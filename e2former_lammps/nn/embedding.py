@@ -44,22 +44,35 @@ class EdgeDegreeEmbedding(nn.Module):
         out = torch.zeros(n, sh.shape[1], hidden.shape[1], dtype=rij.dtype, device=rij.device)
         return out.index_add(0, pair_i - first, sh[:, :, None] * hidden[:, None, :])
 
+    def _receiver_chunks(self, pair_i: Tensor, n_recv: int) -> list[tuple[int, int, int, int]]:
+        """(first atom, end atom, first edge, end edge) of each chunk: whole receivers, about
+        chunk_edges edges each (more only for one receiver with more neighbours than that).
+
+        Chunks split at receiver boundaries so their sums are disjoint row ranges joined by one
+        concatenation; one read-back from the device for all bounds.
+        """
+        row_ptr = torch.searchsorted(
+            pair_i, torch.arange(n_recv + 1, device=pair_i.device, dtype=pair_i.dtype))
+        n_edges = pair_i.shape[0]
+        targets = torch.arange(0, n_edges, self.chunk_edges, device=pair_i.device)
+        atom_bounds = torch.searchsorted(row_ptr, targets, right=True) - 1
+        atom_bounds = torch.cat([atom_bounds.clamp(min=0), atom_bounds.new_tensor([n_recv])])
+        atom_bounds = torch.unique_consecutive(atom_bounds)
+        edge_bounds = row_ptr[atom_bounds]
+        atoms, edges = atom_bounds.tolist(), edge_bounds.tolist()
+        atoms[0], edges[0] = 0, 0
+        return [(a0, a1, e0, e1) for a0, a1, e0, e1 in zip(atoms, atoms[1:], edges, edges[1:])]
+
     def forward(self, species: Tensor, n_recv: int, pair_i: Tensor, pair_j: Tensor,
                 rij: Tensor) -> Tensor:
-        """[n_recv, (lmax+1)^2, C] for the receiving atoms."""
-        n_edges = rij.shape[0]
-        if n_edges <= self.chunk_edges:
+        """[n_recv, (lmax+1)^2, C] for the receiving atoms (pair_i sorted, all < n_recv)."""
+        if rij.shape[0] <= self.chunk_edges:
             acc = self._edge_sum(species, pair_i, pair_j, rij, 0, n_recv)
         else:
-            # Receivers are sorted, so each chunk touches one contiguous range of them.
-            rows, width = (self.lmax + 1) ** 2, self.radial.w_rbf.shape[1] + 1
-            acc = torch.zeros(n_recv, rows, width, dtype=rij.dtype, device=rij.device)
-            for start in range(0, n_edges, self.chunk_edges):
-                sl = slice(start, start + self.chunk_edges)
-                first, last = int(pair_i[sl][0]), int(pair_i[sl][-1])
-                part = checkpoint(self._edge_sum, species, pair_i[sl], pair_j[sl], rij[sl],
-                                  first, last + 1 - first, use_reentrant=False)
-                acc = torch.cat([acc[:first], acc[first:last + 1] + part, acc[last + 1:]], dim=0)
+            acc = torch.cat([
+                checkpoint(self._edge_sum, species, pair_i[e0:e1], pair_j[e0:e1], rij[e0:e1],
+                           a0, a1 - a0, use_reentrant=False)
+                for a0, a1, e0, e1 in self._receiver_chunks(pair_i, n_recv)], dim=0)
         w_aug = torch.cat([self.radial.w_out, self.radial.b_out[None]], dim=0).to(acc.dtype)
         # [hidden + 1, (lmax+1) C] -> one [hidden + 1, C] matrix per degree, then per row
         w_degree = w_aug.view(w_aug.shape[0], self.lmax + 1, self.channels).transpose(0, 1)
