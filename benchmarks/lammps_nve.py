@@ -183,13 +183,18 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     fig.savefig(path, dpi=120)
 
 
+def plot_title(out: dict) -> str:
+    return (f"{out['device']}, model {out['model']}, {out['dtype']}, 0.5 fs, "
+            f"commit {out['commit'][:8]}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="spice-xtb", help="packaged name or checkpoint")
     p.add_argument("--device", default="cuda")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32",
                    help="model precision (float32: the default of export on the GPU)")
-    p.add_argument("--job", action="append", required=True)
+    p.add_argument("--job", action="append", help="a job (see above); repeat for each")
     p.add_argument("--every", type=int, default=50, help="thermo interval (steps)")
     p.add_argument("--timeout", default="off",
                    help="LAMMPS `timer timeout` (HH:MM:SS): stop a run early, cleanly")
@@ -198,7 +203,17 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("runs/nve"))
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_nve.json"))
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--plot", type=Path, metavar="JSON",
+                   help="only draw the PNG of a results JSON written earlier, and exit (on a "
+                        "machine where matplotlib cannot load after LAMMPS, run with "
+                        "--no-plot, then this)")
     args = p.parse_args()
+    if args.plot:
+        out = json.loads(args.plot.read_text())
+        plot(out["results"], args.plot.with_suffix(".png"), plot_title(out))
+        return
+    if not args.job:
+        p.error("give at least one --job (or --plot JSON)")
     args.workdir.mkdir(parents=True, exist_ok=True)
     model = (args.workdir / "model.pt").resolve()
     subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
@@ -243,8 +258,7 @@ def main() -> None:
               f"{r['temperature_K']['mean']:>7.1f} {r['timesteps_per_s'] or 0:>8.1f} "
               f"{r.get('final_nearest_neighbour_A', {}).get('max', float('nan')):>8.2f}")
     if not args.no_plot:
-        plot(results, args.out.with_suffix(".png"),
-             f"{device}, model {args.model}, {args.dtype}, 0.5 fs, commit {commit[:8]}")
+        plot(results, args.out.with_suffix(".png"), plot_title(out))
 
 
 if __name__ == "__main__":
