@@ -34,6 +34,13 @@ class E2FormerConfig:
     # cheaper than autograd forces (no double backward) but not conservative, so MD and
     # evaluation always use -dE/dx.
     direct_force_head: bool = False
+    # Experimental: add the l_f = 0 paths of the convolution (sum_j alpha_ij v_j per degree,
+    # the plain attention-weighted values) beside the design's l = 1-filter paths, so a
+    # neighbour's features reach every degree of the receiver in one block (without them its
+    # scalars reach the receiver's scalars only through two blocks). Computed by the
+    # edge-materialising PyTorch reference for now (no fused kernel): for training
+    # experiments and small systems, not for large MD.
+    identity_paths: bool = False
     reference_energies: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -54,7 +54,7 @@ class TransformerBlock(nn.Module):
         self.norm_attn = EquivariantRMSNorm(c, lmax)
         self.attention = EquivariantAttention(
             basis, len(cfg.elements), c, lmax, cfg.num_heads, cfg.head_dim, cfg.radial_hidden,
-            cfg.cutoff, cfg.softmax_eps,
+            cfg.cutoff, cfg.softmax_eps, cfg.identity_paths,
         )
         self.norm_ffn = EquivariantRMSNorm(c, lmax)
         self.ffn = GatedFeedForward(c, cfg.ffn_channels, lmax)

@@ -157,3 +157,46 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic):
     assert not model._checkpointing(10) and model._checkpointing(10**6)
     model.requires_grad_(True)
     assert not model._checkpointing(10**6)  # training keeps activations (weight gradients)
+
+
+def test_identity_paths_model_is_equivariant_conservative_and_differs():
+    """identity_paths (the l_f = 0 paths, sum_j alpha_ij v_j): energy invariant and forces
+    equivariant under rotation, forces = -dE/dx (central differences), fp64; and the extra
+    paths change the energy (they are used), while a saved model reloads with them."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    model = random_model(seed, identity_paths=True)
+    calc = E2FormerCalculator(model)
+    atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
+    e, f = _energy_forces(calc, atoms)
+    rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    e_r, f_r = _energy_forces(calc, moved)
+    assert abs(e_r - e) <= 1e-10 * max(1.0, abs(e)) and _rel(f_r, f @ rot.T) <= 1e-9
+    h = 1e-5
+    for k in range(0, len(atoms), 4):
+        for d in range(3):
+            p, m = atoms.copy(), atoms.copy()
+            p.positions[k, d] += h
+            m.positions[k, d] -= h
+            fd = -(_energy_forces(calc, p)[0] - _energy_forces(calc, m)[0]) / (2 * h)
+            assert abs(fd - f[k, d]) < 1e-7 * max(1.0, abs(f[k, d]))
+    with torch.no_grad():  # the identity path's block of each path mix carries the values
+        for block in model.blocks:
+            for mix in block.attention.path_mix:
+                mix[-mix.shape[1]:] = 0.0
+    e_off, _ = _energy_forces(E2FormerCalculator(model), atoms)
+    assert abs(e_off - e) > 1e-6
+
+
+def test_identity_paths_model_saves_and_loads(tmp_path):
+    model = random_model(3, identity_paths=True)
+    model.save(tmp_path / "m.pt")
+    back = E2FormerV2.load(tmp_path / "m.pt").double()
+    assert back.config.identity_paths
+    atoms = spice_molecules(1, min_atoms=6)[0]
+    e1, f1 = _energy_forces(E2FormerCalculator(model), atoms)
+    e2, f2 = _energy_forces(E2FormerCalculator(back), atoms)
+    assert abs(e1 - e2) < 1e-10 and _rel(f2, f1) < 1e-10

@@ -6,6 +6,7 @@ from torch import Tensor, nn
 
 from e2former_lammps.o3 import path_rows, row_degrees
 from kernels.attention import equivariant_attention
+from kernels.attention.reference import attention_value_sum
 
 from .linear import SO3Linear, degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
@@ -46,8 +47,9 @@ class _InvariantProducts(torch.autograd.Function):
 class EquivariantAttention(nn.Module):
     def __init__(self, basis: GaussianBasis, n_elements: int, channels: int, lmax: int,
                  num_heads: int, head_dim: int, radial_hidden: int, cutoff: float,
-                 softmax_eps: float):
+                 softmax_eps: float, identity_paths: bool = False):
         super().__init__()
+        self.identity_paths = identity_paths
         self.lmax, self.num_heads, self.head_dim = lmax, num_heads, head_dim
         self.cutoff, self.softmax_eps = cutoff, softmax_eps
         self.impl = "auto"
@@ -60,11 +62,12 @@ class EquivariantAttention(nn.Module):
         self.value = SO3Linear(channels, channels, lmax)
         self.radial = EdgeRadialMLP(basis, n_elements, radial_hidden, 2 * num_heads)
         self.rows = path_rows(lmax)
-        # Per-l3 linear mix over the paths that end in l3.
+        # Per-l3 linear mix over the paths that end in l3 (and the identity path l3 -> l3,
+        # last, with identity_paths).
+        n_mixed = [len(self.rows[l3]) + identity_paths for l3 in range(lmax + 1)]
         self.path_mix = nn.ParameterList(
-            nn.Parameter(torch.randn(len(self.rows[l3]) * channels, channels)
-                         / (len(self.rows[l3]) * channels) ** 0.5)
-            for l3 in range(lmax + 1)
+            nn.Parameter(torch.randn(n * channels, channels) / (n * channels) ** 0.5)
+            for n in n_mixed
         )
         # message rows of the paths ending in l3, path-major: one gather per l3 (slicing each
         # path instead costs a message-sized zero fill per path in the backward)
@@ -85,15 +88,22 @@ class EquivariantAttention(nn.Module):
         """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C]."""
         qk = self.qk_mlp(self.invariants(x)).view(-1, 2, self.num_heads, self.head_dim)
         q, k = qk[:n_recv, 0], qk[:, 1]
+        v, radial = self.value(x), self.radial.weights()
         msg = equivariant_attention(
-            q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
-            self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
+            q, k, v, rij, pair_i, pair_j, species, radial, self.cutoff, self.softmax_eps,
+            self.lmax, impl=self.impl,
         )
+        values = attention_value_sum(q, k, v, rij, pair_i, pair_j, species, radial,
+                                     self.cutoff, self.softmax_eps) if self.identity_paths \
+            else None
         out = []
         for l3 in range(self.lmax + 1):
             n_paths, width = len(self.rows[l3]), 2 * l3 + 1
             paths = msg.index_select(1, getattr(self, f"path_index_{l3}"))
             # [N, path, m, C] -> [N, m, path * C]: the paths' channels side by side
             paths = paths.view(-1, n_paths, width, msg.shape[-1]).transpose(1, 2)
+            if values is not None:
+                paths = torch.cat([paths, values[:, l3 * l3:(l3 + 1) ** 2, None]], dim=2)
+                n_paths += 1
             out.append(paths.reshape(-1, width, n_paths * msg.shape[-1]) @ self.path_mix[l3])
         return torch.cat(out, dim=1)

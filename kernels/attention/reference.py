@@ -49,6 +49,19 @@ def attention_weights(
     return weight * a / denom[pair_i]
 
 
+def attention_value_sum(
+    q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
+    species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+) -> Tensor:
+    """sum_j alpha_ijh v_j, channels split by head (the l_f = 0 paths: no rotation, since
+    D^T D = 1): [n_recv, rows, C]. Edge-materialising, like the rest of this module."""
+    n_recv, n_heads, _ = q.shape
+    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    alpha_c = alpha.repeat_interleave(v.shape[-1] // n_heads, dim=-1)  # [E, C]
+    out = torch.zeros(n_recv, *v.shape[1:], dtype=v.dtype, device=v.device)
+    return out.index_add_(0, pair_i, v[pair_j] * alpha_c[:, None, :])
+
+
 def equivariant_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
