@@ -70,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="override the config's device")
     p.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
-                   help="override a config entry (YAML value), e.g. --set max_minutes=5")
+                   help="override a config entry (YAML value), e.g. --set max_minutes=5 or "
+                        "--set model.identity_paths=true")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="energy/force MAE of a model on labelled data")

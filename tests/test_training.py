@@ -17,6 +17,7 @@ from e2former_lammps.cli import main as cli_main
 from e2former_lammps.data import Frame, read_dataset
 from e2former_lammps.training import TrainConfig, train
 from e2former_lammps.training.batching import PackedFrames, fit_reference_energies, predict
+from e2former_lammps.training.config import parse_overrides
 from e2former_lammps.training.trainer import save_atomic
 
 TINY = {"channels": 8, "num_heads": 2, "head_dim": 4, "num_layers": 1, "num_rbf": 8,
@@ -186,6 +187,10 @@ def test_config_errors(tmp_path):
     p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "model": {"chanels": 3}}))
     with pytest.raises(ValueError, match="chanels"):
         TrainConfig.from_yaml(p)
+    p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "init_model": "m.pt",
+                                 "model": {"channels": 16}}))
+    with pytest.raises(ValueError, match="init_model m.pt sets the architecture"):
+        TrainConfig.from_yaml(p)
     # YAML 1.1 reads 3e-3 (no dot) as a string: accepted as the number it means
     p.write_text("train: x.xyz\nmax_steps: 2\nlr: 3e-3\n")
     cfg = TrainConfig.from_yaml(p)
@@ -200,6 +205,16 @@ def test_config_errors(tmp_path):
     assert cli_main(["train", str(p)]) == 2  # clear error, no traceback
     assert cli_main(["train", str(p), "--set", "lr"]) == 2  # KEY=VALUE expected
     assert cli_main(["train", str(p), "--set", "lr=fast"]) == 2
+
+
+def test_override_of_one_model_entry():
+    """`--set model.NAME=VALUE` changes that entry and keeps the rest of the mapping."""
+    cfg = TrainConfig(train=["x.xyz"], max_steps=1, model={"channels": 16, "num_layers": 2})
+    changed = cfg.replace(**parse_overrides(["model.identity_paths=true", "lr=0.01"]))
+    assert changed.model == {"channels": 16, "num_layers": 2, "identity_paths": True}
+    assert changed.lr == 0.01 and cfg.model == {"channels": 16, "num_layers": 2}
+    with pytest.raises(ValueError, match="chanels"):
+        cfg.replace(**{"model.chanels": 3})
 
 
 def test_shipped_configs_load_and_chain():
@@ -316,4 +331,4 @@ def test_direct_force_pretraining_then_autograd(tmp_path):
     _tiny_model().save(tmp_path / "tiny.pt")  # a model without the head
     with pytest.raises(ValueError, match="direct force head"):
         train(_cfg(tmp_path / "b", data, max_steps=1, direct_force_steps=1,
-                   init_model=str(tmp_path / "tiny.pt")))
+                   init_model=str(tmp_path / "tiny.pt"), model={}))

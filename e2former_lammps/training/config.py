@@ -87,6 +87,10 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"train config: unknown model keys {sorted(unknown)}; "
                              f"known: {list(MODEL_KEYS)}")
+        if self.init_model and self.model:
+            raise ValueError(f"train config: init_model {self.init_model} sets the architecture, "
+                             f"so the `model` entries {sorted(self.model)} would be ignored; "
+                             f"remove them")
         if self.epochs is None and self.max_steps is None and self.max_minutes is None \
                 and self.max_wall_minutes is None:
             raise ValueError("train config: set at least one of epochs, max_steps, max_minutes, "
@@ -134,8 +138,16 @@ class TrainConfig:
         return cls(**d)
 
     def replace(self, **overrides) -> "TrainConfig":
-        """A copy with some entries changed (checked like a YAML file's keys)."""
-        return TrainConfig.from_dict({**self.to_dict(), **overrides})
+        """A copy with some entries changed (checked like a YAML file's keys); a key
+        `model.NAME` changes one entry of the `model` mapping."""
+        d = self.to_dict()
+        d["model"] = dict(d["model"])
+        for key, value in overrides.items():
+            if key.startswith("model."):
+                d["model"][key.removeprefix("model.")] = value
+            else:
+                d[key] = value
+        return TrainConfig.from_dict(d)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "TrainConfig":
