@@ -37,9 +37,9 @@ class E2FormerConfig:
     # Experimental: add the l_f = 0 paths of the convolution (sum_j alpha_ij v_j per degree,
     # the plain attention-weighted values) beside the design's l = 1-filter paths, so a
     # neighbour's features reach every degree of the receiver in one block (without them its
-    # scalars reach the receiver's scalars only through two blocks). Computed by the
-    # edge-materialising PyTorch reference for now (no fused kernel): for training
-    # experiments and small systems, not for large MD.
+    # scalars reach the receiver's scalars only through two blocks). Edge-materialising
+    # PyTorch for now (no fused kernel; beside the Triton path, the reference's sum): for
+    # training experiments and small systems, not for large MD.
     identity_paths: bool = False
     reference_energies: dict[str, float] = field(default_factory=dict)
 

@@ -247,6 +247,39 @@ def test_no_edges(interpreter):
     assert all(g is None or (g == 0).all() for g in grads)
 
 
+def test_identity_path_rows(interpreter):
+    """identity_paths appends sum_j alpha_ij v_j (all degrees) after the path rows, the same
+    for both implementations, and leaves the path rows as they were; values and first
+    derivatives, fp64."""
+    from kernels.attention.reference import attention_weights
+
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9)
+    q, k, v, rij, pair_i, pair_j, species, radial = inputs
+    with_id = {impl: equivariant_attention(q, k, v, rij, pair_i, pair_j, species, radial,
+                                           CUTOFF, EPS, 2, impl=impl, identity_paths=True)
+               for impl in ("reference", "triton")}
+    paths = call("reference", inputs)
+    ref = with_id["reference"]
+    assert ref.shape == (len(DEGREES), paths.shape[1] + 9, v.shape[-1])
+    assert torch.equal(ref[:, :paths.shape[1]], paths)
+    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, CUTOFF, EPS)
+    per_edge = v[pair_j] * alpha.repeat_interleave(v.shape[-1] // q.shape[1], -1)[:, None]
+    by_loop = torch.stack([per_edge[pair_i == i].sum(0) for i in range(len(DEGREES))])
+    assert rel(ref[:, paths.shape[1]:], by_loop) < 1e-13, f"seed {seed}"
+    assert rel(with_id["triton"], ref) < 1e-12, f"seed {seed}"
+    leaves = make_leaves(inputs)
+    weights = torch.randn(ref.shape, dtype=ref.dtype, generator=torch.Generator().manual_seed(seed))
+    grads = {}
+    for impl in ("reference", "triton"):
+        q, k, v, rij = leaves[:4]
+        out = equivariant_attention(q, k, v, rij, pair_i, pair_j, species, radial, CUTOFF, EPS,
+                                    2, impl=impl, identity_paths=True)
+        grads[impl] = torch.autograd.grad((out * weights).sum(), leaves[:4])
+    for name, a, b in zip(NAMES, grads["triton"], grads["reference"]):
+        assert rel(a, b) < 1e-11, f"d/d{name}, seed {seed}"
+
+
 def test_rbf_window_leaves_out_only_negligible_gaussians():
     """Every centre outside the kernels' window is > 8.5 widths from d (Gaussian < 2e-16)."""
     from kernels.attention.triton_forward import rbf_window

@@ -4,9 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from e2former_lammps.o3 import path_rows, row_degrees
+from e2former_lammps.o3 import n_path_rows, path_rows, row_degrees
 from kernels.attention import equivariant_attention
-from kernels.attention.reference import attention_value_sum
 
 from .linear import SO3Linear, degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
@@ -88,14 +87,13 @@ class EquivariantAttention(nn.Module):
         """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C]."""
         qk = self.qk_mlp(self.invariants(x)).view(-1, 2, self.num_heads, self.head_dim)
         q, k = qk[:n_recv, 0], qk[:, 1]
-        v, radial = self.value(x), self.radial.weights()
         msg = equivariant_attention(
-            q, k, v, rij, pair_i, pair_j, species, radial, self.cutoff, self.softmax_eps,
-            self.lmax, impl=self.impl,
+            q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
+            self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
+            identity_paths=self.identity_paths,
         )
-        values = attention_value_sum(q, k, v, rij, pair_i, pair_j, species, radial,
-                                     self.cutoff, self.softmax_eps) if self.identity_paths \
-            else None
+        # the identity rows (sum_j alpha_ij v_j, all degrees) follow the path rows
+        values = msg[:, n_path_rows(self.lmax):] if self.identity_paths else None
         out = []
         for l3 in range(self.lmax + 1):
             n_paths, width = len(self.rows[l3]), 2 * l3 + 1

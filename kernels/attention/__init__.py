@@ -30,7 +30,7 @@ def resolve_impl(impl: str, q: Tensor, lmax: int) -> str:
 def equivariant_attention(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
-    impl: str = "reference",
+    impl: str = "reference", identity_paths: bool = False,
 ) -> Tensor:
     """Messages of the receiving atoms, per tensor-product path.
 
@@ -38,7 +38,8 @@ def equivariant_attention(
     values, C divisible by H (channel c belongs to head c // (C / H)); rij [E, 3] = x_j - x_i
     in Å; pair_i [E] receivers (< n_recv, sorted ascending), pair_j [E] senders; species
     [n_total] element indices. Returns [n_recv, n_path_rows(lmax), C], path-major rows
-    (see e2former_lammps.o3.path_rows).
+    (see e2former_lammps.o3.path_rows); with identity_paths, the (lmax+1)^2 rows of
+    sum_j alpha_ij v_j (the l_f = 0 paths) follow them.
     impl: "reference" (PyTorch, materialises per-edge tensors), "triton" (fused kernel,
     lmax 2; runs on CPU only under TRITON_INTERPRET=1) or "auto" (triton on CUDA when
     available and lmax == 2, else reference).
@@ -48,14 +49,22 @@ def equivariant_attention(
         from .reference import equivariant_attention_reference
 
         return equivariant_attention_reference(
-            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
+            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
+            identity_paths=identity_paths,
         )
     if impl == "triton":
         from .autograd import equivariant_attention_triton
 
-        return equivariant_attention_triton(
+        msg = equivariant_attention_triton(
             q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
         )
+        if not identity_paths:
+            return msg
+        from .reference import attention_value_sum
+
+        # no fused kernel for the identity rows yet: the edge-materialising reference
+        return torch.cat([msg, attention_value_sum(
+            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)], dim=1)
     raise ValueError(f"unknown attention implementation {impl!r}; have {IMPLEMENTATIONS}")
 
 

@@ -49,39 +49,48 @@ def attention_weights(
     return weight * a / denom[pair_i]
 
 
+def _weighted_values(
+    q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
+    species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+) -> Tensor:
+    """alpha_ijh v_j per edge, channels split by head: [E, rows, C]."""
+    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    alpha_c = alpha.repeat_interleave(v.shape[-1] // q.shape[1], dim=-1)  # [E, C]
+    return v[pair_j] * alpha_c[:, None, :]
+
+
+def _sum_per_receiver(edge_values: Tensor, pair_i: Tensor, n_recv: int) -> Tensor:
+    out = torch.zeros(n_recv, *edge_values.shape[1:], dtype=edge_values.dtype,
+                      device=edge_values.device)
+    return out.index_add_(0, pair_i, edge_values)
+
+
 def attention_value_sum(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
 ) -> Tensor:
     """sum_j alpha_ijh v_j, channels split by head (the l_f = 0 paths: no rotation, since
     D^T D = 1): [n_recv, rows, C]. Edge-materialising, like the rest of this module."""
-    n_recv, n_heads, _ = q.shape
-    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
-    alpha_c = alpha.repeat_interleave(v.shape[-1] // n_heads, dim=-1)  # [E, C]
-    out = torch.zeros(n_recv, *v.shape[1:], dtype=v.dtype, device=v.device)
-    return out.index_add_(0, pair_i, v[pair_j] * alpha_c[:, None, :])
+    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    return _sum_per_receiver(vj, pair_i, q.shape[0])
 
 
 def equivariant_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
+    identity_paths: bool = False,
 ) -> Tensor:
     """See `kernels.attention.equivariant_attention` for shapes. Returns [n_recv, rows, C]."""
-    n_recv, n_heads, _ = q.shape
-    channels = v.shape[-1]
-    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
-    alpha_c = alpha.repeat_interleave(channels // n_heads, dim=-1)  # [E, C]
+    n_recv = q.shape[0]
+    # the product is linear in v: weight first
+    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
     _, r_hat, _ = edge_geometry(rij, cutoff)
     rot = rotation_to_pole(r_hat)
-    vj = v[pair_j] * alpha_c[:, None, :]  # the product is linear in v: weight first
     u = {}
     for l in range(lmax + 1):
         u[l] = wigner_d(rot, l) @ vj[:, l * l:(l + 1) * (l + 1)]
-    out = []
-    for path, t in zip(eaas_paths(lmax), tp_pole_frame(u, lmax)):
-        edge_msg = wigner_d(rot, path.l3).transpose(-1, -2) @ t
-        out.append(
-            torch.zeros(n_recv, *edge_msg.shape[1:], dtype=v.dtype, device=v.device)
-            .index_add_(0, pair_i, edge_msg)
-        )
+    out = [_sum_per_receiver(wigner_d(rot, path.l3).transpose(-1, -2) @ t, pair_i, n_recv)
+           for path, t in zip(eaas_paths(lmax), tp_pole_frame(u, lmax))]
+    if identity_paths:
+        out.append(_sum_per_receiver(vj, pair_i, n_recv))
     return torch.cat(out, dim=1)
