@@ -52,7 +52,7 @@ def run_variant(base: TrainConfig, name: str, changes: dict, minutes: float,
     m = result["metrics"]
     val_curve = [{"elapsed_s": h["elapsed_s"], "step": h["step"], **h["val"]}
                  for h in result["loss_history"] if "val" in h]
-    return {"name": name, "changes": {k: getattr(cfg, k) for k in changes},
+    return {"name": name, "changes": changes,
             "batch_size": cfg.batch_size,
             "steps": m["step"], "train_time_s": m["train_time_s"],
             "structures_per_s": m["step"] * cfg.batch_size / m["train_time_s"],
@@ -96,8 +96,13 @@ def main() -> None:
     p.add_argument("--no-plot", action="store_true")
     args = p.parse_args()
 
-    base = TrainConfig.from_yaml(args.config).replace(**parse_overrides(args.set))
-    variants = [parse_variant(v) for v in args.variant]
+    try:
+        base = TrainConfig.from_yaml(args.config).replace(**parse_overrides(args.set))
+        variants = [parse_variant(v) for v in args.variant]
+        for _, changes in variants:
+            base.replace(**changes)  # a misspelt key fails here, not after hours of training
+    except (FileNotFoundError, ValueError) as exc:
+        p.error(str(exc))
     names = [n for n, _ in variants]
     if len(set(names)) != len(names):
         p.error(f"variant names must differ: {names}")

@@ -332,3 +332,34 @@ def test_direct_force_pretraining_then_autograd(tmp_path):
     with pytest.raises(ValueError, match="direct force head"):
         train(_cfg(tmp_path / "b", data, max_steps=1, direct_force_steps=1,
                    init_model=str(tmp_path / "tiny.pt"), model={}))
+
+
+def test_train_sweep_records_each_variant(tmp_path):
+    """benchmarks/train_sweep.py trains every variant, a `model.` entry included, for the same
+    time and writes one JSON with each variant's changes, steps and validation metrics."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    data = _write(tmp_path / "d.xyz", _molecules(8))
+    cfg = tmp_path / "base.yaml"
+    cfg.write_text(yaml.safe_dump(dict(train=data, val=data, model=dict(TINY), batch_size=4,
+                                       warmup_steps=0, device="cpu", progress=False,
+                                       max_steps=1000, checkpoint_every_steps=None,
+                                       checkpoint_every_minutes=None)))
+    out = tmp_path / "sweep.json"
+    run = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "train_sweep.py"), str(cfg),
+         "--minutes", "0.02", "--variant", "base:", "--variant",
+         "id:model.identity_paths=true,lr=0.005", "--workdir", str(tmp_path / "runs"),
+         "--out", str(out), "--no-plot"], capture_output=True, text=True, timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": f"{repo}:{repo / 'benchmarks'}"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    runs = {r["name"]: r for r in json.loads(out.read_text())["runs"]}
+    assert runs["base"]["changes"] == {}
+    assert runs["id"]["changes"] == {"model.identity_paths": True, "lr": 0.005}
+    trained = E2FormerV2.load(tmp_path / "runs" / "id" / "model.pt")
+    assert trained.config.identity_paths
+    for r in runs.values():
+        assert r["steps"] > 0 and np.isfinite(r["val"]["overall"]["force_mae_meV_per_A"])
