@@ -122,7 +122,7 @@ thermo {steps}""")
         "model_alone_atom_steps_per_s": n_atoms / alone,
         "lammps_overhead_ratio": step_s / alone,
         "cuda_graphs": unified._evaluate.in_use,
-        "block_checkpointing": model._checkpointing(n_atoms),
+        "block_checkpointing": model._checkpoint_mode(n_atoms),
         "etotal_eV_first_last": [etotal_first, etotal_last],
     }
 

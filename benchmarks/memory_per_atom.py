@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402
 from bench_attention import (CFG, CUTOFF, neighbour_list, paper_model,  # noqa: E402
                              water_box)
 
@@ -67,8 +68,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--atoms", type=int, default=150)
     ap.add_argument("--impl", choices=["triton", "reference"], default="triton")
-    ap.add_argument("--checkpoint", choices=["off", "on"], default="off",
-                    help="recompute blocks in the backward (what large MD systems do)")
+    ap.add_argument("--checkpoint", choices=["off", "on", "offload"], default="off",
+                    help="recompute blocks in the backward (what large MD systems do); "
+                         "offload: and keep their inputs in host memory")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -81,7 +83,7 @@ def main() -> None:
     n = pos.shape[0]
     model = paper_model(dev).eval()
     model.set_attention_impl(args.impl)
-    model.checkpoint_blocks = args.checkpoint == "on"
+    model.checkpoint_blocks = {"off": False, "on": True, "offload": "offload"}[args.checkpoint]
     graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
                       n_local=n, exchange=NoGhosts(n))
     if dev.type == "cuda":
@@ -104,6 +106,8 @@ def main() -> None:
         print(f"  {name:45s} {b / n / 1e3:8.1f} KB/atom")
     if args.json:
         args.json.write_text(json.dumps({
+            "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+            "commit": provenance.commit(), "dtype": "float32", "command": " ".join(sys.argv),
             "n_atoms": n, "edges": int(pair_i.numel()), "impl": args.impl,
             "checkpoint": args.checkpoint, "config": CFG, "device": str(dev),
             "saved_bytes_per_atom": total / n,

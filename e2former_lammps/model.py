@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .config import E2FormerConfig
 from .exchange import Exchange, NoGhosts
+from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
 from .nn.embedding import ChargeSpinEmbedding, EdgeDegreeEmbedding
 from .nn.ffn import GatedFeedForward
@@ -21,6 +22,9 @@ FORMAT_VERSION = 1
 # Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
 # in the backward: activations kept for one block instead of all (kernels/NOTES.md E11).
 CHECKPOINT_MIN_ATOMS = 20_000
+# With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
+# memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
+OFFLOAD_ENV = "E2FORMER_OFFLOAD_BLOCK_INPUTS"
 PACKAGED_MODELS = Path(__file__).parent / "models"
 
 
@@ -71,7 +75,9 @@ class TransformerBlock(nn.Module):
 class E2FormerV2(nn.Module):
     """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
 
-    # "auto": recompute blocks in the backward for large frozen-weight systems; True / False
+    # "auto": recompute blocks in the backward for large frozen-weight systems (and keep their
+    # inputs in host memory if OFFLOAD_ENV is 1); True / False; "offload": recompute and keep
+    # the inputs in host memory
     checkpoint_blocks: bool | str = "auto"
 
     def __init__(self, config: E2FormerConfig):
@@ -120,25 +126,38 @@ class E2FormerV2(nn.Module):
         """No parameter asks for a gradient (inference / MD: forces only)."""
         return not any(p.requires_grad for p in self.parameters())
 
-    def _checkpointing(self, n_recv: int) -> bool:
-        """Recompute each block in the backward instead of keeping its activations?"""
-        if self.checkpoint_blocks != "auto":
-            return bool(self.checkpoint_blocks)
-        return (self.weights_frozen and torch.is_grad_enabled()
-                and n_recv >= CHECKPOINT_MIN_ATOMS)
+    def _checkpoint_mode(self, n_recv: int) -> str:
+        """How blocks keep what their backward needs: "off" (all activations), "recompute"
+        (only each block's input; the block runs again in the backward) or "offload"
+        (recompute, with the inputs in host memory)."""
+        mode = self.checkpoint_blocks
+        if mode == "offload":
+            return mode
+        if mode != "auto":
+            return "recompute" if mode else "off"
+        if not (self.weights_frozen and torch.is_grad_enabled()
+                and n_recv >= CHECKPOINT_MIN_ATOMS):
+            return "off"
+        offload = os.environ.get(OFFLOAD_ENV, "0")
+        if offload not in ("0", "1"):
+            raise ValueError(f"{OFFLOAD_ENV} must be 0 or 1, got {offload!r}")
+        return "offload" if offload == "1" else "recompute"
 
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
-        recompute = self._checkpointing(ex.n_recv)
+        mode = self._checkpoint_mode(ex.n_recv)
         for block in self.blocks:
             x = ex(x)
             if self.charge_spin is not None and graph.charge is not None:
                 x = self._add_charge_spin(x, graph)
-            if recompute:
+            if mode == "off":
+                x = block(x, graph)
+            elif mode == "recompute":
                 x = checkpoint(block, x, graph, use_reentrant=False)
             else:
-                x = block(x, graph)
+                with keep_on_host(x):
+                    x = checkpoint(block, x, graph, use_reentrant=False)
         return x
 
     def _add_charge_spin(self, x: Tensor, graph: AtomGraph) -> Tensor:

@@ -1,4 +1,6 @@
 """Model-level physics: symmetry, conservative forces, stress, persistence, bad input."""
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -143,25 +145,46 @@ def test_bad_inputs_have_clear_messages(tmp_path, model64):
 
 
 @pytest.mark.parametrize("periodic", [False, True])
-def test_block_checkpointing_gives_the_same_forces(model64, periodic):
-    """Recomputing blocks in the backward (large MD systems) changes nothing but memory."""
+def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatch):
+    """Recomputing blocks in the backward (large MD systems), with their inputs kept in host
+    memory or not, changes nothing but memory; the offload moves each block's input once."""
+    import e2former_lammps.model as model_module
     from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.host_offload import keep_on_host
     from e2former_lammps.neighbors import atoms_to_graph
 
+    moved = []
+
+    @contextlib.contextmanager
+    def counting_keep_on_host(x):
+        with keep_on_host(x) as count:
+            yield count
+        moved.append(count[0])
+
+    monkeypatch.setattr(model_module, "keep_on_host", counting_keep_on_host)
     model = model64.eval().requires_grad_(False)
     cfg = model.config
     atoms = water_box(2) if periodic else spice_molecules(1, min_atoms=10)[0]
     results = {}
-    for mode in (False, True):
+    for mode in (False, True, "offload"):
         model.checkpoint_blocks = mode
         graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
         results[mode] = energy_and_pair_gradient(model, graph)
-    assert model._checkpointing(10) and torch.equal(results[True][0], results[False][0])
-    assert torch.allclose(results[True][1], results[False][1], rtol=0, atol=1e-12)
+    assert moved == [1] * cfg.num_layers
+    assert model._checkpoint_mode(10) == "offload"
+    for mode in (True, "offload"):
+        assert torch.equal(results[mode][0], results[False][0])
+        assert torch.allclose(results[mode][1], results[False][1], rtol=0, atol=1e-12)
     model.checkpoint_blocks = "auto"
-    assert not model._checkpointing(10) and model._checkpointing(10**6)
+    assert model._checkpoint_mode(10) == "off" and model._checkpoint_mode(10**6) == "recompute"
+    monkeypatch.setenv(model_module.OFFLOAD_ENV, "1")
+    assert model._checkpoint_mode(10) == "off" and model._checkpoint_mode(10**6) == "offload"
+    monkeypatch.setenv(model_module.OFFLOAD_ENV, "yes")
+    with pytest.raises(ValueError, match=model_module.OFFLOAD_ENV):
+        model._checkpoint_mode(10**6)
+    monkeypatch.delenv(model_module.OFFLOAD_ENV)
     model.requires_grad_(True)
-    assert not model._checkpointing(10**6)  # training keeps activations (weight gradients)
+    assert model._checkpoint_mode(10**6) == "off"  # training keeps activations (weight grads)
 
 
 def test_identity_paths_model_is_equivariant_conservative_and_differs():
@@ -198,3 +221,38 @@ def test_identity_paths_model_saves_and_loads(tmp_path):
     e1, f1 = _energy_forces(E2FormerCalculator(model), atoms)
     e2, f2 = _energy_forces(E2FormerCalculator(back), atoms)
     assert abs(e1 - e2) < 1e-10 and _rel(f2, f1) < 1e-10
+
+
+@pytest.mark.gpu
+def test_gpu_offloaded_block_inputs_same_forces_less_memory():
+    """On the GPU (Triton attention), block inputs kept in pinned host memory give the
+    recompute path's energies and pair gradients exactly, and the backward's peak holds one
+    block input instead of all of them."""
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = random_model(seed, dtype=torch.float32, channels=128, num_heads=16,
+                         num_layers=4).cuda().eval().requires_grad_(False)
+    cfg = model.config
+    atoms = water_box(12, seed=seed)  # 5,184 atoms
+    graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff, torch.float32,
+                           "cuda")
+    x_bytes = len(atoms) * (cfg.lmax + 1) ** 2 * cfg.channels * 4
+    results, peaks = {}, {}
+    for mode in (True, "offload"):
+        model.checkpoint_blocks = mode
+        energy_and_pair_gradient(model, graph)  # compile and cache first
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        results[mode] = energy_and_pair_gradient(model, graph)
+        torch.cuda.synchronize()
+        peaks[mode] = torch.cuda.max_memory_allocated() - base
+    model.checkpoint_blocks = "auto"
+    assert torch.equal(results["offload"][0], results[True][0])
+    assert torch.equal(results["offload"][1], results[True][1])
+    # all but the block being recomputed stay on the host: (layers - 1) inputs, less slack
+    print("peaks", peaks, "x_bytes", x_bytes)
+    assert peaks[True] - peaks["offload"] >= (cfg.num_layers - 1.5) * x_bytes
