@@ -334,28 +334,49 @@ def test_direct_force_pretraining_then_autograd(tmp_path):
                    init_model=str(tmp_path / "tiny.pt"), model={}))
 
 
-def test_train_sweep_records_each_variant(tmp_path):
-    """benchmarks/train_sweep.py trains every variant, a `model.` entry included, for the same
-    time and writes one JSON with each variant's changes, steps and validation metrics."""
+def _run_benchmark(script: str, *args: str) -> None:
+    import os
     import subprocess
     import sys
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, str(repo / "benchmarks" / script), *args],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONPATH": f"{repo}:{repo / 'benchmarks'}"})
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def _sweep_config(tmp_path) -> str:
     data = _write(tmp_path / "d.xyz", _molecules(8))
     cfg = tmp_path / "base.yaml"
     cfg.write_text(yaml.safe_dump(dict(train=data, val=data, model=dict(TINY), batch_size=4,
                                        warmup_steps=0, device="cpu", progress=False,
                                        max_steps=1000, checkpoint_every_steps=None,
                                        checkpoint_every_minutes=None)))
+    return str(cfg)
+
+
+def test_profile_train_step_counts_each_batch_size(tmp_path):
+    """benchmarks/profile_train_step.py profiles the requested steps of real training and
+    reports per batch size the wall time, operator time and ATen calls of a step."""
+    out = tmp_path / "profile.json"
+    _run_benchmark("profile_train_step.py", _sweep_config(tmp_path), "--batch-sizes", "2",
+                   "4", "--warmup", "1", "--active", "2", "--rows", "3", "--out", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert [r["batch_size"] for r in results] == [2, 4]
+    for r in results:
+        assert r["steps_profiled"] == 2 and r["wall_s_per_step"] > 0 and r["kernel_s_per_step"] > 0
+        assert r["aten_calls_per_step"] > 100 and len(r["top"]) == 3
+
+
+def test_train_sweep_records_each_variant(tmp_path):
+    """benchmarks/train_sweep.py trains every variant, a `model.` entry included, for the same
+    time and writes one JSON with each variant's changes, steps and validation metrics."""
     out = tmp_path / "sweep.json"
-    run = subprocess.run(
-        [sys.executable, str(repo / "benchmarks" / "train_sweep.py"), str(cfg),
-         "--minutes", "0.02", "--variant", "base:", "--variant",
-         "id:model.identity_paths=true,lr=0.005", "--workdir", str(tmp_path / "runs"),
-         "--out", str(out), "--no-plot"], capture_output=True, text=True, timeout=600,
-        env={**__import__("os").environ, "PYTHONPATH": f"{repo}:{repo / 'benchmarks'}"})
-    assert run.returncode == 0, run.stderr[-2000:]
+    _run_benchmark("train_sweep.py", _sweep_config(tmp_path), "--minutes", "0.02",
+                   "--variant", "base:", "--variant", "id:model.identity_paths=true,lr=0.005",
+                   "--workdir", str(tmp_path / "runs"), "--out", str(out), "--no-plot")
     runs = {r["name"]: r for r in json.loads(out.read_text())["runs"]}
     assert runs["base"]["changes"] == {}
     assert runs["id"]["changes"] == {"model.identity_paths": True, "lr": 0.005}

@@ -8,6 +8,7 @@ import os
 import random
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -104,11 +105,13 @@ def _fresh_sums() -> dict:
     return {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
 
 
-def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
+def train(cfg: TrainConfig, stop_after_steps: int | None = None,
+          on_step: Callable[[int], None] | None = None) -> dict:
     """Train as `cfg` says; returns {"model": path, "metrics": ..., "step": ...}.
 
     stop_after_steps simulates a kill: the run stops after that many (total) steps without
     a final checkpoint, so a resumed run restarts from the last periodic checkpoint.
+    on_step(step) is called after each optimiser step (profilers, benchmarks).
     """
     t_start = time.monotonic()
     out = Path(cfg.output_dir)
@@ -293,6 +296,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None) -> dict:
                 log(f"stopping early: {stopped_early}")
                 break
         step += 1
+        if on_step is not None:
+            on_step(step)
         pos += cfg.batch_size
         if pos >= n_train:
             epoch, pos = epoch + 1, 0
