@@ -52,26 +52,15 @@ def rotation_to_pole(r_hat: Tensor) -> Tensor:
     that takes r_hat to the pole gives the same equivariant product, so the switch between
     branches changes nothing downstream.
     """
-    sign = torch.where(r_hat[..., 1:2] >= 0, 1.0, -1.0).to(r_hat.dtype)  # [..., 1]
     x, y, z = r_hat.unbind(-1)
-    s = sign[..., 0]
-    # k = r_hat x (s*y_hat) = s * (-z, 0, x); c = s * y
+    s = torch.where(y >= 0, 1.0, -1.0).to(r_hat.dtype)
+    # k = r_hat x (s*y_hat) = s * (-z, 0, x); c = s * y. R = I + [k]x + ([k]x^2 = k k^T -
+    # |k|^2 I) / (1 + c), entry by entry (k_y = 0), then the half turn about x, diag(1, -1,
+    # -1) on the left, on the negative branch: rows 1 and 2 times s.
     kx, kz = -s * z, s * x
-    c = s * y
-    f = 1.0 / (1.0 + c)
-    zero = torch.zeros_like(x)
-    one = torch.ones_like(x)
-    kmat = torch.stack(
-        [torch.stack([zero, -kz, zero], -1),
-         torch.stack([kz, zero, -kx], -1),
-         torch.stack([zero, kx, zero], -1)],
-        dim=-2,
-    )
-    eye = torch.diag_embed(torch.stack([one, one, one], -1))
-    # [k]x^2 = k k^T - |k|^2 I, elementwise (not one 3x3 product per direction)
-    kvec = torch.stack([kx, zero, kz], -1)
-    kk = kvec[..., :, None] * kvec[..., None, :] - eye * (kx * kx + kz * kz)[..., None, None]
-    rot = eye + kmat + kk * f[..., None, None]
-    # Half turn about x on the negative branch: diag(1, -1, -1) applied on the left.
-    flip = torch.stack([one, s, s], -1)[..., :, None]
-    return rot * flip
+    f = 1.0 / (1.0 + s * y)
+    kxf, kzf = kx * f, kz * f
+    entries = [1.0 - kz * kzf, -kz, kx * kzf,
+               s * kz, s * (1.0 - (kx * kxf + kz * kzf)), -s * kx,
+               s * (kx * kzf), s * kx, s * (1.0 - kx * kxf)]
+    return torch.stack(entries, -1).unflatten(-1, (3, 3))

@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from e2former_lammps.o3 import eaas_paths, rotation_to_pole, tp_pole_frame, wigner_d
+from e2former_lammps.o3 import rotation_to_pole, tp_eaas, wigner_d
 
 from .common import EdgeRadialWeights, edge_geometry, scatter_max
 
@@ -86,11 +86,11 @@ def equivariant_attention_reference(
     vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
     _, r_hat, _ = edge_geometry(rij, cutoff)
     rot = rotation_to_pole(r_hat)
-    u = {}
-    for l in range(lmax + 1):
-        u[l] = wigner_d(rot, l) @ vj[:, l * l:(l + 1) * (l + 1)]
-    out = [_sum_per_receiver(wigner_d(rot, path.l3).transpose(-1, -2) @ t, pair_i, n_recv)
-           for path, t in zip(eaas_paths(lmax), tp_pole_frame(u, lmax))]
+    # each D^l once per edge (a path ending in l3 reuses D^l3; fewer operators to dispatch
+    # and to differentiate twice in training)
+    wigner = {l: wigner_d(rot, l) for l in range(lmax + 1)}
+    v_rows = {l: vj[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
+    out = [_sum_per_receiver(t, pair_i, n_recv) for t in tp_eaas(v_rows, wigner, lmax)]
     if identity_paths:
         out.append(_sum_per_receiver(vj, pair_i, n_recv))
     return torch.cat(out, dim=1)
