@@ -36,6 +36,16 @@ class E2FormerCalculator(Calculator):
         self.dtype = next(model.parameters()).dtype
         self._evaluate = GraphedEnergyForces(self.model)  # CUDA graphs for small systems
 
+    def check_state(self, atoms, tol: float = 1e-15) -> list[str]:
+        """ASE's changes, plus the total charge and spin in atoms.info (model inputs that ASE
+        does not watch: without this a changed charge would return the cached results)."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and any(
+                atoms.info.get(key, default) != self.atoms.info.get(key, default)
+                for key, default in (("charge", 0.0), ("spin", 1.0))):
+            changes.append("info")
+        return changes
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         cfg = self.model.config

@@ -9,7 +9,8 @@ def _export(args: argparse.Namespace) -> int:
     from .lammps.export import export_lammps_model
 
     path = export_lammps_model(args.checkpoint, args.output, dtype=args.dtype,
-                               device=args.device, attention=args.attention)
+                               device=args.device, attention=args.attention,
+                               charge=args.charge, spin=args.spin)
     print(f"wrote {path}: use `pair_style mliap unified {path} 0` in LAMMPS")
     return 0
 
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if present)")
     p.add_argument("--attention", default=None, help="attention implementation: auto, "
                    "reference or triton (default: the model's own choice)")
+    p.add_argument("--charge", type=float, default=0.0,
+                   help="total charge of the simulated system in e (models with charge_spin)")
+    p.add_argument("--spin", type=float, default=1.0,
+                   help="spin multiplicity 2S+1 of the system (models with charge_spin)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("train", help="train a model from a YAML config (resumes if possible)")

@@ -30,6 +30,14 @@ class E2FormerConfig:
     # moment the first neighbour crosses the cutoff (steep forces would break NVE).
     softmax_eps: float = 1.0
     charge_spin: bool = False
+    # How the total charge Q (e) and spin multiplicity S of a structure enter (charge_spin on):
+    # "uniform": every atom's scalars get MLP(Q, S - 1), the same vector, so the network must
+    # learn a per-structure quantity as a sum of per-atom ones and extrapolates it with the
+    # molecule's size. "distributed": Q and S - 1 are spread over the atoms with weights from
+    # the atoms' own features (a softmax per structure, summing to one; cf. SpookyNet's
+    # electronic embedding), exactly zero for a neutral singlet, plus a per-structure energy
+    # per charge state (charge_energies, least squares with the element energies).
+    charge_spin_mode: str = "uniform"
     # An l = 1 readout of forces, for direct-force pre-training (training.direct_force_steps):
     # cheaper than autograd forces (no double backward) but not conservative, so MD and
     # evaluation always use -dE/dx.
@@ -42,6 +50,8 @@ class E2FormerConfig:
     # training experiments and small systems, not for large MD.
     identity_paths: bool = False
     reference_energies: dict[str, float] = field(default_factory=dict)
+    # eV per structure by total charge ("1": E(Q = +1), ...; Q = 0 is 0), "distributed" only
+    charge_energies: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.elements = list(self.elements)
@@ -58,6 +68,13 @@ class E2FormerConfig:
             )
         if self.cutoff <= 0:
             raise ValueError(f"cutoff must be positive, got {self.cutoff} Å")
+        if self.charge_spin_mode not in ("uniform", "distributed"):
+            raise ValueError(f"charge_spin_mode must be 'uniform' or 'distributed', got "
+                             f"{self.charge_spin_mode!r}")
+        if self.charge_energies and self.charge_spin_mode != "distributed":
+            raise ValueError("charge_energies need charge_spin_mode 'distributed'")
+        self.charge_energies = {str(int(float(q))): float(e)
+                                for q, e in self.charge_energies.items()}
         extra = set(self.reference_energies) - set(self.elements)
         if extra:
             raise ValueError(f"reference_energies for elements not in the model: {sorted(extra)}")

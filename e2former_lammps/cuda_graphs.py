@@ -179,9 +179,12 @@ class GraphedEnergyForces:
     def __call__(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
         owner = self._owner(graph)
         n_edges = graph.pair_i.numel()
+        # a distributed charge is spread over all receivers: the dummy ones would take a share
+        spread_charge = (graph.charge is not None
+                         and self.model.config.charge_spin_mode == "distributed")
         usable = (self.enabled and graph.rij.is_cuda and owner is not False
                   and 0 < n_edges <= self.max_edges and graph.batch is None
-                  and self.model.weights_frozen)
+                  and self.model.weights_frozen and not spread_charge)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
         key = graph_key(graph, owner, self.model.charge_spin is not None)

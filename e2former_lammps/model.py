@@ -13,7 +13,7 @@ from .config import E2FormerConfig
 from .exchange import Exchange, NoGhosts
 from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
-from .nn.embedding import ChargeSpinEmbedding, EdgeDegreeEmbedding
+from .nn.embedding import ChargeSpinEmbedding, DistributedChargeSpin, EdgeDegreeEmbedding
 from .nn.ffn import GatedFeedForward
 from .nn.norm import EquivariantRMSNorm
 from .nn.radial import GaussianBasis
@@ -88,7 +88,10 @@ class E2FormerV2(nn.Module):
             basis, len(cfg.elements), cfg.channels, cfg.lmax, cfg.radial_hidden, cfg.avg_degree,
             cfg.cutoff,
         )
-        self.charge_spin = ChargeSpinEmbedding(cfg.channels) if cfg.charge_spin else None
+        self.charge_spin = None
+        if cfg.charge_spin:
+            self.charge_spin = (DistributedChargeSpin if cfg.charge_spin_mode == "distributed"
+                                else ChargeSpinEmbedding)(cfg.channels)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, basis) for _ in range(cfg.num_layers))
         self.final_norm = EquivariantRMSNorm(cfg.channels, cfg.lmax)
         self.energy_head = nn.Sequential(
@@ -103,6 +106,13 @@ class E2FormerV2(nn.Module):
                          dtype=torch.float64),
         )
 
+        states = sorted(cfg.charge_energies, key=int)
+        # from config.charge_energies (saved with the config, so not in the state dict)
+        self.register_buffer("charge_states", torch.tensor(
+            [float(q) for q in states], dtype=torch.float64), persistent=False)
+        self.register_buffer("charge_state_energies", torch.tensor(
+            [cfg.charge_energies[q] for q in states], dtype=torch.float64), persistent=False)
+
     @property
     def elements(self) -> list[str]:
         return self.config.elements
@@ -116,6 +126,30 @@ class E2FormerV2(nn.Module):
         self.config.reference_energies = {e: float(energies.get(e, 0.0)) for e in self.elements}
         self.reference_energies.copy_(torch.tensor(
             [self.config.reference_energies[e] for e in self.elements], dtype=torch.float64))
+
+    def set_charge_energies(self, energies: dict[str, float]) -> None:
+        """eV per structure of each nonzero total charge ("1", "-1", ...); stored in the
+        config too ("distributed" charge_spin_mode only)."""
+        if self.config.charge_spin_mode != "distributed":
+            raise ValueError("charge energies need charge_spin_mode 'distributed'")
+        self.config.charge_energies = {str(int(float(q))): float(e) for q, e in energies.items()}
+        states = sorted(self.config.charge_energies, key=int)
+        dev = self.charge_states.device
+        self.charge_states = torch.tensor([float(q) for q in states], dtype=torch.float64,
+                                          device=dev)
+        self.charge_state_energies = torch.tensor(
+            [self.config.charge_energies[q] for q in states], dtype=torch.float64, device=dev)
+
+    def charge_energy(self, charge: Tensor) -> Tensor:
+        """eV per structure [B] of each structure's total charge (0 for neutral ones)."""
+        match = charge.to(torch.float64)[:, None] == self.charge_states[None, :]
+        capturing = charge.is_cuda and torch.cuda.is_current_stream_capturing()
+        if not capturing and not bool((match.any(1) | (charge == 0)).all()):
+            unknown = sorted({float(q) for q in charge[~(match.any(1) | (charge == 0))]})
+            raise ValueError(f"total charge(s) {unknown} e: this model has energies for "
+                             f"charges {[0.0] + self.charge_states.tolist()} only (those of "
+                             f"its training data)")
+        return (match.to(torch.float64) * self.charge_state_energies).sum(1)
 
     def _node_energy(self, x_normed: Tensor) -> Tensor:
         """Network energy of each atom from its final-normed features (l = 0 rows)."""
@@ -148,9 +182,9 @@ class E2FormerV2(nn.Module):
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
         mode = self._checkpoint_mode(ex.n_recv)
         for block in self.blocks:
-            x = ex(x)
             if self.charge_spin is not None and graph.charge is not None:
-                x = self._add_charge_spin(x, graph)
+                x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners
+            x = ex(x)
             if mode == "off":
                 x = block(x, graph)
             elif mode == "recompute":
@@ -160,13 +194,22 @@ class E2FormerV2(nn.Module):
                     x = checkpoint(block, x, graph, use_reentrant=False)
         return x
 
+    @staticmethod
+    def _structure_of_atom(graph: AtomGraph, n: int, device: torch.device) -> Tensor:
+        """Structure index of the first n atoms (one structure when the graph has no batch)."""
+        if graph.batch is None:
+            return torch.zeros(n, dtype=torch.long, device=device)
+        return graph.batch[:n]
+
     def _add_charge_spin(self, x: Tensor, graph: AtomGraph) -> Tensor:
-        emb = self.charge_spin(graph.charge.to(x.dtype), graph.spin.to(x.dtype))
-        batch = graph.batch if graph.batch is not None else torch.zeros(
-            x.shape[0], dtype=torch.long, device=x.device)
-        n = min(batch.numel(), x.shape[0])
-        l0 = x[:, 0].clone()
-        l0[:n] = l0[:n] + emb[batch[:n]]
+        """x [n_recv, rows, C] of the receiving atoms, the charge/spin embedding added to the
+        l = 0 rows."""
+        structure = self._structure_of_atom(graph, x.shape[0], x.device)
+        charge, spin = graph.charge.to(x.dtype), graph.spin.to(x.dtype)
+        if isinstance(self.charge_spin, DistributedChargeSpin):
+            l0 = x[:, 0] + self.charge_spin(x[:, 0], structure, charge, spin)
+        else:
+            l0 = x[:, 0] + self.charge_spin(charge, spin)[structure]
         return torch.cat([l0[:, None], x[:, 1:]], dim=1)
 
     def isolated_atom_energies(self) -> Tensor:
@@ -209,8 +252,15 @@ class E2FormerV2(nn.Module):
         species = graph.species[:graph.n_local]
         baseline = self._baseline()
         e_node = self._node_energy(x_normed)
-        return e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
+        eatoms = e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
+        if graph.charge is not None and self.config.charge_spin_mode == "distributed":
+            # the per-structure charge energy, split evenly: a constant, so no force
+            structure = self._structure_of_atom(graph, graph.n_local, eatoms.device)
+            n_atoms = torch.bincount(structure, minlength=graph.charge.shape[0])
+            per_atom = self.charge_energy(graph.charge) / n_atoms.clamp(min=1)
+            eatoms = eatoms + per_atom[structure].to(eatoms.dtype)
+        return eatoms
 
     def energy_and_direct_forces(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
         """(eatoms [n_local] eV, forces [n_local, 3] eV/Å read from the l = 1 features).

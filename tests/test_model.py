@@ -256,3 +256,97 @@ def test_gpu_offloaded_block_inputs_same_forces_less_memory():
     # all but the block being recomputed stay on the host: (layers - 1) inputs, less slack
     print("peaks", peaks, "x_bytes", x_bytes)
     assert peaks[True] - peaks["offload"] >= (cfg.num_layers - 1.5) * x_bytes
+
+
+def _distributed_charge_model(seed: int) -> E2FormerV2:
+    """A random fp64 model with the distributed charge/spin embedding switched on (its value
+    vectors start at zero, which would hide it) and energies for charges -1 and +1."""
+    model = random_model(seed, charge_spin=True, charge_spin_mode="distributed")
+    with torch.no_grad():
+        model.charge_spin.value.normal_(0.0, 0.5)
+        model.charge_spin.logits.weight.normal_(0.0, 0.5)
+    model.set_charge_energies({"1": -3.25, "-1": 1.5})
+    return model
+
+
+def _charged_batch(model, atoms_list, charges, spins):
+    from e2former_lammps.data import Frame
+    from e2former_lammps.training.batching import PackedFrames
+
+    frames = [Frame(numbers=a.numbers, positions=a.positions, energy=0.0,
+                    forces=np.zeros((len(a), 3)), charge=q, spin=s)
+              for a, q, s in zip(atoms_list, charges, spins)]
+    cfg = model.config
+    return PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                        dtype=torch.float64)
+
+
+def test_distributed_charge_is_per_structure():
+    """charge_spin_mode "distributed": each structure of a batch gets what it gets alone (the
+    softmax never mixes structures), a neutral singlet gets exactly nothing, the charge energy
+    is per structure (split evenly: no force), an unknown charge is a named error, and the
+    embedding a structure receives sums to Q value_q + (S - 1) value_s whatever its size."""
+    from e2former_lammps.nn.embedding import DistributedChargeSpin
+    from e2former_lammps.training.batching import predict
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = _distributed_charge_model(seed)
+    mols = spice_molecules(3, min_atoms=6, seed=seed)
+    charges, spins = [1.0, 0.0, -1.0], [2.0, 1.0, 1.0]
+    packed = _charged_batch(model, mols, charges, spins)
+    e_all, f_all = predict(model, packed.batch([0, 1, 2]))
+    for k in range(3):
+        e_k, f_k = predict(model, packed.batch([k]))
+        rows = slice(int(packed.offsets[k]), int(packed.offsets[k + 1]))
+        assert torch.allclose(e_all[k], e_k[0], rtol=0, atol=1e-10)
+        assert torch.allclose(f_all[rows], f_k, rtol=0, atol=1e-10)
+    # a neutral singlet: the same energy and forces as a model without the embedding input
+    b = packed.batch([1])
+    e_neutral, f_neutral = predict(model, b)
+    b.graph.charge = None
+    e_none, f_none = predict(model, b)
+    assert torch.equal(e_neutral, e_none) and torch.equal(f_neutral, f_none)
+    # the charge energy: -3.25 eV on the cation's total, with the same forces when shifted
+    model.set_charge_energies({"1": 0.0, "-1": 1.5})
+    e_zero, f_zero = predict(model, packed.batch([0]))
+    assert abs(float((e_all[0] - e_zero[0]).detach()) - (-3.25)) < 1e-10
+    assert torch.allclose(f_zero, f_all[:len(mols[0])], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match=r"total charge\(s\) \[2.0\]"):
+        predict(model, _charged_batch(model, mols[:1], [2.0], [1.0]).batch([0]))
+    # weights sum to one per structure: the embedding's total is size independent
+    emb = DistributedChargeSpin(8).double()
+    torch.nn.init.normal_(emb.value)
+    structure = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
+    q, s = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 1.0],
+                                                                           dtype=torch.float64)
+    out = emb(torch.randn(10, 8, dtype=torch.float64), structure, q, s)
+    total = torch.zeros(2, 8, dtype=torch.float64).index_add(0, structure, out)
+    expect = q[:, None] * emb.value[0] + (s - 1.0)[:, None] * emb.value[1]
+    assert torch.allclose(total, expect, rtol=0, atol=1e-12)
+
+
+def test_distributed_charge_model_is_equivariant_conservative_and_saves(tmp_path):
+    """A charged structure through the ASE calculator (atoms.info charge/spin): energy
+    invariant and forces equivariant under rotation, forces = -dE/dx (fp64); the mode and the
+    charge energies survive save/load."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    model = _distributed_charge_model(seed)
+    calc = E2FormerCalculator(model)
+    atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
+    atoms.info.update(charge=1, spin=2)
+    e, f = _energy_forces(calc, atoms)
+    rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    e_r, f_r = _energy_forces(calc, moved)
+    assert abs(e_r - e) <= 1e-10 * max(1.0, abs(e)) and _rel(f_r, f @ rot.T) <= 1e-9
+    _assert_forces_are_minus_gradient(calc, atoms, f, every=4)
+    model.save(tmp_path / "m.pt")
+    back = E2FormerV2.load(tmp_path / "m.pt").double()
+    assert back.config.charge_spin_mode == "distributed"
+    assert back.config.charge_energies == {"1": -3.25, "-1": 1.5}
+    e_back, _ = _energy_forces(E2FormerCalculator(back), atoms)
+    assert abs(e_back - e) < 1e-10

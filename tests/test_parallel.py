@@ -83,3 +83,40 @@ def test_error_on_one_rank_stops_the_run(tmp_path, models):
     out = run_lammps(tmp_path, atoms, model, ELEMENTS, nprocs=2,
                      settings="processors 2 1 1", expect_fail=True, timeout=180)
     assert "overlapping atoms" in out
+
+
+def test_distributed_charge_one_rank_matches_calculator_and_two_ranks_refuse(tmp_path):
+    """A model that spreads the total charge over all atoms (charge_spin_mode "distributed"),
+    exported for a cation (--charge 1 --spin 2): one rank gives the ASE calculator's numbers
+    for that charge; two ranks stop with a clear error (the spread needs every atom on one
+    rank); exported neutral, two ranks match one rank. A charge without an energy in the
+    model is refused at export."""
+    import torch
+
+    from e2former_lammps import E2FormerCalculator
+
+    model = random_model(seed=23, charge_spin=True, charge_spin_mode="distributed")
+    with torch.no_grad():
+        model.charge_spin.value.normal_(0.0, 0.5)
+    model.set_charge_energies({"1": -2.0})
+    cation, neutral = tmp_path / "cation.pt", tmp_path / "neutral.pt"
+    export_lammps_model(model, cation, device="cpu", charge=1.0, spin=2.0)
+    export_lammps_model(model, neutral, device="cpu")
+    atoms = water_box(2, seed=11)
+    res = run_lammps(tmp_path / "cation1", atoms, cation, ELEMENTS)
+    ref = atoms.copy()
+    ref.info.update(charge=1, spin=2)
+    ref.calc = E2FormerCalculator(model)
+    e, f = ref.get_potential_energy(), ref.get_forces()
+    assert abs(res.energy - e) <= TOL * max(1.0, abs(e))
+    assert np.abs(res.forces - f).max() <= TOL * max(1.0, np.abs(f).max())
+    ref.info.update(charge=0, spin=1)  # the charge changes the answer: the test can fail
+    assert abs(ref.get_potential_energy() - e) > 1.0
+    out = run_lammps(tmp_path / "cation2", atoms, cation, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1", expect_fail=True, timeout=180)
+    assert "run on one MPI rank" in out and "Traceback" not in out
+    _same(run_lammps(tmp_path / "neutral2", atoms, neutral, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1"),
+          run_lammps(tmp_path / "neutral1", atoms, neutral, ELEMENTS))
+    with pytest.raises(ValueError, match=r"total charge\(s\) \[2.0\]"):
+        export_lammps_model(model, tmp_path / "x.pt", device="cpu", charge=2.0)

@@ -173,6 +173,54 @@ def test_reference_energies_least_squares():
     assert fit["N"] == 0.0
 
 
+def test_charge_energies_least_squares():
+    """With by_charge, one energy per nonzero total charge (per structure) is fitted with the
+    element energies; without it, charged frames only blur the element energies."""
+    from e2former_lammps.training.batching import fit_energy_offsets
+
+    rng = np.random.default_rng(1)
+    refs, by_q = {"H": -13.6, "C": -1030.0, "O": -2040.0}, {-1: 2.5, 1: -11.75, 2: -30.0}
+    frames = []
+    for k in range(24):
+        n_h, n_c, n_o = rng.integers(1, 6, size=3)
+        q = [-1, 0, 1, 2][k % 4]
+        nums = [1] * n_h + [6] * n_c + [8] * n_o
+        e = n_h * refs["H"] + n_c * refs["C"] + n_o * refs["O"] + by_q.get(q, 0.0)
+        frames.append(Frame(numbers=nums, positions=rng.normal(size=(len(nums), 3)) * 3,
+                            energy=e, forces=np.zeros((len(nums), 3)), charge=float(q)))
+    packed = PackedFrames(frames, ["H", "C", "O"], [1, 6, 8], 4.0)
+    elements, charges = fit_energy_offsets(packed, ["H", "C", "O"], by_charge=True)
+    assert set(charges) == {"-1", "1", "2"}
+    for q, v in by_q.items():
+        assert charges[str(q)] == pytest.approx(v, abs=1e-8)
+    for k, v in refs.items():
+        assert elements[k] == pytest.approx(v, abs=1e-8)
+    assert fit_energy_offsets(packed, ["H", "C", "O"], by_charge=False)[1] == {}
+
+
+def test_training_a_distributed_charge_model_fits_and_saves_charge_energies(tmp_path):
+    """train() on charged frames with charge_spin_mode "distributed" stores the per-charge
+    energies of the least-squares fit of its data in the saved model."""
+    from e2former_lammps.training.batching import fit_energy_offsets
+
+    mols = _molecules(8)
+    for k, a in enumerate(mols):
+        a.info["charge"] = [0, 1][k % 2]
+        a.calc.results["energy"] += -5.0 if k % 2 else 0.0
+    data = _write(tmp_path / "q.xyz", mols)
+    cfg = _cfg(tmp_path, data, max_steps=3,
+               model=dict(TINY, charge_spin=True, charge_spin_mode="distributed"))
+    out = train(cfg)
+    model = E2FormerV2.load(out["model"])
+    assert model.config.charge_spin_mode == "distributed"
+    packed = PackedFrames(read_dataset(data), model.elements, model.config.atomic_numbers,
+                          model.config.cutoff)
+    expect = fit_energy_offsets(packed, model.elements, by_charge=True)
+    assert model.config.charge_energies == pytest.approx(expect[1], abs=1e-9)
+    assert model.config.reference_energies == pytest.approx(expect[0], abs=1e-9)
+    assert set(expect[1]) == {"1"} and expect[1]["1"] < -3.0  # the 5 eV shift, mostly
+
+
 def test_config_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "learning_rate": 1}))

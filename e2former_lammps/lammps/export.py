@@ -12,9 +12,21 @@ from .mliap import E2FormerMLIAP
 
 def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str | os.PathLike,
                         dtype: str | None = None, device: str = "auto",
-                        attention: str | None = None) -> Path:
-    """Checkpoint (path, packaged name or model) -> LAMMPS model file. Returns its path."""
+                        attention: str | None = None, charge: float = 0.0,
+                        spin: float = 1.0) -> Path:
+    """Checkpoint (path, packaged name or model) -> LAMMPS model file. Returns its path.
+
+    charge (e) and spin (multiplicity) describe the whole simulated system; they reach
+    models trained with charge_spin and must be the defaults (0, 1) for the others."""
     model = checkpoint if isinstance(checkpoint, E2FormerV2) else E2FormerV2.load(checkpoint)
+    if (charge, spin) != (0.0, 1.0) and not model.config.charge_spin:
+        raise ValueError(f"charge {charge} / spin {spin}: this model has no charge/spin input "
+                         f"(trained without charge_spin)")
+    if spin < 1.0:
+        raise ValueError(f"spin is the multiplicity 2S+1 (>= 1), got {spin}")
+    if model.config.charge_spin_mode == "distributed" and charge != 0.0:
+        # a charge the model has an energy for, or a clear error now rather than in LAMMPS
+        model.charge_energy(torch.tensor([charge], device=model.charge_states.device))
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
     if device == "auto":
@@ -25,5 +37,7 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
     output = Path(output)
     if output.suffix not in (".pt", ".pth"):
         raise ValueError(f"LAMMPS reads a torch file only if it ends in .pt or .pth: {output}")
-    torch.save(E2FormerMLIAP(model, device=device), output)
+    unified = E2FormerMLIAP(model, device=device)
+    unified.charge, unified.spin = float(charge), float(spin)
+    torch.save(unified, output)
     return output

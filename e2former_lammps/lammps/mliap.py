@@ -168,7 +168,15 @@ class E2FormerMLIAP(MLIAPUnified):
                           exchange=exchange)
         # on the model's device: at 5M pairs the check costs ~170 ms on 2 CPU cores
         check_pairs(graph.rij, graph.pair_i, graph.pair_j, label=_atom_labeller(lmp, ntotal))
-        if self.model.config.charge_spin:
+        cfg = self.model.config
+        distributed = cfg.charge_spin and cfg.charge_spin_mode == "distributed"
+        if cfg.charge_spin and not (distributed and self.charge == 0 and self.spin == 1):
+            # (a neutral singlet gets exactly nothing from the distributed embedding)
+            if distributed and (ghost_shell or (comm is not None and comm.Get_size() > 1)):
+                raise InputError(
+                    f"charge {self.charge} / spin {self.spin}: this model spreads the total "
+                    f"charge over all atoms of the system, which needs them on one rank "
+                    f"without a ghost shell; run on one MPI rank")
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
         if self.profiler is not None:

@@ -90,3 +90,35 @@ class ChargeSpinEmbedding(nn.Module):
 
     def forward(self, charge: Tensor, spin: Tensor) -> Tensor:
         return self.mlp(torch.stack([charge, spin - 1.0], dim=-1))
+
+
+class DistributedChargeSpin(nn.Module):
+    """Total charge Q (e) and unpaired electrons S - 1 of each structure, spread over its
+    atoms: atom i of structure b gets (Q_b w_i, (S_b - 1) u_i) @ value, with w, u a softmax
+    over the structure's atoms of logits from their scalar features.
+
+    The weights sum to one per structure, so what a structure receives does not grow with
+    its size, and the charge can sit where the chemistry puts it (on the NH3+ of an
+    ammonium, learned from the features); a neutral singlet gets exactly zero.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.logits = nn.Linear(channels, 2)
+        # zero: a new embedding starts without effect and learns where charge matters
+        self.value = nn.Parameter(torch.zeros(2, channels))
+
+    def forward(self, scalars: Tensor, structure: Tensor, charge: Tensor,
+                spin: Tensor) -> Tensor:
+        """scalars [n, C] (l = 0 rows), structure [n] (index into charge/spin [B]) ->
+        [n, C] added to the l = 0 rows."""
+        logits = self.logits(scalars)  # [n, 2]
+        n_struct = charge.shape[0]
+        index = structure[:, None].expand_as(logits)
+        # softmax per structure: shift by the structure's max (no gradient through it)
+        top = logits.new_full((n_struct, 2), float("-inf")).scatter_reduce(
+            0, index, logits.detach(), "amax")
+        a = torch.exp(logits - top[structure])
+        weights = a / torch.zeros_like(top).index_add(0, structure, a)[structure]
+        amount = torch.stack([charge, spin - 1.0], dim=-1)[structure] * weights
+        return amount @ self.value

@@ -158,9 +158,22 @@ def _frame_energies(eatoms: Tensor, batch: Batch) -> Tensor:
 
 def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[str, float]:
     """Per-element energies (eV) by least squares: E_frame ~ sum_e count_e * ref_e."""
-    A = packed.counts
+    return fit_energy_offsets(packed, elements, by_charge=False)[0]
+
+
+def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: bool
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-element energies (eV) and, with by_charge, one energy (eV per structure) per
+    nonzero total charge, by one least squares:
+    E_frame ~ sum_e count_e * ref_e + sum_{q != 0} [Q_frame = q] * E_q."""
+    charges = np.rint(packed.charge.cpu().numpy()).astype(int)
+    states = sorted(set(charges.tolist()) - {0}) if by_charge else []
+    A = np.concatenate([packed.counts] + [(charges == q)[:, None].astype(float)
+                                          for q in states], axis=1)
     y = packed.energy.cpu().numpy()
     present = A.sum(0) > 0
-    sol = np.zeros(len(elements))
+    sol = np.zeros(A.shape[1])
     sol[present] = np.linalg.lstsq(A[:, present], y, rcond=None)[0]
-    return {e: float(sol[k]) for k, e in enumerate(elements)}
+    n = len(elements)
+    return ({e: float(sol[k]) for k, e in enumerate(elements)},
+            {str(q): float(sol[n + k]) for k, q in enumerate(states)})

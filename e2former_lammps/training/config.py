@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 
 MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",
-              "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "avg_degree",
-              "direct_force_head", "identity_paths")
+              "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "charge_spin_mode",
+              "avg_degree", "direct_force_head", "identity_paths")
 
 # annotation (as written, postponed) -> the number type the entry must hold
 _NUMERIC_FIELDS = {"float": float, "float | None": float, "int": int, "int | None": int}

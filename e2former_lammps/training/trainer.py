@@ -17,7 +17,7 @@ from ..config import E2FormerConfig
 from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
-from .batching import PackedFrames, fit_reference_energies, predict, predict_direct
+from .batching import PackedFrames, fit_energy_offsets, predict, predict_direct
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
@@ -154,7 +154,11 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
                                     max(train_set.mean_neighbours(), 1.0))
             torch.manual_seed(cfg.seed)
             model = E2FormerV2(mcfg)
-        model.set_reference_energies(fit_reference_energies(train_set, mcfg.elements))
+        by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
+        element_e, charge_e = fit_energy_offsets(train_set, mcfg.elements, by_charge)
+        model.set_reference_energies(element_e)
+        if by_charge:
+            model.set_charge_energies(charge_e)
     else:
         model = E2FormerV2(mcfg)
     model = model.to(device=device, dtype=dtype)
