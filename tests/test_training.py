@@ -138,6 +138,25 @@ def test_evaluate_json_equals_hand_computation(tmp_path, capsys):
     assert out["overall"]["n_frames"] == 3
 
 
+def test_evaluate_by_molecule_groups_spice_frames(capsys):
+    """--by-molecule: the metrics of each SPICE molecule (HDF5 group) equal those of its
+    frames evaluated alone, and the table lists the molecules."""
+    from conftest import SHARED_DATA
+    from e2former_lammps.training.evaluate import evaluate_frames
+
+    frames = read_dataset(str(SHARED_DATA / "val.hdf5"))
+    groups = sorted({f.info["group"] for f in frames})[:2]
+    picked = [f for g in groups for f in [x for x in frames if x.info["group"] == g][:3]]
+    model = _tiny_model(elements=("H", "C", "N", "O", "F", "S", "Cl"))
+    out = evaluate_frames(model, picked, batch_size=4, device="cpu", by_molecule=True)
+    assert sorted(out["molecules"]) == groups
+    for g in groups:
+        alone = evaluate_frames(model, [f for f in picked if f.info["group"] == g],
+                                device="cpu")["overall"]
+        for key in ("energy_mae_meV_per_atom", "force_mae_meV_per_A", "n_frames"):
+            assert out["molecules"][g][key] == pytest.approx(alone[key], rel=1e-9)
+
+
 def test_batch_equals_single_structures():
     atoms = _molecules(3, seed=7)
     frames = [Frame.from_atoms(a, a.get_potential_energy(), a.get_forces()) for a in atoms]

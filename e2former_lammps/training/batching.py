@@ -58,6 +58,8 @@ class PackedFrames:
         self.subset_names = sorted({f.subset for f in frames})
         lut = {s: k for k, s in enumerate(self.subset_names)}
         self.subset = torch.tensor([lut[f.subset] for f in frames], device=self.device)
+        # the molecule of each frame (SPICE: its HDF5 group), for per-molecule metrics
+        self.molecules = [str(f.info.get("group", f.subset)) for f in frames]
         self.counts = np.zeros((self.n_frames, len(elements)), dtype=np.float64)
         species_np = self.species.cpu().numpy()
         for k, (a, b) in enumerate(zip(np.concatenate([[0], np.cumsum(natoms)])[:-1],

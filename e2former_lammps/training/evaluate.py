@@ -17,12 +17,14 @@ def resolve_device(device: str) -> torch.device:
 
 
 def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 32,
-                    progress: bool = False, max_frames: int | None = None) -> dict:
+                    progress: bool = False, max_frames: int | None = None,
+                    by_molecule: bool = False) -> dict:
     """Metrics of all frames, or of max_frames evenly spaced ones (same frames every call,
-    spread over the file so every subset is represented)."""
+    spread over the file so every subset is represented); by_molecule adds "molecules", the
+    same metrics per molecule (SPICE group; other formats: per subset)."""
     import numpy as np
 
-    acc = MetricAccumulator()
+    acc, acc_mol = MetricAccumulator(), MetricAccumulator()
     rows = np.arange(len(packed))
     if max_frames is not None and max_frames < len(packed):
         rows = np.unique(np.linspace(0, len(packed) - 1, max_frames).round().astype(np.int64))
@@ -36,32 +38,38 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
     for s in it:
         b = packed.batch(rows[s:s + batch_size].tolist())
         e, f = predict(model, b, create_graph=False)
-        acc.add([packed.subset_names[k] for k in b.subset.tolist()],
-                e.detach().cpu().numpy(), b.energy.cpu().numpy(), b.n_atoms.cpu().numpy(),
-                f.detach().cpu().double().numpy(), b.forces.cpu().double().numpy(),
-                b.graph.batch.cpu().numpy())
+        arrays = (e.detach().cpu().numpy(), b.energy.cpu().numpy(), b.n_atoms.cpu().numpy(),
+                  f.detach().cpu().double().numpy(), b.forces.cpu().double().numpy(),
+                  b.graph.batch.cpu().numpy())
+        acc.add([packed.subset_names[k] for k in b.subset.tolist()], *arrays)
+        if by_molecule:
+            acc_mol.add([packed.molecules[k] for k in b.frame_index.tolist()], *arrays)
     model.train(was_training)
-    return acc.result()
+    out = acc.result()
+    if by_molecule:
+        out["molecules"] = acc_mol.result()["subsets"]
+    return out
 
 
 def evaluate_frames(model: E2FormerV2, frames: list[Frame], batch_size: int = 32,
-                    device: str = "auto", progress: bool = False) -> dict:
+                    device: str = "auto", progress: bool = False,
+                    by_molecule: bool = False) -> dict:
     dev = resolve_device(device)
     model = model.to(dev)
     dtype = next(model.parameters()).dtype
     cfg = model.config
     packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dev, dtype)
-    return evaluate_packed(model, packed, batch_size, progress)
+    return evaluate_packed(model, packed, batch_size, progress, by_molecule=by_molecule)
 
 
 def evaluate_model_file(model: str, data: list[str] | str, batch_size: int = 32,
                         device: str = "auto", data_format: str | None = None,
-                        progress: bool = False) -> dict:
+                        progress: bool = False, by_molecule: bool = False) -> dict:
     """Metrics of a saved (or packaged) model on one or more data files."""
     m = E2FormerV2.load(model)
     paths = [data] if isinstance(data, str) else list(data)
     frames = [f for p in paths for f in read_dataset(p, data_format)]
-    out = evaluate_frames(m, frames, batch_size, device, progress)
+    out = evaluate_frames(m, frames, batch_size, device, progress, by_molecule)
     out["model"] = str(model)
     out["data"] = paths
     return out
