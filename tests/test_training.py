@@ -240,6 +240,42 @@ def test_training_a_distributed_charge_model_fits_and_saves_charge_energies(tmp_
     assert set(expect[1]) == {"1"} and expect[1]["1"] < -3.0  # the 5 eV shift, mostly
 
 
+def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
+    """init_model + model.charge_spin_mode: every weight but the charge/spin embedding is
+    taken over, the embedding starts afresh, and training fits the charge energies; any other
+    model entry beside init_model stays an error."""
+    from e2former_lammps.training.trainer import _init_model
+
+    mols = _molecules(8)
+    for k, a in enumerate(mols):
+        a.info["charge"] = [0, 1][k % 2]
+    data = _write(tmp_path / "q.xyz", mols)
+    uniform = E2FormerV2(E2FormerConfig(elements=["H", "C", "O"], charge_spin=True, **TINY))
+    uniform.save(tmp_path / "uniform.pt")
+    cfg = _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
+               model={"charge_spin_mode": "distributed"})
+    switched = _init_model(cfg)
+    assert switched.config.charge_spin_mode == "distributed"
+    old = uniform.state_dict()
+    new = switched.state_dict()
+    assert {k for k in new if not k.startswith("charge_spin.")} == \
+        {k for k in old if not k.startswith("charge_spin.")}
+    for k, v in new.items():
+        if not k.startswith("charge_spin."):
+            assert torch.equal(v, old[k]), k
+    out = E2FormerV2.load(train(cfg)["model"])
+    assert out.config.charge_spin_mode == "distributed" and set(out.config.charge_energies) == {"1"}
+    with pytest.raises(ValueError, match=r"\['channels'\]"):
+        _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
+             model={"charge_spin_mode": "distributed", "channels": 8})
+    no_charge = tmp_path / "plain.pt"
+    _tiny_model().save(no_charge)
+    with pytest.raises(ValueError, match="no charge/spin input"):
+        train(_cfg(tmp_path, data, max_steps=2, init_model=str(no_charge),
+                   model={"charge_spin_mode": "distributed"},
+                   output_dir=str(tmp_path / "run-plain")))
+
+
 def test_config_errors(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text(yaml.safe_dump({"train": "x.xyz", "max_steps": 1, "learning_rate": 1}))

@@ -10,6 +10,10 @@ MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim
               "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "charge_spin_mode",
               "avg_degree", "direct_force_head", "identity_paths")
 
+# model entries that may change when training starts from init_model: the weights they touch
+# start afresh, all others are taken over
+INIT_MODEL_CHANGES = ("charge_spin_mode",)
+
 # annotation (as written, postponed) -> the number type the entry must hold
 _NUMERIC_FIELDS = {"float": float, "float | None": float, "int": int, "int | None": int}
 
@@ -87,10 +91,11 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"train config: unknown model keys {sorted(unknown)}; "
                              f"known: {list(MODEL_KEYS)}")
-        if self.init_model and self.model:
+        fixed = sorted(set(self.model) - set(INIT_MODEL_CHANGES))
+        if self.init_model and fixed:
             raise ValueError(f"train config: init_model {self.init_model} sets the architecture, "
-                             f"so the `model` entries {sorted(self.model)} would be ignored; "
-                             f"remove them")
+                             f"so the `model` entries {fixed} would be ignored; remove them "
+                             f"(with init_model only {list(INIT_MODEL_CHANGES)} may change)")
         if self.epochs is None and self.max_steps is None and self.max_minutes is None \
                 and self.max_wall_minutes is None:
             raise ValueError("train config: set at least one of epochs, max_steps, max_minutes, "

@@ -85,6 +85,28 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _init_model(cfg: TrainConfig) -> E2FormerV2:
+    """The init_model, with the allowed `model` changes (charge_spin_mode: the charge/spin
+    embedding starts afresh, every other weight is taken over)."""
+    base = E2FormerV2.load(cfg.init_model)
+    if not cfg.model:
+        return base
+    mcfg = copy.deepcopy(base.config)
+    if "charge_spin_mode" in cfg.model:
+        if not mcfg.charge_spin:
+            raise ValueError(f"train config: init_model {cfg.init_model} has no charge/spin "
+                             f"input, so model.charge_spin_mode cannot change")
+        mcfg.charge_spin_mode = cfg.model["charge_spin_mode"]
+        mcfg.charge_energies = {}  # fitted again from the training data
+    mcfg.__post_init__()
+    model = E2FormerV2(mcfg)
+    state = {k: v for k, v in base.state_dict().items() if not k.startswith("charge_spin.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith("charge_spin.") for k in missing), \
+        (missing, unexpected)
+    return model.to(next(base.parameters()).dtype)
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     """Frame order of one epoch: a function of (seed, epoch) only, so resume is exact."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -133,8 +155,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
         mcfg = E2FormerConfig.from_dict(ckpt["model_config"])
         log(f"resuming from {ckpt_path} at step {ckpt['step']}")
     elif cfg.init_model:
-        base = E2FormerV2.load(cfg.init_model)
-        mcfg = copy.deepcopy(base.config)
+        base = _init_model(cfg)
+        mcfg = base.config
     else:
         elements = list(cfg.elements) if cfg.elements else _elements_of(train_frames)
         mcfg = E2FormerConfig(elements=elements, **{k: v for k, v in cfg.model.items()
