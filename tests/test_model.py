@@ -62,6 +62,19 @@ def _assert_forces_are_minus_gradient(calc, atoms, forces, every: int) -> None:
             assert abs(fd - forces[k, d]) < 1e-7 * max(1.0, abs(forces[k, d]))
 
 
+def _assert_invariant_and_conservative(calc, atoms, rng) -> float:
+    """Energy invariant and forces equivariant under a random rotation, forces = -dE/dx by
+    central differences (fp64); returns the energy (eV)."""
+    e, f = _energy_forces(calc, atoms)
+    rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    e_r, f_r = _energy_forces(calc, moved)
+    assert abs(e_r - e) <= 1e-10 * max(1.0, abs(e)) and _rel(f_r, f @ rot.T) <= 1e-9
+    _assert_forces_are_minus_gradient(calc, atoms, f, every=4)
+    return e
+
+
 def test_forces_are_minus_energy_gradient_fp64(model64):
     calc = E2FormerCalculator(model64)
     atoms = spice_molecules(1, min_atoms=10)[0]
@@ -197,13 +210,7 @@ def test_identity_paths_model_is_equivariant_conservative_and_differs():
     model = random_model(seed, identity_paths=True)
     calc = E2FormerCalculator(model)
     atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
-    e, f = _energy_forces(calc, atoms)
-    rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
-    moved = atoms.copy()
-    moved.positions = atoms.positions @ rot.T
-    e_r, f_r = _energy_forces(calc, moved)
-    assert abs(e_r - e) <= 1e-10 * max(1.0, abs(e)) and _rel(f_r, f @ rot.T) <= 1e-9
-    _assert_forces_are_minus_gradient(calc, atoms, f, every=4)
+    e = _assert_invariant_and_conservative(calc, atoms, rng)
     with torch.no_grad():  # the identity path's block of each path mix carries the values
         for block in model.blocks:
             for mix in block.attention.path_mix:
@@ -337,13 +344,7 @@ def test_distributed_charge_model_is_equivariant_conservative_and_saves(tmp_path
     calc = E2FormerCalculator(model)
     atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
     atoms.info.update(charge=1, spin=2)
-    e, f = _energy_forces(calc, atoms)
-    rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
-    moved = atoms.copy()
-    moved.positions = atoms.positions @ rot.T
-    e_r, f_r = _energy_forces(calc, moved)
-    assert abs(e_r - e) <= 1e-10 * max(1.0, abs(e)) and _rel(f_r, f @ rot.T) <= 1e-9
-    _assert_forces_are_minus_gradient(calc, atoms, f, every=4)
+    e = _assert_invariant_and_conservative(calc, atoms, rng)
     model.save(tmp_path / "m.pt")
     back = E2FormerV2.load(tmp_path / "m.pt").double()
     assert back.config.charge_spin_mode == "distributed"
