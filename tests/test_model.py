@@ -233,8 +233,8 @@ def test_identity_paths_model_saves_and_loads(tmp_path):
 @pytest.mark.gpu
 def test_gpu_offloaded_block_inputs_same_forces_less_memory():
     """On the GPU (Triton attention), block inputs kept in pinned host memory give the
-    recompute path's energies and pair gradients exactly, and the backward's peak holds one
-    block input instead of all of them."""
+    recompute path's energies and pair gradients, and the backward's peak holds one block
+    input instead of all of them."""
     from e2former_lammps.forces import energy_and_pair_gradient
     from e2former_lammps.neighbors import atoms_to_graph
 
@@ -258,8 +258,9 @@ def test_gpu_offloaded_block_inputs_same_forces_less_memory():
         torch.cuda.synchronize()
         peaks[mode] = torch.cuda.max_memory_allocated() - base
     model.checkpoint_blocks = "auto"
-    assert torch.equal(results["offload"][0], results[True][0])
-    assert torch.equal(results["offload"][1], results[True][1])
+    # the same inputs and kernels; the backward kernels' atomics may reorder sums (ulps)
+    for got, ref in zip(results["offload"], results[True]):
+        assert (got - ref).abs().max() <= 1e-5 * ref.abs().max() + 1e-6
     # all but the block being recomputed stay on the host: (layers - 1) inputs, less slack
     print("peaks", peaks, "x_bytes", x_bytes)
     assert peaks[True] - peaks["offload"] >= (cfg.num_layers - 1.5) * x_bytes
