@@ -242,8 +242,9 @@ def test_training_a_distributed_charge_model_fits_and_saves_charge_energies(tmp_
 
 def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
     """init_model + model.charge_spin_mode: every weight but the charge/spin embedding is
-    taken over, the embedding starts afresh, and training fits the charge energies; any other
-    model entry beside init_model stays an error."""
+    taken over, the embedding starts afresh, the element energies are kept and each charge
+    state's energy is the mean residual of its frames; any other model entry beside
+    init_model stays an error."""
     from e2former_lammps.training.trainer import _init_model
 
     mols = _molecules(8)
@@ -263,8 +264,18 @@ def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
     for k, v in new.items():
         if not k.startswith("charge_spin."):
             assert torch.equal(v, old[k]), k
+    # before any step, the charge energy of the +1 frames absorbs their mean residual
+    from e2former_lammps.training.batching import fit_charge_energies_to_residuals, predict
+
+    switched.double()
+    packed = PackedFrames(read_dataset(data), ["H", "C", "O"], [1, 6, 8], TINY["cutoff"],
+                          dtype=torch.float64)
+    switched.set_charge_energies(fit_charge_energies_to_residuals(switched, packed))
+    b = packed.batch([1, 3, 5, 7])
+    assert abs(float((b.energy - predict(switched, b)[0].detach()).mean())) < 1e-9
     out = E2FormerV2.load(train(cfg)["model"])
     assert out.config.charge_spin_mode == "distributed" and set(out.config.charge_energies) == {"1"}
+    assert out.config.reference_energies == uniform.config.reference_energies
     with pytest.raises(ValueError, match=r"\['channels'\]"):
         _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
              model={"charge_spin_mode": "distributed", "channels": 8})

@@ -179,3 +179,22 @@ def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: boo
     n = len(elements)
     return ({e: float(sol[k]) for k, e in enumerate(elements)},
             {str(q): float(sol[n + k]) for k, q in enumerate(states)})
+
+
+def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames,
+                                     batch_size: int = 64) -> dict[str, float]:
+    """One energy (eV per structure) per nonzero total charge: the mean of E_label - E_model
+    over the frames of that charge, the model evaluated without any charge energy. For a
+    model whose charge embedding starts afresh (it contributes nothing yet)."""
+    charges = np.rint(packed.charge.cpu().numpy()).astype(int)
+    out = {}
+    for q in sorted(set(charges.tolist()) - {0}):
+        rows = np.flatnonzero(charges == q).tolist()
+        residual = []
+        for s in range(0, len(rows), batch_size):
+            b = packed.batch(rows[s:s + batch_size])
+            b.graph.charge = None  # no charge energy (the fresh embedding adds zero anyway)
+            e, _ = predict(model, b)
+            residual.append((b.energy - e.detach().double()).cpu().numpy())
+        out[str(q)] = float(np.concatenate(residual).mean())
+    return out

@@ -17,7 +17,8 @@ from ..config import E2FormerConfig
 from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
-from .batching import PackedFrames, fit_energy_offsets, predict, predict_direct
+from .batching import (PackedFrames, fit_charge_energies_to_residuals, fit_energy_offsets,
+                       predict, predict_direct)
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
@@ -177,10 +178,17 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
             torch.manual_seed(cfg.seed)
             model = E2FormerV2(mcfg)
         by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
-        element_e, charge_e = fit_energy_offsets(train_set, mcfg.elements, by_charge)
-        model.set_reference_energies(element_e)
-        if by_charge:
-            model.set_charge_energies(charge_e)
+        if cfg.init_model and "charge_spin_mode" in cfg.model:
+            # switched embedding: keep the element energies the weights were trained with
+            # (a joint refit would move every neutral molecule's energy) and give each
+            # charge state the mean energy the network misses on it
+            model.set_charge_energies(fit_charge_energies_to_residuals(
+                model.to(device=device, dtype=dtype), train_set))
+        else:
+            element_e, charge_e = fit_energy_offsets(train_set, mcfg.elements, by_charge)
+            model.set_reference_energies(element_e)
+            if by_charge:
+                model.set_charge_energies(charge_e)
     else:
         model = E2FormerV2(mcfg)
     model = model.to(device=device, dtype=dtype)
