@@ -9,6 +9,7 @@ with no communication. Exact when `comm_modify cutoff` >= (num_layers + 1) * r_c
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import torch
@@ -88,6 +89,9 @@ class E2FormerMLIAP(MLIAPUnified):
                     traceback.print_exc()
                 print(f"ERROR (E2Former, rank {comm.Get_rank()}): {exc}", file=sys.stderr,
                       flush=True)
+                # mpirun forwards output asynchronously: abort at once and, when every rank
+                # fails together, the message can be lost (seen in CI); give it a moment
+                time.sleep(1.0)
                 comm.Abort(1)
             if isinstance(exc, InputError):
                 # LAMMPS prints the Python error (one line, see install_excepthook) and stops.
