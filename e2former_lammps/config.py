@@ -6,6 +6,11 @@ from dataclasses import asdict, dataclass, field, fields
 from ase.data import atomic_numbers
 
 
+def normalize_charge_energies(energies: dict) -> dict[str, float]:
+    """{total charge: eV} with the charges as integer strings ("1", "-2"), as saved."""
+    return {str(int(float(q))): float(e) for q, e in energies.items()}
+
+
 @dataclass
 class E2FormerConfig:
     """Hyper-parameters of E2Former-V2. Lengths in Å, energies in eV.
@@ -73,8 +78,7 @@ class E2FormerConfig:
                              f"{self.charge_spin_mode!r}")
         if self.charge_energies and self.charge_spin_mode != "distributed":
             raise ValueError("charge_energies need charge_spin_mode 'distributed'")
-        self.charge_energies = {str(int(float(q))): float(e)
-                                for q, e in self.charge_energies.items()}
+        self.charge_energies = normalize_charge_energies(self.charge_energies)
         extra = set(self.reference_energies) - set(self.elements)
         if extra:
             raise ValueError(f"reference_energies for elements not in the model: {sorted(extra)}")

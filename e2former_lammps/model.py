@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import E2FormerConfig
+from .config import E2FormerConfig, normalize_charge_energies
 from .exchange import Exchange, NoGhosts
 from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
@@ -106,12 +106,12 @@ class E2FormerV2(nn.Module):
                          dtype=torch.float64),
         )
 
-        states = sorted(cfg.charge_energies, key=int)
         # from config.charge_energies (saved with the config, so not in the state dict)
-        self.register_buffer("charge_states", torch.tensor(
-            [float(q) for q in states], dtype=torch.float64), persistent=False)
-        self.register_buffer("charge_state_energies", torch.tensor(
-            [cfg.charge_energies[q] for q in states], dtype=torch.float64), persistent=False)
+        self.register_buffer("charge_states", torch.zeros(0, dtype=torch.float64),
+                             persistent=False)
+        self.register_buffer("charge_state_energies", torch.zeros(0, dtype=torch.float64),
+                             persistent=False)
+        self._charge_tables_from_config()
 
     @property
     def elements(self) -> list[str]:
@@ -132,7 +132,11 @@ class E2FormerV2(nn.Module):
         config too ("distributed" charge_spin_mode only)."""
         if self.config.charge_spin_mode != "distributed":
             raise ValueError("charge energies need charge_spin_mode 'distributed'")
-        self.config.charge_energies = {str(int(float(q))): float(e) for q, e in energies.items()}
+        self.config.charge_energies = normalize_charge_energies(energies)
+        self._charge_tables_from_config()
+
+    def _charge_tables_from_config(self) -> None:
+        """charge_states / charge_state_energies buffers from config.charge_energies."""
         states = sorted(self.config.charge_energies, key=int)
         dev = self.charge_states.device
         self.charge_states = torch.tensor([float(q) for q in states], dtype=torch.float64,

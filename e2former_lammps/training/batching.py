@@ -158,6 +158,12 @@ def _frame_energies(eatoms: Tensor, batch: Batch) -> Tensor:
     return energy.index_add(0, batch.graph.batch, eatoms.to(torch.float64))
 
 
+def _charge_states(packed: PackedFrames) -> tuple[np.ndarray, list[int]]:
+    """Each frame's total charge (integer e) and the sorted nonzero charges present."""
+    charges = np.rint(packed.charge.cpu().numpy()).astype(int)
+    return charges, sorted(set(charges.tolist()) - {0})
+
+
 def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[str, float]:
     """Per-element energies (eV) by least squares: E_frame ~ sum_e count_e * ref_e."""
     return fit_energy_offsets(packed, elements, by_charge=False)[0]
@@ -168,8 +174,8 @@ def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: boo
     """Per-element energies (eV) and, with by_charge, one energy (eV per structure) per
     nonzero total charge, by one least squares:
     E_frame ~ sum_e count_e * ref_e + sum_{q != 0} [Q_frame = q] * E_q."""
-    charges = np.rint(packed.charge.cpu().numpy()).astype(int)
-    states = sorted(set(charges.tolist()) - {0}) if by_charge else []
+    charges, states = _charge_states(packed)
+    states = states if by_charge else []
     A = np.concatenate([packed.counts] + [(charges == q)[:, None].astype(float)
                                           for q in states], axis=1)
     y = packed.energy.cpu().numpy()
@@ -186,9 +192,9 @@ def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames,
     """One energy (eV per structure) per nonzero total charge: the mean of E_label - E_model
     over the frames of that charge, the model evaluated without any charge energy. For a
     model whose charge embedding starts afresh (it contributes nothing yet)."""
-    charges = np.rint(packed.charge.cpu().numpy()).astype(int)
+    charges, states = _charge_states(packed)
     out = {}
-    for q in sorted(set(charges.tolist()) - {0}):
+    for q in states:
         rows = np.flatnonzero(charges == q).tolist()
         residual = []
         for s in range(0, len(rows), batch_size):
