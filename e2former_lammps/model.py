@@ -185,8 +185,9 @@ class E2FormerV2(nn.Module):
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
         mode = self._checkpoint_mode(ex.n_recv)
+        distributed = isinstance(self.charge_spin, DistributedChargeSpin)
         for block in self.blocks:
-            if self.charge_spin is not None and graph.charge is not None:
+            if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners
             x = ex(x)
             if mode == "off":
@@ -207,7 +208,10 @@ class E2FormerV2(nn.Module):
 
     def _add_charge_spin(self, x: Tensor, graph: AtomGraph) -> Tensor:
         """x [n_recv, rows, C] of the receiving atoms, the charge/spin embedding added to the
-        l = 0 rows."""
+        l = 0 rows (no charge given: a neutral singlet)."""
+        if graph.charge is None:
+            l0 = x[:, 0] + self.charge_spin.neutral.to(x.dtype)
+            return torch.cat([l0[:, None], x[:, 1:]], dim=1)
         structure = self._structure_of_atom(graph, x.shape[0], x.device)
         charge, spin = graph.charge.to(x.dtype), graph.spin.to(x.dtype)
         if isinstance(self.charge_spin, DistributedChargeSpin):

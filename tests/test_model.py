@@ -268,10 +268,12 @@ def test_gpu_offloaded_block_inputs_same_forces_less_memory():
 
 def _distributed_charge_model(seed: int) -> E2FormerV2:
     """A random fp64 model with the distributed charge/spin embedding switched on (its value
-    vectors start at zero, which would hide it) and energies for charges -1 and +1."""
+    and neutral vectors start at zero, which would hide them) and energies for charges -1
+    and +1."""
     model = random_model(seed, charge_spin=True, charge_spin_mode="distributed")
     with torch.no_grad():
         model.charge_spin.value.normal_(0.0, 0.5)
+        model.charge_spin.neutral.normal_(0.0, 0.5)
         model.charge_spin.logits.weight.normal_(0.0, 0.5)
     model.set_charge_energies({"1": -3.25, "-1": 1.5})
     return model
@@ -291,7 +293,8 @@ def _charged_batch(model, atoms_list, charges, spins):
 
 def test_distributed_charge_is_per_structure():
     """charge_spin_mode "distributed": each structure of a batch gets what it gets alone (the
-    softmax never mixes structures), a neutral singlet gets exactly nothing, the charge energy
+    softmax never mixes structures), a neutral singlet gets only the neutral vector (as when
+    no charge is given; without it the energy changes), the charge energy
     is per structure (split evenly: no force), an unknown charge is a named error, and the
     embedding a structure receives sums to Q value_q + (S - 1) value_s whatever its size."""
     from e2former_lammps.nn.embedding import DistributedChargeSpin
@@ -315,6 +318,11 @@ def test_distributed_charge_is_per_structure():
     b.graph.charge = None
     e_none, f_none = predict(model, b)
     assert torch.equal(e_neutral, e_none) and torch.equal(f_neutral, f_none)
+    with torch.no_grad():
+        neutral = model.charge_spin.neutral.clone()
+        model.charge_spin.neutral.zero_()
+        assert abs(float((predict(model, b)[0] - e_none).detach())) > 1e-6
+        model.charge_spin.neutral.copy_(neutral)
     # the charge energy: -3.25 eV on the cation's total, with the same forces when shifted
     model.set_charge_energies({"1": 0.0, "-1": 1.5})
     e_zero, f_zero = predict(model, packed.batch([0]))
@@ -325,12 +333,14 @@ def test_distributed_charge_is_per_structure():
     # weights sum to one per structure: the embedding's total is size independent
     emb = DistributedChargeSpin(8).double()
     torch.nn.init.normal_(emb.value)
+    torch.nn.init.normal_(emb.neutral)
     structure = torch.tensor([0, 0, 0, 1, 1, 1, 1, 1, 1, 1])
     q, s = torch.tensor([1.0, -2.0], dtype=torch.float64), torch.tensor([2.0, 1.0],
                                                                            dtype=torch.float64)
     out = emb(torch.randn(10, 8, dtype=torch.float64), structure, q, s)
     total = torch.zeros(2, 8, dtype=torch.float64).index_add(0, structure, out)
-    expect = q[:, None] * emb.value[0] + (s - 1.0)[:, None] * emb.value[1]
+    expect = (q[:, None] * emb.value[0] + (s - 1.0)[:, None] * emb.value[1]
+              + torch.bincount(structure)[:, None] * emb.neutral)
     assert torch.allclose(total, expect, rtol=0, atol=1e-12)
 
 

@@ -98,6 +98,7 @@ def test_distributed_charge_one_rank_matches_calculator_and_two_ranks_refuse(tmp
     model = random_model(seed=23, charge_spin=True, charge_spin_mode="distributed")
     with torch.no_grad():
         model.charge_spin.value.normal_(0.0, 0.5)
+        model.charge_spin.neutral.normal_(0.0, 0.5)
     model.set_charge_energies({"1": -2.0})
     cation, neutral = tmp_path / "cation.pt", tmp_path / "neutral.pt"
     export_lammps_model(model, cation, device="cpu", charge=1.0, spin=2.0)

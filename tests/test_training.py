@@ -242,9 +242,10 @@ def test_training_a_distributed_charge_model_fits_and_saves_charge_energies(tmp_
 
 def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
     """init_model + model.charge_spin_mode: every weight but the charge/spin embedding is
-    taken over, the embedding starts afresh, the element energies are kept and each charge
-    state's energy is the mean residual of its frames; any other model entry beside
-    init_model stays an error."""
+    taken over (the new one keeps the uniform embedding's neutral-singlet vector, so neutral
+    frames are predicted exactly as before), the embedding starts afresh, the
+    element energies are kept and each charge state's energy is the mean residual of its
+    frames; any other model entry beside init_model stays an error."""
     from e2former_lammps.training.trainer import _init_model
 
     mols = _molecules(8)
@@ -252,30 +253,36 @@ def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
         a.info["charge"] = [0, 1][k % 2]
     data = _write(tmp_path / "q.xyz", mols)
     uniform = E2FormerV2(E2FormerConfig(elements=["H", "C", "O"], charge_spin=True, **TINY))
-    uniform.save(tmp_path / "uniform.pt")
+    uniform.double().save(tmp_path / "uniform.pt")  # fp64: the comparison below is exact
     cfg = _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
                model={"charge_spin_mode": "distributed"})
     switched = _init_model(cfg)
+    assert next(switched.parameters()).dtype == torch.float64
     assert switched.config.charge_spin_mode == "distributed"
     old = uniform.state_dict()
     new = switched.state_dict()
     assert {k for k in new if not k.startswith("charge_spin.")} == \
         {k for k in old if not k.startswith("charge_spin.")}
     for k, v in new.items():
-        if not k.startswith("charge_spin."):
+        if not k.startswith("charge_spin.") and k != "reference_energies":  # shifted: below
             assert torch.equal(v, old[k]), k
-    # before any step, the charge energy of the +1 frames absorbs their mean residual
+    assert float(switched.charge_spin.neutral.abs().max()) > 0
     from e2former_lammps.training.batching import fit_charge_energies_to_residuals, predict
 
-    switched.double()
     packed = PackedFrames(read_dataset(data), ["H", "C", "O"], [1, 6, 8], TINY["cutoff"],
                           dtype=torch.float64)
+    neutral = packed.batch([0, 2, 4, 6])
+    e_uniform, f_uniform = predict(uniform, neutral)
+    e_switched, f_switched = predict(switched, neutral)
+    torch.testing.assert_close(e_switched, e_uniform, rtol=0, atol=1e-10)
+    torch.testing.assert_close(f_switched, f_uniform, rtol=0, atol=1e-10)
+    # before any step, the charge energy of the +1 frames absorbs their mean residual
     switched.set_charge_energies(fit_charge_energies_to_residuals(switched, packed))
     b = packed.batch([1, 3, 5, 7])
     assert abs(float((b.energy - predict(switched, b)[0].detach()).mean())) < 1e-9
     out = E2FormerV2.load(train(cfg)["model"])
     assert out.config.charge_spin_mode == "distributed" and set(out.config.charge_energies) == {"1"}
-    assert out.config.reference_energies == uniform.config.reference_energies
+    assert out.config.reference_energies == switched.config.reference_energies
     with pytest.raises(ValueError, match=r"\['channels'\]"):
         _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
              model={"charge_spin_mode": "distributed", "channels": 8})

@@ -175,7 +175,7 @@ class E2FormerMLIAP(MLIAPUnified):
         cfg = self.model.config
         distributed = cfg.charge_spin and cfg.charge_spin_mode == "distributed"
         if cfg.charge_spin and not (distributed and self.charge == 0 and self.spin == 1):
-            # (a neutral singlet gets exactly nothing from the distributed embedding)
+            # (a neutral singlet is the no-charge case: the model adds only the neutral vector)
             if distributed and (ghost_shell or (comm is not None and comm.Get_size() > 1)):
                 raise InputError(
                     f"charge {self.charge} / spin {self.spin}: this model spreads the total "

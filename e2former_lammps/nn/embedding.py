@@ -99,7 +99,8 @@ class DistributedChargeSpin(nn.Module):
 
     The weights sum to one per structure, so what a structure receives does not grow with
     its size, and the charge can sit where the chemistry puts it (on the NH3+ of an
-    ammonium, learned from the features); a neutral singlet gets exactly zero.
+    ammonium, learned from the features); a neutral singlet gets only `neutral`, the same
+    vector for every atom.
     """
 
     def __init__(self, channels: int):
@@ -107,6 +108,10 @@ class DistributedChargeSpin(nn.Module):
         self.logits = nn.Linear(channels, 2)
         # zero: a new embedding starts without effect and learns where charge matters
         self.value = nn.Parameter(torch.zeros(2, channels))
+        # what every atom gets whatever the charge: zero for a new model; a model converted
+        # from the uniform embedding keeps that one's neutral-singlet vector here, so its
+        # neutral structures are predicted exactly as before the conversion
+        self.neutral = nn.Parameter(torch.zeros(channels))
 
     def forward(self, scalars: Tensor, structure: Tensor, charge: Tensor,
                 spin: Tensor) -> Tensor:
@@ -121,4 +126,4 @@ class DistributedChargeSpin(nn.Module):
         a = torch.exp(logits - top[structure])
         weights = a / torch.zeros_like(top).index_add(0, structure, a)[structure]
         amount = torch.stack([charge, spin - 1.0], dim=-1)[structure] * weights
-        return amount @ self.value
+        return self.neutral + amount @ self.value

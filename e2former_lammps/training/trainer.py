@@ -88,7 +88,8 @@ def save_atomic(obj, path: Path) -> None:
 
 def _init_model(cfg: TrainConfig) -> E2FormerV2:
     """The init_model, with the allowed `model` changes (charge_spin_mode: the charge/spin
-    embedding starts afresh, every other weight is taken over)."""
+    embedding starts afresh, every other weight is taken over; from the uniform embedding,
+    its neutral-singlet vector is kept, so neutral structures keep their predictions)."""
     base = E2FormerV2.load(cfg.init_model)
     if not cfg.model:
         return base
@@ -105,7 +106,19 @@ def _init_model(cfg: TrainConfig) -> E2FormerV2:
     missing, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("charge_spin.") for k in missing), \
         (missing, unexpected)
-    return model.to(next(base.parameters()).dtype)
+    model = model.to(next(base.parameters()).dtype)
+    if base.config.charge_spin_mode == "uniform" and mcfg.charge_spin_mode == "distributed":
+        with torch.no_grad():
+            zero = torch.zeros(1, dtype=next(base.parameters()).dtype)
+            model.charge_spin.neutral.copy_(base.charge_spin(zero, zero + 1.0)[0])  # Q=0, S=1
+            # eatoms subtract the network's isolated-atom output (computed without a charge),
+            # which now includes the neutral vector: shift each element energy by the change
+            iso_base = copy.deepcopy(base).double().isolated_atom_energies()
+            iso_new = copy.deepcopy(model).double().isolated_atom_energies()
+        model.set_reference_energies({
+            e: base.config.reference_energies.get(e, 0.0) + float(iso_new[k] - iso_base[k])
+            for k, e in enumerate(model.elements)})
+    return model
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -180,7 +193,8 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
         by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
         if cfg.init_model and "charge_spin_mode" in cfg.model:
             # switched embedding: keep the element energies the weights were trained with
-            # (a joint refit would move every neutral molecule's energy) and give each
+            # (a joint refit would move every neutral molecule's energy; _init_model only
+            # shifts them by the neutral vector's isolated-atom effect) and give each
             # charge state the mean energy the network misses on it
             model.set_charge_energies(fit_charge_energies_to_residuals(
                 model.to(device=device, dtype=dtype), train_set))
