@@ -32,7 +32,7 @@ class _InvariantProducts(torch.autograd.Function):
     def backward(ctx, grad_sums: Tensor):
         x, w1_rows, w2_rows, row_degree = ctx.saved_tensors
         a, b = degree_matmul(x, w1_rows), degree_matmul(x, w2_rows)
-        grad_rows = grad_sums[:, row_degree]
+        grad_rows = grad_sums.index_select(1, row_degree)
         grad_a, grad_b = grad_rows * b, grad_rows * a
         grad_x = (degree_matmul(grad_a, w1_rows.transpose(1, 2))
                   + degree_matmul(grad_b, w2_rows.transpose(1, 2)))

@@ -76,7 +76,7 @@ class EdgeDegreeEmbedding(nn.Module):
         w_aug = torch.cat([self.radial.w_out, self.radial.b_out[None]], dim=0).to(acc.dtype)
         # [hidden + 1, (lmax+1) C] -> one [hidden + 1, C] matrix per degree, then per row
         w_degree = w_aug.view(w_aug.shape[0], self.lmax + 1, self.channels).transpose(0, 1)
-        x = degree_matmul(acc, w_degree[self.row_degree])
+        x = degree_matmul(acc, w_degree.index_select(0, self.row_degree))
         # the element embedding goes to row 0 (l = 0); row_degree[:1] is the index [0]
         return x.index_add(1, self.row_degree[:1], self.element(species[:n_recv])[:, None])
 

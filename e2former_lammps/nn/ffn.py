@@ -11,7 +11,7 @@ from .linear import SO3Linear
 def _gate_rows(gates: Tensor, row_degree: Tensor) -> Tensor:
     """[N, lmax, H] gates (one set per l > 0) -> [N, rows, H] (row r: set degree(r); l = 0
     rows get ones, which the activation does not use)."""
-    return torch.cat([torch.ones_like(gates[:, :1]), gates], dim=1)[:, row_degree]
+    return torch.cat([torch.ones_like(gates[:, :1]), gates], dim=1).index_select(1, row_degree)
 
 
 class _GatedActivation(torch.autograd.Function):

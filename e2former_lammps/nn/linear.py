@@ -40,4 +40,4 @@ class SO3Linear(nn.Module):
         if self.bias is not None:
             bias_rows = torch.cat([self.bias[None], self.bias.new_zeros(
                 self.row_degree.numel() - 1, self.bias.numel())])
-        return degree_matmul(x, self.weight[self.row_degree], bias_rows)
+        return degree_matmul(x, self.weight.index_select(0, self.row_degree), bias_rows)

@@ -74,5 +74,5 @@ class EquivariantRMSNorm(nn.Module):
                              persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return _RMSNormFunction.apply(x, self.scale[self.row_degree], self.bias,
+        return _RMSNormFunction.apply(x, self.scale.index_select(0, self.row_degree), self.bias,
                                       self.row_divisor, self.row0, self.eps)

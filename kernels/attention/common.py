@@ -59,7 +59,8 @@ class EdgeRadialWeights:
     def hidden(self, rbf: Tensor, species_i: Tensor, species_j: Tensor) -> Tensor:
         """The hidden layer [E, hidden] from rbf(d) [E, R] and the two atoms' elements."""
         return torch.nn.functional.silu(
-            rbf @ self.w_rbf + self.emb_recv[species_i] + self.emb_send[species_j])
+            rbf @ self.w_rbf + self.emb_recv.index_select(0, species_i)
+            + self.emb_send.index_select(0, species_j))
 
 
 def receiver_chunks(rowptr: Tensor, n_edges: int,

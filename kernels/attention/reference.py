@@ -42,11 +42,14 @@ def attention_weights(
     n_recv, _, d_k = q.shape
     dist, _, env = edge_geometry(rij, cutoff)
     gate, weight = edge_gate_weight(dist, species[pair_i], species[pair_j], radial)
-    score = gate * (q[pair_i] * k[pair_j]).sum(-1) / math.sqrt(d_k)  # [E, H]
+    # index_select, not x[index]: its backward is an index_add, several times faster on the
+    # GPU than the sorting accumulate of advanced indexing (the training step's top kernel)
+    qk = (q.index_select(0, pair_i) * k.index_select(0, pair_j)).sum(-1)
+    score = gate * qk / math.sqrt(d_k)  # [E, H]
     smax = scatter_max(score.detach(), pair_i, n_recv)  # [n_recv, H]
-    a = torch.exp(score - smax[pair_i]) * env[:, None]
+    a = torch.exp(score - smax.index_select(0, pair_i)) * env[:, None]
     denom = torch.zeros_like(smax).index_add_(0, pair_i, a) + softmax_eps * torch.exp(-smax)
-    return weight * a / denom[pair_i]
+    return weight * a / denom.index_select(0, pair_i)
 
 
 def _weighted_values(
@@ -56,7 +59,7 @@ def _weighted_values(
     """alpha_ijh v_j per edge, channels split by head: [E, rows, C]."""
     alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
     alpha_c = alpha.repeat_interleave(v.shape[-1] // q.shape[1], dim=-1)  # [E, C]
-    return v[pair_j] * alpha_c[:, None, :]
+    return v.index_select(0, pair_j) * alpha_c[:, None, :]
 
 
 def _sum_per_receiver(edge_values: Tensor, pair_i: Tensor, n_recv: int) -> Tensor:
