@@ -16,9 +16,8 @@ import torch
 from torch import Tensor
 
 
-def _same_tensor(a: Tensor, b: Tensor) -> bool:
-    return (a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-            and a.dtype == b.dtype and a.device == b.device)
+def _identity(t: Tensor) -> tuple:
+    return t.data_ptr(), t.shape, t.stride(), t.dtype, t.device
 
 
 @contextmanager
@@ -27,9 +26,12 @@ def keep_on_host(x: Tensor) -> Iterator[list[int]]:
 
     Yields a one-element list counting the tensors moved (for tests and logs)."""
     moved = [0]
+    # not x itself: autograd keeps `pack` with every tensor saved under it, and a reference to
+    # x there would keep x on the device (as it did, on the H200, until this was found)
+    x_identity = _identity(x)
 
     def pack(t: Tensor):
-        if not _same_tensor(t, x):
+        if _identity(t) != x_identity:
             return t
         pinned = t.is_cuda
         host = torch.empty(t.shape, dtype=t.dtype, device="cpu", pin_memory=pinned)

@@ -1,5 +1,7 @@
 """Model-level physics: symmetry, conservative forces, stress, persistence, bad input."""
 import contextlib
+import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -157,10 +159,20 @@ def test_bad_inputs_have_clear_messages(tmp_path, model64):
         E2FormerConfig(elements=["H", "Xx"])
 
 
+def _recording(inputs: list, wrapped):
+    """wrapped (checkpoint or keep_on_host), noting a weak reference to its first tensor
+    argument (the block input)."""
+    def record(*args, **kwargs):
+        inputs.append(weakref.ref(next(a for a in args if isinstance(a, torch.Tensor))))
+        return wrapped(*args, **kwargs)
+    return record
+
+
 @pytest.mark.parametrize("periodic", [False, True])
 def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatch):
     """Recomputing blocks in the backward (large MD systems), with their inputs kept in host
-    memory or not, changes nothing but memory; the offload moves each block's input once."""
+    memory or not, changes nothing but memory; the offload moves each block's input once, and
+    after the forward no block input is alive any more (recompute alone keeps them all)."""
     import e2former_lammps.model as model_module
     from e2former_lammps.forces import energy_and_pair_gradient
     from e2former_lammps.host_offload import keep_on_host
@@ -185,6 +197,21 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatc
         results[mode] = energy_and_pair_gradient(model, graph)
     assert moved == [1] * cfg.num_layers
     assert model._checkpoint_mode(10) == "offload"
+    alive = {}
+    for mode in (True, "offload"):  # the forward only: what stays for the backward
+        model.checkpoint_blocks = mode
+        inputs = []
+        monkeypatch.setattr(model_module, "keep_on_host" if mode == "offload" else "checkpoint",
+                            _recording(inputs, keep_on_host if mode == "offload"
+                                       else model_module.checkpoint))
+        graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
+        graph.rij.requires_grad_(True)
+        with torch.enable_grad():
+            eatoms = model(graph)
+        gc.collect()
+        alive[mode] = sum(ref() is not None for ref in inputs[:cfg.num_layers])
+        del eatoms
+    assert alive == {True: cfg.num_layers, "offload": 0}
     for mode in (True, "offload"):
         assert torch.equal(results[mode][0], results[False][0])
         assert torch.allclose(results[mode][1], results[False][1], rtol=0, atol=1e-12)
