@@ -256,8 +256,8 @@ def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
     uniform.double().save(tmp_path / "uniform.pt")  # fp64: the comparison below is exact
     cfg = _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
                model={"charge_spin_mode": "distributed"})
-    switched = _init_model(cfg)
-    assert next(switched.parameters()).dtype == torch.float64
+    switched, was_switched = _init_model(cfg)
+    assert was_switched and next(switched.parameters()).dtype == torch.float64
     assert switched.config.charge_spin_mode == "distributed"
     old = uniform.state_dict()
     new = switched.state_dict()
@@ -282,6 +282,14 @@ def test_init_model_switches_to_the_distributed_charge_embedding(tmp_path):
     assert abs(float((b.energy - predict(switched, b)[0].detach()).mean())) < 1e-9
     out = E2FormerV2.load(train(cfg)["model"])
     assert out.config.charge_spin_mode == "distributed" and set(out.config.charge_energies) == {"1"}
+    # init_model already distributed: nothing is reset (the trained embedding is kept)
+    out.save(tmp_path / "distributed.pt")
+    again, was_switched = _init_model(_cfg(tmp_path, data, max_steps=2,
+                                           init_model=str(tmp_path / "distributed.pt"),
+                                           model={"charge_spin_mode": "distributed"}))
+    assert not was_switched
+    assert all(torch.equal(v, out.state_dict()[k]) for k, v in again.state_dict().items())
+    assert again.config.charge_energies == out.config.charge_energies
     assert out.config.reference_energies == switched.config.reference_energies
     with pytest.raises(ValueError, match=r"\['channels'\]"):
         _cfg(tmp_path, data, max_steps=2, init_model=str(tmp_path / "uniform.pt"),
@@ -345,7 +353,7 @@ def test_shipped_configs_load_and_chain():
 
     configs = {p.stem: TrainConfig.from_yaml(p)
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
-    stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces"]
+    stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
@@ -353,7 +361,10 @@ def test_shipped_configs_load_and_chain():
     for before, after in zip(stages, stages[1:]):
         first, second = configs[before], configs[after]
         assert Path(second.init_model) == Path(first.output_dir) / first.model_name
-        assert second.model == {}  # the architecture comes from the first stage
+        # the architecture comes from the first stage (the charge embedding may switch)
+        assert set(second.model) <= {"charge_spin_mode"}
+    assert E2FormerV2.load("spice-xtb").config.charge_spin_mode == \
+        configs["spice-xtb-charge"].model["charge_spin_mode"]
 
 
 def test_train_rejects_unknown_elements(tmp_path):

@@ -86,13 +86,15 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _init_model(cfg: TrainConfig) -> E2FormerV2:
-    """The init_model, with the allowed `model` changes (charge_spin_mode: the charge/spin
-    embedding starts afresh, every other weight is taken over; from the uniform embedding,
-    its neutral-singlet vector is kept, so neutral structures keep their predictions)."""
+def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
+    """(the init_model with the allowed `model` changes, whether its charge/spin embedding was
+    switched). charge_spin_mode: the charge/spin embedding starts afresh, every other weight
+    is taken over; from the uniform embedding, its neutral-singlet vector is kept, so neutral
+    structures keep their predictions. Asking for the mode it already has changes nothing."""
     base = E2FormerV2.load(cfg.init_model)
-    if not cfg.model:
-        return base
+    if cfg.model.get("charge_spin_mode", base.config.charge_spin_mode) == \
+            base.config.charge_spin_mode:
+        return base, False
     mcfg = copy.deepcopy(base.config)
     if "charge_spin_mode" in cfg.model:
         if not mcfg.charge_spin:
@@ -118,7 +120,7 @@ def _init_model(cfg: TrainConfig) -> E2FormerV2:
         model.set_reference_energies({
             e: base.config.reference_energies.get(e, 0.0) + float(iso_new[k] - iso_base[k])
             for k, e in enumerate(model.elements)})
-    return model
+    return model, True
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -169,7 +171,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
         mcfg = E2FormerConfig.from_dict(ckpt["model_config"])
         log(f"resuming from {ckpt_path} at step {ckpt['step']}")
     elif cfg.init_model:
-        base = _init_model(cfg)
+        base, switched_embedding = _init_model(cfg)
         mcfg = base.config
     else:
         elements = list(cfg.elements) if cfg.elements else _elements_of(train_frames)
@@ -191,7 +193,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
             torch.manual_seed(cfg.seed)
             model = E2FormerV2(mcfg)
         by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
-        if cfg.init_model and "charge_spin_mode" in cfg.model:
+        if cfg.init_model and switched_embedding:
             # switched embedding: keep the element energies the weights were trained with
             # (a joint refit would move every neutral molecule's energy; _init_model only
             # shifts them by the neutral vector's isolated-atom effect) and give each
