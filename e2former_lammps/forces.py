@@ -18,6 +18,8 @@ def energy_and_pair_gradient(model: E2FormerV2, graph: AtomGraph,
     inputs = (rij,) if anchor is None else (rij, anchor)
     with torch.enable_grad():
         eatoms = model(graph)
+        if not eatoms.requires_grad:  # no pairs and frozen weights: nothing depends on rij
+            return eatoms, torch.zeros_like(rij)
         grad = torch.autograd.grad(eatoms.sum(), inputs, create_graph=create_graph,
                                    allow_unused=True)[0]
     if grad is None:  # no pairs at all

@@ -113,6 +113,12 @@ def test_isolated_atom_has_reference_energy_and_no_force():
     atoms.calc = E2FormerCalculator(model)
     assert atoms.get_potential_energies() == pytest.approx([-432.1, -13.6], abs=1e-12)
     assert np.abs(atoms.get_forces()).max() == 0.0
+    # beside a molecule (pairs in the graph: the full attention and embedding run) the
+    # isolated atom still gets exactly its reference energy, so the pair-free shortcuts of
+    # the baseline pass compute the same network output
+    atoms = molecule("H2O") + Atoms("O", positions=[[20.0, 0, 0]])
+    atoms.calc = E2FormerCalculator(model)
+    assert atoms.get_potential_energies()[-1] == pytest.approx(-432.1, abs=1e-10)
 
 
 def test_energy_is_smooth_at_the_cutoff(model64):

@@ -78,8 +78,8 @@ class EquivariantAttention(nn.Module):
     def invariants(self, x: Tensor) -> Tensor:
         """s_{l,c} = sum_m (W1 x)_{lm,c} (W2 x)_{lm,c}: [N, (lmax+1) C]."""
         rows = self.row_degree
-        return _InvariantProducts.apply(x, self.w_query_key_1.weight[rows],
-                                        self.w_query_key_2.weight[rows], rows,
+        return _InvariantProducts.apply(x, self.w_query_key_1.weight.index_select(0, rows),
+                                        self.w_query_key_2.weight.index_select(0, rows), rows,
                                         self.lmax + 1).flatten(1)
 
     def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,

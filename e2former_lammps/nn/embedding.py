@@ -66,6 +66,10 @@ class EdgeDegreeEmbedding(nn.Module):
     def forward(self, species: Tensor, n_recv: int, pair_i: Tensor, pair_j: Tensor,
                 rij: Tensor) -> Tensor:
         """[n_recv, (lmax+1)^2, C] for the receiving atoms (pair_i sorted, all < n_recv)."""
+        element = self.element(species[:n_recv])
+        if rij.shape[0] == 0:  # isolated atoms (training's per-step baseline): the element only
+            x = rij.new_zeros(n_recv, self.row_degree.numel() - 1, self.channels)
+            return torch.cat([element[:, None].to(rij.dtype), x], dim=1)
         if rij.shape[0] <= self.chunk_edges:
             acc = self._edge_sum(species, pair_i, pair_j, rij, 0, n_recv)
         else:
@@ -78,7 +82,7 @@ class EdgeDegreeEmbedding(nn.Module):
         w_degree = w_aug.view(w_aug.shape[0], self.lmax + 1, self.channels).transpose(0, 1)
         x = degree_matmul(acc, w_degree.index_select(0, self.row_degree))
         # the element embedding goes to row 0 (l = 0); row_degree[:1] is the index [0]
-        return x.index_add(1, self.row_degree[:1], self.element(species[:n_recv])[:, None])
+        return x.index_add(1, self.row_degree[:1], element[:, None])
 
 
 class ChargeSpinEmbedding(nn.Module):

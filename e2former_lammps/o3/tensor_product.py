@@ -102,14 +102,24 @@ def eaas_paths(lmax: int) -> tuple[SparsePath, ...]:
     return tuple(paths)
 
 
+@functools.lru_cache(maxsize=None)
+def _pole_gathers(lmax: int, dtype: torch.dtype, device: torch.device
+                  ) -> tuple[tuple[Tensor, Tensor], ...]:
+    """(src [2 l3 + 1] long, scale [2 l3 + 1, 1]) of each path, on the device once: built
+    per call they were two host-to-device copies per path and call (a training step makes
+    thousands of operator calls; these were 24 of them per attention layer)."""
+    return tuple((torch.tensor(path.src, device=device),
+                  torch.tensor(path.scale, dtype=dtype, device=device)[:, None])
+                 for path in eaas_paths(lmax))
+
+
 def tp_pole_frame(u: dict[int, Tensor], lmax: int) -> list[Tensor]:
     """S: the sparse product in the pole frame. u[l1]: [..., 2 l1 + 1, C] (already rotated)."""
-    out = []
-    for path in eaas_paths(lmax):
-        x = u[path.l1]
-        scale = torch.tensor(path.scale, dtype=x.dtype, device=x.device)
-        out.append(x[..., list(path.src), :] * scale[:, None])
-    return out
+    any_u = next(iter(u.values()))
+    gathers = _pole_gathers(lmax, any_u.dtype, any_u.device)
+    # index_select: its backward is an index_add (advanced indexing's sorts on the GPU)
+    return [u[path.l1].index_select(-2, src) * scale
+            for path, (src, scale) in zip(eaas_paths(lmax), gathers)]
 
 
 def tp_eaas(v: dict[int, Tensor], wigner: dict[int, Tensor], lmax: int) -> list[Tensor]:
