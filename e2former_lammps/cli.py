@@ -40,17 +40,21 @@ def _evaluate(args: argparse.Namespace) -> int:
     # a progress bar on stderr when someone watches it (stdout stays clean for --json)
     res = evaluate_model_file(args.model, args.data, batch_size=args.batch_size,
                               device=args.device, data_format=args.format,
-                              progress=sys.stderr.isatty(), by_molecule=args.by_molecule)
+                              progress=sys.stderr.isatty(), by_molecule=args.by_molecule,
+                              plot=args.plot)
     if args.json:
         print(json.dumps(res, indent=1))
         return 0
     rows = [("overall", res["overall"])] + sorted(res["subsets"].items())
     if args.by_molecule:  # worst first: where the error comes from
         rows += sorted(res["molecules"].items(), key=lambda kv: -kv[1]["force_mae_meV_per_A"])
-    print(f"{'subset / molecule':<36} {'frames':>7} {'E MAE meV/atom':>15} {'F MAE meV/A':>12}")
+    print(f"{'subset / molecule':<36} {'frames':>7} {'E MAE meV/atom':>15} "
+          f"{'E mean err':>11} {'F MAE meV/A':>12}")
     for name, m in rows:
         print(f"{name[:36]:<36} {m['n_frames']:>7} {m['energy_mae_meV_per_atom']:>15.3f} "
-              f"{m['force_mae_meV_per_A']:>12.2f}")
+              f"{m['energy_mean_error_meV_per_atom']:>11.3f} {m['force_mae_meV_per_A']:>12.2f}")
+    if args.plot:
+        print(f"wrote {args.plot}")
     return 0
 
 
@@ -90,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--by-molecule", action="store_true",
                    help="also per molecule (SPICE group), worst forces first")
+    p.add_argument("--plot", default=None, metavar="PNG",
+                   help="write a parity plot (predicted against reference energies and forces)")
     p.set_defaults(func=_evaluate)
     return parser
 

@@ -113,8 +113,11 @@ def test_evaluate_json_equals_hand_computation(tmp_path, capsys):
     model = _tiny_model()
     path = tmp_path / "m.pt"
     model.save(path)
-    assert cli_main(["evaluate", "--model", str(path), "--data", data, "--json"]) == 0
+    png = tmp_path / "parity.png"
+    assert cli_main(["evaluate", "--model", str(path), "--data", data, "--json",
+                     "--plot", str(png)]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
     calc = E2FormerCalculator(E2FormerV2.load(path))
     e_err, f_err = {}, {}
@@ -123,17 +126,20 @@ def test_evaluate_json_equals_hand_computation(tmp_path, capsys):
         b = a.copy()
         b.calc = calc
         s = a.info["config_type"]
-        e_err.setdefault(s, []).append(abs(b.get_potential_energy() - ref_e) / len(a))
+        e_err.setdefault(s, []).append((b.get_potential_energy() - ref_e) / len(a))
         f_err.setdefault(s, []).append(np.abs(b.get_forces() - ref_f).ravel())
     for s in ("even", "odd"):
         got = out["subsets"][s]
-        assert got["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(e_err[s]), rel=1e-9)
+        assert got["energy_mae_meV_per_atom"] == pytest.approx(
+            1000 * np.mean(np.abs(e_err[s])), rel=1e-9)
+        assert got["energy_mean_error_meV_per_atom"] == pytest.approx(
+            1000 * np.mean(e_err[s]), rel=1e-9)
         assert got["force_mae_meV_per_A"] == pytest.approx(
             1000 * np.concatenate(f_err[s]).mean(), rel=1e-9)
     all_e = [x for v in e_err.values() for x in v]
     all_f = np.concatenate([x for v in f_err.values() for x in v])
-    assert out["overall"]["energy_mae_meV_per_atom"] == pytest.approx(1000 * np.mean(all_e),
-                                                                      rel=1e-9)
+    assert out["overall"]["energy_mae_meV_per_atom"] == pytest.approx(
+        1000 * np.mean(np.abs(all_e)), rel=1e-9)
     assert out["overall"]["force_mae_meV_per_A"] == pytest.approx(1000 * all_f.mean(), rel=1e-9)
     assert out["overall"]["n_frames"] == 3
 

@@ -1,6 +1,8 @@
 """Model evaluation on labelled frames: `e2former-lammps evaluate --model M --data FILE`."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from ..data import read_dataset
@@ -18,13 +20,14 @@ def resolve_device(device: str) -> torch.device:
 
 def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 32,
                     progress: bool = False, max_frames: int | None = None,
-                    by_molecule: bool = False) -> dict:
+                    by_molecule: bool = False, plot: str | Path | None = None) -> dict:
     """Metrics of all frames, or of max_frames evenly spaced ones (same frames every call,
     spread over the file so every subset is represented); by_molecule adds "molecules", the
-    same metrics per molecule (SPICE group; other formats: per subset)."""
+    same metrics per molecule (SPICE group; other formats: per subset); plot: a PNG of
+    predicted against reference energies and forces, per subset."""
     import numpy as np
 
-    acc, acc_mol = MetricAccumulator(), MetricAccumulator()
+    acc, acc_mol = MetricAccumulator(keep_values=plot is not None), MetricAccumulator()
     rows = np.arange(len(packed))
     if max_frames is not None and max_frames < len(packed):
         rows = np.unique(np.linspace(0, len(packed) - 1, max_frames).round().astype(np.int64))
@@ -48,28 +51,35 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
     out = acc.result()
     if by_molecule:
         out["molecules"] = acc_mol.result()["subsets"]
+    if plot is not None:
+        from .plots import plot_parity
+
+        plot_parity(acc.parity_values(), out, plot)
     return out
 
 
 def evaluate_frames(model: E2FormerV2, frames: list[Frame], batch_size: int = 32,
                     device: str = "auto", progress: bool = False,
-                    by_molecule: bool = False) -> dict:
+                    by_molecule: bool = False, plot: str | Path | None = None) -> dict:
     dev = resolve_device(device)
     model = model.to(dev)
     dtype = next(model.parameters()).dtype
     cfg = model.config
     packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dev, dtype)
-    return evaluate_packed(model, packed, batch_size, progress, by_molecule=by_molecule)
+    return evaluate_packed(model, packed, batch_size, progress, by_molecule=by_molecule,
+                           plot=plot)
 
 
 def evaluate_model_file(model: str, data: list[str] | str, batch_size: int = 32,
                         device: str = "auto", data_format: str | None = None,
-                        progress: bool = False, by_molecule: bool = False) -> dict:
-    """Metrics of a saved (or packaged) model on one or more data files."""
+                        progress: bool = False, by_molecule: bool = False,
+                        plot: str | Path | None = None) -> dict:
+    """Metrics of a saved (or packaged) model on one or more data files (plot: a parity
+    PNG, see evaluate_packed)."""
     m = E2FormerV2.load(model)
     paths = [data] if isinstance(data, str) else list(data)
     frames = [f for p in paths for f in read_dataset(p, data_format)]
-    out = evaluate_frames(m, frames, batch_size, device, progress, by_molecule)
+    out = evaluate_frames(m, frames, batch_size, device, progress, by_molecule, plot)
     out["model"] = str(model)
     out["data"] = paths
     return out

@@ -5,35 +5,58 @@ import numpy as np
 
 
 class MetricAccumulator:
-    """Collects per-frame |dE|/n and per-atom |dF| components, grouped by subset name."""
+    """Collects per-frame (E_pred - E_ref)/n and per-atom |dF| components, grouped by subset
+    name; with keep_values, also the predicted and reference values (for parity plots)."""
 
-    def __init__(self):
-        self.e_err: dict[str, list[float]] = {}
+    def __init__(self, keep_values: bool = False):
+        self.e_err: dict[str, list[float]] = {}  # signed, eV/atom
         self.f_abs_sum: dict[str, float] = {}
         self.f_count: dict[str, int] = {}
-        self.e_rmse: dict[str, list[float]] = {}
+        # subset -> lists of arrays: E/atom (pred, ref) and force components (pred, ref)
+        self.values: dict[str, dict[str, list[np.ndarray]]] | None = {} if keep_values else None
 
     def add(self, subset: list[str], e_pred, e_ref, n_atoms, f_pred, f_ref, atom_frame) -> None:
         """Arrays of one batch (numpy, eV and eV/Å); atom_frame maps atoms to batch frames."""
-        e_per_atom = np.abs(np.asarray(e_pred) - np.asarray(e_ref)) / np.asarray(n_atoms)
+        n_atoms, atom_frame = np.asarray(n_atoms), np.asarray(atom_frame)
+        e_per_atom = (np.asarray(e_pred) - np.asarray(e_ref)) / n_atoms
         df = np.abs(np.asarray(f_pred) - np.asarray(f_ref))  # [N, 3]
         per_frame_f = np.zeros(len(subset))
-        np.add.at(per_frame_f, np.asarray(atom_frame), df.sum(-1))
+        np.add.at(per_frame_f, atom_frame, df.sum(-1))
         for k, s in enumerate(subset):
             self.e_err.setdefault(s, []).append(float(e_per_atom[k]))
             self.f_abs_sum[s] = self.f_abs_sum.get(s, 0.0) + float(per_frame_f[k])
             self.f_count[s] = self.f_count.get(s, 0) + 3 * int(n_atoms[k])
+            if self.values is not None:
+                v = self.values.setdefault(s, {"e_pred": [], "e_ref": [], "f_pred": [],
+                                               "f_ref": []})
+                v["e_pred"].append(np.asarray(e_pred)[k:k + 1] / n_atoms[k])
+                v["e_ref"].append(np.asarray(e_ref)[k:k + 1] / n_atoms[k])
+                v["f_pred"].append(np.asarray(f_pred)[atom_frame == k].ravel())
+                v["f_ref"].append(np.asarray(f_ref)[atom_frame == k].ravel())
+
+    def parity_values(self) -> dict[str, dict[str, np.ndarray]]:
+        """subset -> {"e_pred", "e_ref" (eV/atom, per frame), "f_pred", "f_ref" (eV/Å,
+        components)}; needs keep_values."""
+        if self.values is None:
+            raise ValueError("MetricAccumulator(keep_values=True) keeps the values to plot")
+        return {s: {k: np.concatenate(arrays) for k, arrays in v.items()}
+                for s, v in self.values.items()}
 
     def result(self) -> dict:
         """{"overall": {...}, "subsets": {name: {...}}}: energy_mae_meV_per_atom,
-        force_mae_meV_per_A, energy_rmse_meV_per_atom, n_frames, n_atoms."""
+        force_mae_meV_per_A, energy_rmse_meV_per_atom, energy_mean_error_meV_per_atom (signed:
+        predicted minus reference; near the MAE when a molecule's energies are off by one
+        offset, near zero when the errors are conformational), n_frames, n_atoms."""
         def block(names):
             e = np.concatenate([self.e_err[s] for s in names]) if names else np.zeros(0)
             fs = sum(self.f_abs_sum[s] for s in names)
             fc = sum(self.f_count[s] for s in names)
             return {
-                "energy_mae_meV_per_atom": float(1000 * e.mean()) if e.size else float("nan"),
+                "energy_mae_meV_per_atom": float(1000 * np.abs(e).mean())
+                if e.size else float("nan"),
                 "energy_rmse_meV_per_atom": float(1000 * np.sqrt((e ** 2).mean()))
+                if e.size else float("nan"),
+                "energy_mean_error_meV_per_atom": float(1000 * e.mean())
                 if e.size else float("nan"),
                 "force_mae_meV_per_A": float(1000 * fs / fc) if fc else float("nan"),
                 "n_frames": int(e.size),
