@@ -63,8 +63,9 @@ class TransformerBlock(nn.Module):
         self.norm_ffn = EquivariantRMSNorm(c, lmax)
         self.ffn = GatedFeedForward(c, cfg.ffn_channels, lmax)
 
-    def forward(self, x: Tensor, graph: AtomGraph) -> Tensor:
-        """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]."""
+    def forward(self, x: Tensor, graph: AtomGraph, shared: dict | None = None) -> Tensor:
+        """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]. shared: what the
+        blocks of one forward share (kernels.attention.equivariant_attention)."""
         n_recv = graph.exchange.n_recv
         if graph.pair_i.numel() == 0 and x.shape[0] == n_recv:
             # no pairs (isolated atoms: the per-step baseline in training): the attention
@@ -72,7 +73,8 @@ class TransformerBlock(nn.Module):
             x_recv = x
         else:
             x_recv = x[:n_recv] + self.attention(
-                self.norm_attn(x), n_recv, graph.species, graph.pair_i, graph.pair_j, graph.rij
+                self.norm_attn(x), n_recv, graph.species, graph.pair_i, graph.pair_j, graph.rij,
+                shared,
             )
         return x_recv + self.ffn(self.norm_ffn(x_recv))
 
@@ -191,12 +193,15 @@ class E2FormerV2(nn.Module):
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
         mode = self._checkpoint_mode(ex.n_recv)
         distributed = isinstance(self.charge_spin, DistributedChargeSpin)
+        # blocks share the edge geometry when kept in memory (a recomputed block must not
+        # hold tensors made inside another's recompute)
+        shared = {} if mode == "off" else None
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners
             x = ex(x)
             if mode == "off":
-                x = block(x, graph)
+                x = block(x, graph, shared)
             elif mode == "recompute":
                 x = checkpoint(block, x, graph, use_reentrant=False)
             else:

@@ -165,6 +165,48 @@ def test_bad_inputs_have_clear_messages(tmp_path, model64):
         E2FormerConfig(elements=["H", "Xx"])
 
 
+def test_shared_edge_frame_gives_the_same_training_gradients(monkeypatch):
+    """The blocks of one forward share rij's edge geometry and Wigner matrices (reference
+    attention): energies, forces and the parameter gradients of a force loss (double
+    backward) equal those of every block making its own (fp64), and it is made once."""
+    import kernels.attention.reference as reference
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = random_model(seed, num_layers=3)
+    cfg = model.config
+    atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
+    made = []
+    original = reference.EdgeFrame.of
+
+    def counting(*args):
+        made.append(1)
+        return original(*args)
+
+    monkeypatch.setattr(reference.EdgeFrame, "of", staticmethod(counting))
+    results = {}
+    for share in (True, False):
+        if not share:  # every block its own frame
+            monkeypatch.setattr(reference, "edge_frame",
+                                lambda rij, cutoff, lmax, shared: counting(rij, cutoff, lmax))
+        made.clear()
+        model.zero_grad()
+        graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
+        eatoms, grad = energy_and_pair_gradient(model, graph, create_graph=True)
+        (eatoms.sum() + (grad ** 2).sum()).backward()
+        results[share] = (eatoms.detach(), grad.detach(),
+                          [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                          len(made))
+    assert results[True][3] == 1 and results[False][3] == cfg.num_layers
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=0, atol=1e-12)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=0, atol=1e-12)
+    assert len(results[True][2]) == len(results[False][2])
+    for a, b in zip(results[True][2], results[False][2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
 def _recording(inputs: list, wrapped):
     """wrapped (checkpoint or keep_on_host), noting a weak reference to its first tensor
     argument (the block input)."""

@@ -83,14 +83,15 @@ class EquivariantAttention(nn.Module):
                                         self.lmax + 1).flatten(1)
 
     def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
-                pair_j: Tensor, rij: Tensor) -> Tensor:
-        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C]."""
+                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
+        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C].
+        shared: see kernels.attention.equivariant_attention."""
         qk = self.qk_mlp(self.invariants(x)).view(-1, 2, self.num_heads, self.head_dim)
         q, k = qk[:n_recv, 0], qk[:, 1]
         msg = equivariant_attention(
             q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
             self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
-            identity_paths=self.identity_paths,
+            identity_paths=self.identity_paths, shared=shared,
         )
         # the identity rows (sum_j alpha_ij v_j, all degrees) follow the path rows
         values = msg[:, n_path_rows(self.lmax):] if self.identity_paths else None

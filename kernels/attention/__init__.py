@@ -30,7 +30,7 @@ def resolve_impl(impl: str, q: Tensor, lmax: int) -> str:
 def equivariant_attention(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
-    impl: str = "reference", identity_paths: bool = False,
+    impl: str = "reference", identity_paths: bool = False, shared: dict | None = None,
 ) -> Tensor:
     """Messages of the receiving atoms, per tensor-product path.
 
@@ -42,7 +42,9 @@ def equivariant_attention(
     sum_j alpha_ij v_j (the l_f = 0 paths) follow them.
     impl: "reference" (PyTorch, materialises per-edge tensors), "triton" (fused kernel,
     lmax 2; runs on CPU only under TRITON_INTERPRET=1) or "auto" (triton on CUDA when
-    available and lmax == 2, else reference).
+    available and lmax == 2, else reference). shared: a dict that lives for one forward of
+    the model, through which the reference's layers share the edge geometry and Wigner
+    matrices of rij (the kernels compute theirs on the fly).
     """
     impl = resolve_impl(impl, q, lmax)
     if impl == "reference":
@@ -50,7 +52,7 @@ def equivariant_attention(
 
         return equivariant_attention_reference(
             q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
-            identity_paths=identity_paths,
+            identity_paths=identity_paths, shared=shared,
         )
     if impl == "triton":
         from .autograd import equivariant_attention_triton

@@ -16,6 +16,7 @@ TP is the EAAS product (pole-frame gather, one rotation per edge; see e2former_l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -23,6 +24,37 @@ from torch import Tensor
 from e2former_lammps.o3 import rotation_to_pole, tp_eaas, wigner_d
 
 from .common import EdgeRadialWeights, edge_geometry, scatter_max
+
+
+@dataclass
+class EdgeFrame:
+    """The geometry of the edges that every attention layer of a forward shares: d [E] (Å),
+    r_hat [E, 3], envelope p(d / r_c) [E], and wigner[l] = D^l(R) [E, 2l+1, 2l+1] of the
+    rotation R taking r_hat to the pole. Computed once per forward instead of once per layer
+    (with the double backward of training, ~500 operators a layer)."""
+
+    rij: Tensor
+    dist: Tensor
+    r_hat: Tensor
+    env: Tensor
+    wigner: dict[int, Tensor]
+
+    @staticmethod
+    def of(rij: Tensor, cutoff: float, lmax: int) -> "EdgeFrame":
+        dist, r_hat, env = edge_geometry(rij, cutoff)
+        rot = rotation_to_pole(r_hat)
+        return EdgeFrame(rij, dist, r_hat, env, {l: wigner_d(rot, l) for l in range(lmax + 1)})
+
+
+def edge_frame(rij: Tensor, cutoff: float, lmax: int, shared: dict | None) -> EdgeFrame:
+    """EdgeFrame.of(rij, ...), taken from / left in `shared` (a dict that lives for one
+    forward; None: not shared) when it was made for this very rij tensor."""
+    if shared is None:
+        return EdgeFrame.of(rij, cutoff, lmax)
+    frame = shared.get((cutoff, lmax))
+    if frame is None or frame.rij is not rij:
+        frame = shared[(cutoff, lmax)] = EdgeFrame.of(rij, cutoff, lmax)
+    return frame
 
 
 def edge_gate_weight(
@@ -37,10 +69,11 @@ def edge_gate_weight(
 def attention_weights(
     q: Tensor, k: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor, species: Tensor,
     radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+    frame: EdgeFrame | None = None,
 ) -> Tensor:
-    """alpha_ijh [E, H] as in the module docstring."""
+    """alpha_ijh [E, H] as in the module docstring (frame: rij's, if already made)."""
     n_recv, _, d_k = q.shape
-    dist, _, env = edge_geometry(rij, cutoff)
+    dist, _, env = edge_geometry(rij, cutoff) if frame is None else (frame.dist, None, frame.env)
     gate, weight = edge_gate_weight(dist, species[pair_i], species[pair_j], radial)
     # index_select, not x[index]: its backward is an index_add, several times faster on the
     # GPU than the sorting accumulate of advanced indexing (the training step's top kernel)
@@ -55,9 +88,11 @@ def attention_weights(
 def _weighted_values(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+    frame: EdgeFrame | None = None,
 ) -> Tensor:
     """alpha_ijh v_j per edge, channels split by head: [E, rows, C]."""
-    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
+                              frame)
     alpha_c = alpha.repeat_interleave(v.shape[-1] // q.shape[1], dim=-1)  # [E, C]
     return v.index_select(0, pair_j) * alpha_c[:, None, :]
 
@@ -81,19 +116,19 @@ def attention_value_sum(
 def equivariant_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
-    identity_paths: bool = False,
+    identity_paths: bool = False, shared: dict | None = None,
 ) -> Tensor:
-    """See `kernels.attention.equivariant_attention` for shapes. Returns [n_recv, rows, C]."""
+    """See `kernels.attention.equivariant_attention` for shapes. Returns [n_recv, rows, C].
+    shared: a dict living for one forward, through which the layers share rij's EdgeFrame."""
     n_recv = q.shape[0]
+    # each D^l once per edge and forward (a path ending in l3 reuses D^l3; fewer operators
+    # to dispatch and to differentiate twice in training)
+    frame = edge_frame(rij, cutoff, lmax, shared)
     # the product is linear in v: weight first
-    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
-    _, r_hat, _ = edge_geometry(rij, cutoff)
-    rot = rotation_to_pole(r_hat)
-    # each D^l once per edge (a path ending in l3 reuses D^l3; fewer operators to dispatch
-    # and to differentiate twice in training)
-    wigner = {l: wigner_d(rot, l) for l in range(lmax + 1)}
+    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
+                          frame)
     v_rows = {l: vj[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
-    out = [_sum_per_receiver(t, pair_i, n_recv) for t in tp_eaas(v_rows, wigner, lmax)]
+    out = [_sum_per_receiver(t, pair_i, n_recv) for t in tp_eaas(v_rows, frame.wigner, lmax)]
     if identity_paths:
         out.append(_sum_per_receiver(vj, pair_i, n_recv))
     return torch.cat(out, dim=1)
