@@ -4,6 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def _save(fig, path: str | Path, title: str) -> Path:
+    """Title, layout, PNG at 110 dpi, figure closed."""
+    import matplotlib.pyplot as plt
+
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") -> Path:
     import matplotlib
 
@@ -39,13 +52,7 @@ def plot_learning_curve(history: list[dict], path: str | Path, title: str = "") 
     ax.set_title("validation (EMA weights)")
     if val:
         ax.legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
 
 
 def plot_parity(values: dict[str, dict], metrics: dict, path: str | Path,
@@ -91,10 +98,4 @@ def plot_parity(values: dict[str, dict], metrics: dict, path: str | Path,
     ax.set_ylabel("predicted (eV/Å)")
     ax.set_title(f"forces: MAE {o['force_mae_meV_per_A']:.1f} meV/Å")
     ax.legend(fontsize=7, markerscale=3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title)
