@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--by-molecule", action="store_true",
                    help="also per molecule (SPICE group), worst forces first")
     p.add_argument("--plot", default=None, metavar="PNG",
-                   help="write a parity plot (predicted against reference energies and forces)")
+                   help="write a PNG: energy-error histogram and force parity, per subset")
     p.set_defaults(func=_evaluate)
     return parser
 

@@ -40,8 +40,9 @@ class E2FormerConfig:
     # learn a per-structure quantity as a sum of per-atom ones and extrapolates it with the
     # molecule's size. "distributed": Q and S - 1 are spread over the atoms with weights from
     # the atoms' own features (a softmax per structure, summing to one; cf. SpookyNet's
-    # electronic embedding), exactly zero for a neutral singlet, plus a per-structure energy
-    # per charge state (charge_energies, least squares with the element energies).
+    # electronic embedding), on top of one learned vector every atom gets (a neutral singlet
+    # gets only that), plus a per-structure energy per charge state (charge_energies, least
+    # squares with the element energies).
     charge_spin_mode: str = "uniform"
     # An l = 1 readout of forces, for direct-force pre-training (training.direct_force_steps):
     # cheaper than autograd forces (no double backward) but not conservative, so MD and

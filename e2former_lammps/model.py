@@ -227,7 +227,7 @@ class E2FormerV2(nn.Module):
         if isinstance(self.charge_spin, DistributedChargeSpin):
             l0 = x[:, 0] + self.charge_spin(x[:, 0], structure, charge, spin)
         else:
-            l0 = x[:, 0] + self.charge_spin(charge, spin)[structure]
+            l0 = x[:, 0] + self.charge_spin(charge, spin).index_select(0, structure)
         return torch.cat([l0[:, None], x[:, 1:]], dim=1)
 
     def isolated_atom_energies(self) -> Tensor:

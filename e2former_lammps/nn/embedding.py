@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from e2former_lammps.o3 import row_degrees, spherical_harmonics
-from kernels.attention.common import edge_geometry
+from kernels.attention.common import edge_geometry, scatter_max
 
 from .linear import degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
@@ -122,12 +122,10 @@ class DistributedChargeSpin(nn.Module):
         """scalars [n, C] (l = 0 rows), structure [n] (index into charge/spin [B]) ->
         [n, C] added to the l = 0 rows."""
         logits = self.logits(scalars)  # [n, 2]
-        n_struct = charge.shape[0]
-        index = structure[:, None].expand_as(logits)
-        # softmax per structure: shift by the structure's max (no gradient through it)
-        top = logits.new_full((n_struct, 2), float("-inf")).scatter_reduce(
-            0, index, logits.detach(), "amax")
-        a = torch.exp(logits - top[structure])
-        weights = a / torch.zeros_like(top).index_add(0, structure, a)[structure]
-        amount = torch.stack([charge, spin - 1.0], dim=-1)[structure] * weights
+        # softmax per structure: shift by the structure's max (no gradient through it);
+        # gathers by index_select (its backward is an index_add, not a sort on the GPU)
+        top = scatter_max(logits.detach(), structure, charge.shape[0])
+        a = torch.exp(logits - top.index_select(0, structure))
+        weights = a / torch.zeros_like(top).index_add(0, structure, a).index_select(0, structure)
+        amount = torch.stack([charge, spin - 1.0], dim=-1).index_select(0, structure) * weights
         return self.neutral + amount @ self.value

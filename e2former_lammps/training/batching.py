@@ -191,7 +191,8 @@ def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames,
                                      batch_size: int = 64) -> dict[str, float]:
     """One energy (eV per structure) per nonzero total charge: the mean of E_label - E_model
     over the frames of that charge, the model evaluated without any charge energy. For a
-    model whose charge embedding starts afresh (it contributes nothing yet)."""
+    model whose charge embedding starts afresh (its value vectors are zero: a charged frame
+    gets what a neutral one gets)."""
     charges, states = _charge_states(packed)
     out = {}
     for q in states:
@@ -199,7 +200,7 @@ def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames,
         residual = []
         for s in range(0, len(rows), batch_size):
             b = packed.batch(rows[s:s + batch_size])
-            b.graph.charge = None  # no charge energy (the fresh embedding adds zero anyway)
+            b.graph.charge = None  # no charge energy (the fresh embedding adds no charge term)
             e, _ = predict(model, b)
             residual.append((b.energy - e.detach().double()).cpu().numpy())
         out[str(q)] = float(np.concatenate(residual).mean())

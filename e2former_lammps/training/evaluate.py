@@ -23,8 +23,8 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
                     by_molecule: bool = False, plot: str | Path | None = None) -> dict:
     """Metrics of all frames, or of max_frames evenly spaced ones (same frames every call,
     spread over the file so every subset is represented); by_molecule adds "molecules", the
-    same metrics per molecule (SPICE group; other formats: per subset); plot: a PNG of
-    predicted against reference energies and forces, per subset."""
+    same metrics per molecule (SPICE group; other formats: per subset); plot: a PNG of the
+    energy errors and of predicted against reference forces, per subset (plots.plot_parity)."""
     import numpy as np
 
     acc, acc_mol = MetricAccumulator(keep_values=plot is not None), MetricAccumulator()
@@ -74,8 +74,8 @@ def evaluate_model_file(model: str, data: list[str] | str, batch_size: int = 32,
                         device: str = "auto", data_format: str | None = None,
                         progress: bool = False, by_molecule: bool = False,
                         plot: str | Path | None = None) -> dict:
-    """Metrics of a saved (or packaged) model on one or more data files (plot: a parity
-    PNG, see evaluate_packed)."""
+    """Metrics of a saved (or packaged) model on one or more data files (plot: a PNG, see
+    evaluate_packed)."""
     m = E2FormerV2.load(model)
     paths = [data] if isinstance(data, str) else list(data)
     frames = [f for p in paths for f in read_dataset(p, data_format)]

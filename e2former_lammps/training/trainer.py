@@ -95,13 +95,12 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     if cfg.model.get("charge_spin_mode", base.config.charge_spin_mode) == \
             base.config.charge_spin_mode:
         return base, False
-    mcfg = copy.deepcopy(base.config)
-    if "charge_spin_mode" in cfg.model:
-        if not mcfg.charge_spin:
-            raise ValueError(f"train config: init_model {cfg.init_model} has no charge/spin "
-                             f"input, so model.charge_spin_mode cannot change")
-        mcfg.charge_spin_mode = cfg.model["charge_spin_mode"]
-        mcfg.charge_energies = {}  # fitted again from the training data
+    mcfg = copy.deepcopy(base.config)  # charge_spin_mode is the one entry that can differ
+    if not mcfg.charge_spin:
+        raise ValueError(f"train config: init_model {cfg.init_model} has no charge/spin "
+                         f"input, so model.charge_spin_mode cannot change")
+    mcfg.charge_spin_mode = cfg.model["charge_spin_mode"]
+    mcfg.charge_energies = {}  # fitted again from the training data
     mcfg.__post_init__()
     model = E2FormerV2(mcfg)
     state = {k: v for k, v in base.state_dict().items() if not k.startswith("charge_spin.")}
@@ -166,6 +165,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
     val_frames = _read_frames(cfg.val, cfg.data_format) if cfg.val else []
 
     resumed = cfg.resume and ckpt_path.is_file()
+    switched_embedding = False
     if resumed:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         mcfg = E2FormerConfig.from_dict(ckpt["model_config"])
@@ -193,7 +193,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
             torch.manual_seed(cfg.seed)
             model = E2FormerV2(mcfg)
         by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
-        if cfg.init_model and switched_embedding:
+        if switched_embedding:
             # switched embedding: keep the element energies the weights were trained with
             # (a joint refit would move every neutral molecule's energy; _init_model only
             # shifts them by the neutral vector's isolated-atom effect) and give each
