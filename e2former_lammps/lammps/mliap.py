@@ -187,7 +187,15 @@ class E2FormerMLIAP(MLIAPUnified):
             self.profiler.mark("inputs", graph)
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)
             self._evaluate = GraphedEnergyForces(self.model)
-        eatoms, grad = self._evaluate(graph)
+        try:
+            eatoms, grad = self._evaluate(graph)
+        except torch.OutOfMemoryError as exc:
+            raise InputError(
+                f"{dev} ran out of memory for {nlocal} atoms and {npairs} pairs on this rank "
+                f"({str(exc).splitlines()[0]}). Options: E2FORMER_OFFLOAD_BLOCK_INPUTS=1 keeps "
+                f"each block's input in host memory; PYTORCH_CUDA_ALLOC_CONF="
+                f"expandable_segments:True (set before LAMMPS starts, as deploy/lmp_gpu.sh "
+                f"does) stops fragmentation; or more MPI ranks on more GPUs") from None
         if self._evaluate.in_use and not self._graphs_reported:
             self._graphs_reported = True
             print("E2Former: energy + forces replayed from CUDA graphs (one per pair-list "
