@@ -6,7 +6,10 @@ transports:
 - `NoGhosts`: every atom is computed here (plain structures, or LAMMPS ghost-shell mode).
 - `LocalImages`: one rank; each ghost is a periodic image of an owned atom.
 - `MPIExchange` (e2former_lammps.parallel): owners on other ranks, through mpi4py.
-Backward of every exchange adds ghost gradients back into their owners.
+- `GhostShell` (e2former_lammps.parallel): LAMMPS ghost-shell mode on several ranks: every
+  atom is computed here, but sums over a structure's atoms span the ranks.
+Backward of every exchange adds ghost gradients back into their owners. Quantities summed
+over all atoms of a structure (the charge spread) go through sum_over_ranks/max_over_ranks.
 """
 from __future__ import annotations
 
@@ -15,13 +18,22 @@ from torch import Tensor
 
 
 class Exchange:
-    """Maps receiver rows [n_recv, ...] to all rows [n_total, ...]."""
+    """Maps receiver rows [n_recv, ...] to all rows [n_total, ...]; and reduces a small
+    tensor over the ranks that share one structure (identity on one rank)."""
 
     n_recv: int
     n_total: int
 
     def __call__(self, x: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def sum_over_ranks(self, t: Tensor) -> Tensor:
+        """The sum of t over all ranks, on every rank; differentiable. Collective."""
+        return t
+
+    def max_over_ranks(self, t: Tensor) -> Tensor:
+        """The elementwise max of t over all ranks (no gradient). Collective."""
+        return t
 
 
 class NoGhosts(Exchange):

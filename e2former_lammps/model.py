@@ -225,7 +225,10 @@ class E2FormerV2(nn.Module):
         structure = self._structure_of_atom(graph, x.shape[0], x.device)
         charge, spin = graph.charge.to(x.dtype), graph.spin.to(x.dtype)
         if isinstance(self.charge_spin, DistributedChargeSpin):
-            l0 = x[:, 0] + self.charge_spin(x[:, 0], structure, charge, spin)
+            # spread over the owned atoms of all ranks (ghost-shell rows are copies)
+            l0 = x[:, 0] + self.charge_spin(x[:, 0], structure, charge, spin,
+                                            n_owned=min(graph.n_local, x.shape[0]),
+                                            exchange=graph.exchange)
         else:
             l0 = x[:, 0] + self.charge_spin(charge, spin).index_select(0, structure)
         return torch.cat([l0[:, None], x[:, 1:]], dim=1)
@@ -273,9 +276,11 @@ class E2FormerV2(nn.Module):
         eatoms = e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
         if graph.charge is not None and self.config.charge_spin_mode == "distributed":
-            # the per-structure charge energy, split evenly: a constant, so no force
+            # the per-structure charge energy, split evenly over the atoms of all ranks: a
+            # constant, so no force (and no gradient through the count)
             structure = self._structure_of_atom(graph, graph.n_local, eatoms.device)
-            n_atoms = torch.bincount(structure, minlength=graph.charge.shape[0])
+            n_atoms = graph.exchange.sum_over_ranks(torch.bincount(
+                structure, minlength=graph.charge.shape[0]).to(torch.float64)).detach()
             per_atom = self.charge_energy(graph.charge) / n_atoms.clamp(min=1)
             eatoms = eatoms + per_atom[structure].to(eatoms.dtype)
         return eatoms

@@ -115,14 +115,66 @@ class _MPIExchangeFunction(torch.autograd.Function):
         return ctx.plan.reverse(grad.contiguous()), None, None
 
 
-class MPIExchange(Exchange):
+class _AllreduceSum(torch.autograd.Function):
+    """Sum over the ranks of comm; its gradient is the sum of every rank's gradient (each rank
+    holds the same total, and each rank's energy depends on it)."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, anchor: Tensor, comm) -> Tensor:
+        ctx.comm = comm
+        return _allreduce(comm, t, "sum")
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return _allreduce(ctx.comm, grad.contiguous(), "sum"), None, None
+
+
+def _allreduce(comm, t: Tensor, op: str) -> Tensor:
+    """Allreduce of a small tensor through host memory (mpi4py)."""
+    from mpi4py import MPI
+
+    send = np.ascontiguousarray(t.detach().cpu().numpy())
+    recv = np.empty_like(send)
+    comm.Allreduce(send, recv, op=MPI.SUM if op == "sum" else MPI.MAX)
+    return torch.from_numpy(recv).to(device=t.device, dtype=t.dtype)
+
+
+class _RankReductions(Exchange):
+    """sum_over_ranks / max_over_ranks through `self.comm` (mpi4py), the sum kept on every
+    rank's backward path by `self.anchor` (see MPIExchange)."""
+
+    comm = None
+    anchor: Tensor
+
+    def sum_over_ranks(self, t: Tensor) -> Tensor:
+        return t if self.comm is None else _AllreduceSum.apply(t, self.anchor, self.comm)
+
+    def max_over_ranks(self, t: Tensor) -> Tensor:
+        return t if self.comm is None else _allreduce(self.comm, t, "max")
+
+
+class GhostShell(_RankReductions):
+    """LAMMPS ghost-shell mode on several ranks: each rank computes its owned atoms and a
+    shell of ghosts deep enough that its owned energies are exact, so rows need no exchange;
+    only sums over a whole structure (the charge spread) are reduced across ranks."""
+
+    def __init__(self, n_atoms: int, comm):
+        self.n_recv = self.n_total = n_atoms
+        self.comm = comm
+        self.anchor = torch.zeros((), requires_grad=True)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return x
+
+
+class MPIExchange(_RankReductions):
     """Exchange through mpi4py. Collective: every rank calls it once per layer, in forward
     and in backward. `anchor` (requires grad) keeps each exchange on the backward path of
     every rank, also of ranks whose own atoms have no pairs, so no rank skips a collective:
     differentiate with respect to it as well (see forces.energy_and_pair_gradient)."""
 
     def __init__(self, plan: MPIExchangePlan):
-        self.plan = plan
+        self.plan, self.comm = plan, plan.comm
         self.n_recv, self.n_total = plan.nlocal, plan.ntotal
         self.anchor = torch.zeros((), requires_grad=True)
 
@@ -156,12 +208,13 @@ class _KokkosExchangeFunction(torch.autograd.Function):
         return dst[: ctx.nlocal].view(ctx.nlocal, *grad.shape[1:]), None, None, None, None
 
 
-class KokkosExchange(Exchange):
+class KokkosExchange(_RankReductions):
     """Exchange through LAMMPS's own (Kokkos, GPU-resident) ghost communication:
-    `data.forward_exchange` / `data.reverse_exchange`. No tags or mpi4py needed."""
+    `data.forward_exchange` / `data.reverse_exchange`. No tags needed; mpi4py (comm) only for
+    sums over a whole structure on several ranks."""
 
-    def __init__(self, data, nlocal: int, ntotal: int):
-        self.data = data
+    def __init__(self, data, nlocal: int, ntotal: int, comm=None):
+        self.data, self.comm = data, comm
         self.n_recv, self.n_total = nlocal, ntotal
         self.anchor = torch.zeros((), requires_grad=True)
 

@@ -85,24 +85,32 @@ def test_error_on_one_rank_stops_the_run(tmp_path, models):
     assert "overlapping atoms" in out
 
 
-def test_distributed_charge_one_rank_matches_calculator_and_two_ranks_refuse(tmp_path):
-    """A model that spreads the total charge over all atoms (charge_spin_mode "distributed"),
-    exported for a cation (--charge 1 --spin 2): one rank gives the ASE calculator's numbers
-    for that charge; two ranks stop with a clear error (the spread needs every atom on one
-    rank); exported neutral, two ranks match one rank. A charge without an energy in the
-    model is refused at export."""
+def _charged_model(seed: int, **overrides):
+    """A random fp64 model that spreads the total charge over all atoms (charge_spin_mode
+    "distributed"), its value, neutral and logit weights made large enough to matter."""
     import torch
 
-    from e2former_lammps import E2FormerCalculator
-
-    model = random_model(seed=23, charge_spin=True, charge_spin_mode="distributed")
+    model = random_model(seed=seed, charge_spin=True, charge_spin_mode="distributed",
+                         **overrides)
     with torch.no_grad():
         model.charge_spin.value.normal_(0.0, 0.5)
         model.charge_spin.neutral.normal_(0.0, 0.5)
+        model.charge_spin.logits.weight.normal_(0.0, 0.5)
     model.set_charge_energies({"1": -2.0})
-    cation, neutral = tmp_path / "cation.pt", tmp_path / "neutral.pt"
+    return model
+
+
+def test_distributed_charge_matches_calculator_on_any_number_of_ranks(tmp_path):
+    """A model that spreads the total charge over all atoms, exported for a cation (--charge 1
+    --spin 2): one rank gives the ASE calculator's numbers for that charge, and 2 and 4 ranks
+    (the softmax over atoms summed across ranks), ghost-shell mode on 1 and 2 ranks, and 4
+    ranks of which two own no atom give the same. Without the LAMMPS handle the run stops
+    with a clear error. A charge without an energy in the model is refused at export."""
+    from e2former_lammps import E2FormerCalculator
+
+    model = _charged_model(23)
+    cation = tmp_path / "cation.pt"
     export_lammps_model(model, cation, device="cpu", charge=1.0, spin=2.0)
-    export_lammps_model(model, neutral, device="cpu")
     atoms = water_box(2, seed=11)
     res = run_lammps(tmp_path / "cation1", atoms, cation, ELEMENTS)
     ref = atoms.copy()
@@ -113,11 +121,29 @@ def test_distributed_charge_one_rank_matches_calculator_and_two_ranks_refuse(tmp
     assert np.abs(res.forces - f).max() <= TOL * max(1.0, np.abs(f).max())
     ref.info.update(charge=0, spin=1)  # the charge changes the answer: the test can fail
     assert abs(ref.get_potential_energy() - e) > 1.0
-    out = run_lammps(tmp_path / "cation2", atoms, cation, ELEMENTS, nprocs=2,
-                     settings="processors 2 1 1", expect_fail=True, timeout=180)
-    assert "run on one MPI rank" in out and "Traceback" not in out
-    _same(run_lammps(tmp_path / "neutral2", atoms, neutral, ELEMENTS, nprocs=2,
-                     settings="processors 2 1 1"),
-          run_lammps(tmp_path / "neutral1", atoms, neutral, ELEMENTS))
+    for nprocs, grid in [(2, "1 1 2"), (4, "2 2 1")]:
+        _same(run_lammps(tmp_path / f"cation{nprocs}", atoms, cation, ELEMENTS, nprocs=nprocs,
+                         settings=f"processors {grid}"), res)
+
+    sparse = Atoms(atoms.get_chemical_symbols(), positions=atoms.positions * [0.9, 1, 1],
+                   cell=np.diag([4 * atoms.cell[0, 0], atoms.cell[1, 1], atoms.cell[2, 2]]),
+                   pbc=True)  # two of four ranks own no atom
+    _same(run_lammps(tmp_path / "sparse4", sparse, cation, ELEMENTS, nprocs=4,
+                     settings="processors 4 1 1"),
+          run_lammps(tmp_path / "sparse1", sparse, cation, ELEMENTS))
+
+    shell_model = _charged_model(24, num_layers=1, cutoff=4.0)
+    shell = tmp_path / "shell.pt"
+    export_lammps_model(shell_model, shell, device="cpu", charge=1.0, spin=2.0)
+    shell_cut = (shell_model.config.num_layers + 1) * shell_model.config.cutoff + 1.0
+    one = run_lammps(tmp_path / "shell-exchange1", atoms, shell, ELEMENTS)
+    for nprocs in (1, 2):
+        _same(run_lammps(tmp_path / f"shell{nprocs}", atoms, shell, ELEMENTS, nprocs=nprocs,
+                         flag=1, settings=f"processors {nprocs} 1 1\n"
+                                          f"comm_modify cutoff {shell_cut}"), one)
+
+    out = run_lammps(tmp_path / "nohook", atoms, shell, ELEMENTS, flag=1, hook=False,
+                     settings=f"comm_modify cutoff {shell_cut}", expect_fail=True)
+    assert "hand LAMMPS to the model" in out and "Traceback" not in out
     with pytest.raises(ValueError, match=r"total charge\(s\) \[2.0\]"):
         export_lammps_model(model, tmp_path / "x.pt", device="cpu", charge=2.0)

@@ -19,7 +19,7 @@ from ..cuda_graphs import GraphedEnergyForces
 from ..exchange import NoGhosts
 from ..forces import pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
-from ..parallel import KokkosExchange, build_exchange
+from ..parallel import GhostShell, KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 
@@ -161,10 +161,11 @@ class E2FormerMLIAP(MLIAPUnified):
             order = torch.argsort(pi, stable=True)
             pi, pj, rij = pi[order], pj[order], rij[order]
 
+        multi_rank = comm is not None and comm.Get_size() > 1
         if ghost_shell:
-            exchange = NoGhosts(ntotal)
+            exchange = GhostShell(ntotal, comm) if multi_rank else NoGhosts(ntotal)
         elif isinstance(arrays, KokkosArrays):
-            exchange = KokkosExchange(data, nlocal, ntotal)
+            exchange = KokkosExchange(data, nlocal, ntotal, comm)
         else:
             ghost_neighbours = bool(npairs) and int(pj.max()) >= nlocal
             exchange = self._exchange_for(lmp, comm, nlocal, ntotal, ghost_neighbours)
@@ -176,11 +177,12 @@ class E2FormerMLIAP(MLIAPUnified):
         distributed = cfg.charge_spin and cfg.charge_spin_mode == "distributed"
         if cfg.charge_spin and not (distributed and self.charge == 0 and self.spin == 1):
             # (a neutral singlet is the no-charge case: the model adds only the neutral vector)
-            if distributed and (ghost_shell or (comm is not None and comm.Get_size() > 1)):
+            if distributed and lmp is None:  # without it the rank count is unknown
                 raise InputError(
                     f"charge {self.charge} / spin {self.spin}: this model spreads the total "
-                    f"charge over all atoms of the system, which needs them on one rank "
-                    f"without a ghost shell; run on one MPI rank")
+                    f"charge over all atoms of the system, which may sit on other MPI ranks; "
+                    f"hand LAMMPS to the model so it can sum over them. Add to the deck:\n"
+                    + DECK_LINES)
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
         if self.profiler is not None:
