@@ -359,7 +359,8 @@ def test_shipped_configs_load_and_chain():
 
     configs = {p.stem: TrainConfig.from_yaml(p)
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
-    stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge"]
+    stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge",
+              "spice-xtb-charge-continue"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
@@ -371,6 +372,48 @@ def test_shipped_configs_load_and_chain():
         assert set(second.model) <= {"charge_spin_mode"}
     assert E2FormerV2.load("spice-xtb").config.charge_spin_mode == \
         configs["spice-xtb-charge"].model["charge_spin_mode"]
+
+
+def test_init_model_refits_only_the_offsets_its_network_misses(tmp_path):
+    """A trained init_model keeps its network's energies: refit_energy_offsets fits the
+    least-squares offsets of its residuals and adds them, so labels equal to the model's
+    energies plus known per-element and per-charge offsets give back exactly those offsets,
+    and labels equal to its energies leave its offsets as they were."""
+    from e2former_lammps.training.batching import energy_residuals, refit_energy_offsets
+
+    mols = _molecules(12, seed=3)
+    for k, a in enumerate(mols):
+        a.info["charge"] = [0, 1, -1][k % 3]
+    data = _write(tmp_path / "q.xyz", mols)
+    model = E2FormerV2(E2FormerConfig(elements=["H", "C", "O"], charge_spin=True,
+                                      charge_spin_mode="distributed", **TINY)).double()
+    model.set_reference_energies({"H": -13.0, "C": -1030.0, "O": -2040.0})
+    model.set_charge_energies({"1": 2.0, "-1": -3.0, "2": 7.5})  # "2": absent from the data
+    packed = PackedFrames(read_dataset(data), model.elements, model.config.atomic_numbers,
+                          TINY["cutoff"], dtype=torch.float64)
+    model_energy = packed.energy.cpu().numpy() - energy_residuals(model, packed)
+    shift = {"H": 0.25, "C": -0.5, "O": 1.5}
+    charges = packed.charge.cpu().numpy().round()
+    packed.energy = torch.tensor(model_energy + packed.counts @ [shift[e] for e in model.elements]
+                                 + np.where(charges == 1, 0.125, 0.0)
+                                 + np.where(charges == -1, -0.75, 0.0), dtype=torch.float64)
+    element_e, charge_e = refit_energy_offsets(model, packed)
+    assert element_e == pytest.approx(
+        {e: model.config.reference_energies[e] + shift[e] for e in shift}, abs=1e-9)
+    assert charge_e == pytest.approx({"1": 2.125, "-1": -3.75, "2": 7.5}, abs=1e-9)
+    # train() from it starts with those offsets (one step changes weights, not offsets)
+    for a, e in zip(mols, packed.energy.tolist()):
+        a.calc.results["energy"] = e
+    model.save(tmp_path / "init.pt")
+    out = E2FormerV2.load(train(_cfg(tmp_path, _write(tmp_path / "shifted.xyz", mols),
+                                     max_steps=1, dtype="float64", model={},
+                                     init_model=str(tmp_path / "init.pt")))["model"])
+    assert out.config.reference_energies == pytest.approx(element_e, abs=1e-9)
+    assert out.config.charge_energies == pytest.approx(charge_e, abs=1e-9)
+    packed.energy = torch.tensor(model_energy, dtype=torch.float64)
+    element_e, charge_e = refit_energy_offsets(model, packed)
+    assert element_e == pytest.approx(model.config.reference_energies, abs=1e-9)
+    assert charge_e == pytest.approx(model.config.charge_energies, abs=1e-9)
 
 
 def test_train_rejects_unknown_elements(tmp_path):

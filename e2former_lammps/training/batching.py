@@ -169,16 +169,19 @@ def fit_reference_energies(packed: PackedFrames, elements: list[str]) -> dict[st
     return fit_energy_offsets(packed, elements, by_charge=False)[0]
 
 
-def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: bool
+def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: bool,
+                       target: np.ndarray | None = None
                        ) -> tuple[dict[str, float], dict[str, float]]:
     """Per-element energies (eV) and, with by_charge, one energy (eV per structure) per
     nonzero total charge, by one least squares:
-    E_frame ~ sum_e count_e * ref_e + sum_{q != 0} [Q_frame = q] * E_q."""
+    E_frame ~ sum_e count_e * ref_e + sum_{q != 0} [Q_frame = q] * E_q.
+    target: what is fitted per frame instead of the label energy E_frame (eV), e.g. a
+    model's residuals (`energy_residuals`)."""
     charges, states = _charge_states(packed)
     states = states if by_charge else []
     A = np.concatenate([packed.counts] + [(charges == q)[:, None].astype(float)
                                           for q in states], axis=1)
-    y = packed.energy.cpu().numpy()
+    y = packed.energy.cpu().numpy() if target is None else target
     present = A.sum(0) > 0
     sol = np.zeros(A.shape[1])
     sol[present] = np.linalg.lstsq(A[:, present], y, rcond=None)[0]
@@ -187,21 +190,43 @@ def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: boo
             {str(q): float(sol[n + k]) for k, q in enumerate(states)})
 
 
-def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames,
-                                     batch_size: int = 64) -> dict[str, float]:
+def energy_residuals(model: E2FormerV2, packed: PackedFrames, rows: list[int] | None = None,
+                     charge_energy: bool = True, batch_size: int = 64) -> np.ndarray:
+    """E_label - E_model (eV) of each frame (of `rows`, default all), in frame order.
+    charge_energy=False evaluates the model without its per-charge-state energies and charge
+    input (what a charge embedding that starts afresh gives a charged frame)."""
+    rows = list(range(len(packed))) if rows is None else rows
+    residual = []
+    with torch.no_grad():  # energies only (predict would differentiate for forces)
+        for s in range(0, len(rows), batch_size):
+            b = packed.batch(rows[s:s + batch_size])
+            if not charge_energy:
+                b.graph.charge = None
+            residual.append((b.energy - _frame_energies(model(b.graph), b)).cpu().numpy())
+    return np.concatenate(residual) if residual else np.zeros(0)
+
+
+def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames
+                                     ) -> dict[str, float]:
     """One energy (eV per structure) per nonzero total charge: the mean of E_label - E_model
     over the frames of that charge, the model evaluated without any charge energy. For a
     model whose charge embedding starts afresh (its value vectors are zero: a charged frame
     gets what a neutral one gets)."""
     charges, states = _charge_states(packed)
-    out = {}
-    for q in states:
-        rows = np.flatnonzero(charges == q).tolist()
-        residual = []
-        for s in range(0, len(rows), batch_size):
-            b = packed.batch(rows[s:s + batch_size])
-            b.graph.charge = None  # no charge energy (the fresh embedding adds no charge term)
-            e, _ = predict(model, b)
-            residual.append((b.energy - e.detach().double()).cpu().numpy())
-        out[str(q)] = float(np.concatenate(residual).mean())
-    return out
+    return {str(q): float(energy_residuals(model, packed, np.flatnonzero(charges == q).tolist(),
+                                           charge_energy=False).mean())
+            for q in states}
+
+
+def refit_energy_offsets(model: E2FormerV2, packed: PackedFrames
+                         ) -> tuple[dict[str, float], dict[str, float]]:
+    """A trained model's element and charge-state energies (eV) corrected by the least-squares
+    fit of its residuals on `packed`: the offsets that fit the data best given what the
+    network already predicts. A model that misses no offset keeps its energies; refitting
+    from the labels alone would discard the network's share of each molecule's energy."""
+    by_charge = model.config.charge_spin and model.config.charge_spin_mode == "distributed"
+    d_element, d_charge = fit_energy_offsets(packed, model.elements, by_charge,
+                                             target=energy_residuals(model, packed))
+    old_charge = model.config.charge_energies if by_charge else {}
+    return ({e: model.config.reference_energies.get(e, 0.0) + d for e, d in d_element.items()},
+            {**old_charge, **{q: old_charge.get(q, 0.0) + d for q, d in d_charge.items()}})

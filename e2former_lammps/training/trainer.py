@@ -18,7 +18,7 @@ from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
 from .batching import (PackedFrames, fit_charge_energies_to_residuals, fit_energy_offsets,
-                       predict, predict_direct)
+                       predict, predict_direct, refit_energy_offsets)
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
@@ -201,7 +201,11 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
             model.set_charge_energies(fit_charge_energies_to_residuals(
                 model.to(device=device, dtype=dtype), train_set))
         else:
-            element_e, charge_e = fit_energy_offsets(train_set, mcfg.elements, by_charge)
+            # a trained init_model keeps what its network predicts: only the offsets it misses
+            # are fitted (a refit from the labels alone cost stage 5 ~1000 steps: T14)
+            element_e, charge_e = (
+                refit_energy_offsets(model.to(device=device, dtype=dtype), train_set)
+                if cfg.init_model else fit_energy_offsets(train_set, mcfg.elements, by_charge))
             model.set_reference_energies(element_e)
             if by_charge:
                 model.set_charge_energies(charge_e)
