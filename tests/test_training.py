@@ -565,3 +565,23 @@ def test_train_sweep_records_each_variant(tmp_path):
     assert trained.config.identity_paths
     for r in runs.values():
         assert r["steps"] > 0 and np.isfinite(r["val"]["overall"]["force_mae_meV_per_A"])
+
+
+def test_metric_accumulator_keeps_each_frames_values_in_frame_order():
+    """keep_values: per subset, the energies per atom and force components of its frames in
+    the order added, each frame's atoms together even when the batch interleaves them."""
+    from e2former_lammps.training.metrics import MetricAccumulator
+
+    rng = np.random.default_rng(0)
+    atom_frame = np.array([1, 0, 2, 1, 0, 1])  # frames of 2, 3 and 1 atoms, interleaved
+    n_atoms = np.bincount(atom_frame)
+    e_pred, e_ref = rng.normal(size=3), rng.normal(size=3)
+    f_pred, f_ref = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    acc = MetricAccumulator(keep_values=True)
+    acc.add(["a", "b", "a"], e_pred, e_ref, n_atoms, f_pred, f_ref, atom_frame)
+    got = acc.parity_values()
+    np.testing.assert_array_equal(got["a"]["e_pred"], e_pred[[0, 2]] / n_atoms[[0, 2]])
+    np.testing.assert_array_equal(got["b"]["e_ref"], e_ref[[1]] / n_atoms[1])
+    np.testing.assert_array_equal(got["a"]["f_pred"], f_pred[[1, 4, 2]].ravel())
+    np.testing.assert_array_equal(got["b"]["f_ref"], f_ref[[0, 3, 5]].ravel())
+    assert acc.result()["subsets"]["b"]["n_atoms"] == 3

@@ -22,6 +22,11 @@ class MetricAccumulator:
         df = np.abs(np.asarray(f_pred) - np.asarray(f_ref))  # [N, 3]
         per_frame_f = np.zeros(len(subset))
         np.add.at(per_frame_f, atom_frame, df.sum(-1))
+        if self.values is not None:  # each frame's atoms as one slice (not a mask per frame)
+            order = np.argsort(atom_frame, kind="stable")
+            bounds = np.searchsorted(atom_frame[order], np.arange(len(subset) + 1))
+            f_pred, f_ref = np.asarray(f_pred)[order], np.asarray(f_ref)[order]
+            e_pred, e_ref = np.asarray(e_pred), np.asarray(e_ref)
         for k, s in enumerate(subset):
             self.e_err.setdefault(s, []).append(float(e_per_atom[k]))
             self.f_abs_sum[s] = self.f_abs_sum.get(s, 0.0) + float(per_frame_f[k])
@@ -29,10 +34,10 @@ class MetricAccumulator:
             if self.values is not None:
                 v = self.values.setdefault(s, {"e_pred": [], "e_ref": [], "f_pred": [],
                                                "f_ref": []})
-                v["e_pred"].append(np.asarray(e_pred)[k:k + 1] / n_atoms[k])
-                v["e_ref"].append(np.asarray(e_ref)[k:k + 1] / n_atoms[k])
-                v["f_pred"].append(np.asarray(f_pred)[atom_frame == k].ravel())
-                v["f_ref"].append(np.asarray(f_ref)[atom_frame == k].ravel())
+                v["e_pred"].append(e_pred[k:k + 1] / n_atoms[k])
+                v["e_ref"].append(e_ref[k:k + 1] / n_atoms[k])
+                v["f_pred"].append(f_pred[bounds[k]:bounds[k + 1]].ravel())
+                v["f_ref"].append(f_ref[bounds[k]:bounds[k + 1]].ravel())
 
     def parity_values(self) -> dict[str, dict[str, np.ndarray]]:
         """subset -> {"e_pred", "e_ref" (eV/atom, per frame), "f_pred", "f_ref" (eV/Å,
