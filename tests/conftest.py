@@ -32,6 +32,19 @@ def random_model(seed: int = 0, dtype=torch.float64, **overrides) -> E2FormerV2:
     return model
 
 
+def distributed_charge_model(seed: int, **overrides) -> E2FormerV2:
+    """A random fp64 model with the distributed charge/spin embedding switched on (its value
+    and neutral vectors start at zero, which would hide them; logits made larger) and
+    energies for charges +1 and -1."""
+    model = random_model(seed, charge_spin=True, charge_spin_mode="distributed", **overrides)
+    with torch.no_grad():
+        model.charge_spin.value.normal_(0.0, 0.5)
+        model.charge_spin.neutral.normal_(0.0, 0.5)
+        model.charge_spin.logits.weight.normal_(0.0, 0.5)
+    model.set_charge_energies({"1": -3.25, "-1": 1.5})
+    return model
+
+
 @pytest.fixture
 def model64() -> E2FormerV2:
     return random_model(seed=int(np.random.SeedSequence().entropy % 2**31))

@@ -9,7 +9,7 @@ import torch
 from e2former_lammps import E2FormerCalculator
 from e2former_lammps.lammps.export import export_lammps_model
 
-from conftest import random_model, water_box
+from conftest import distributed_charge_model, random_model, water_box
 from lammps_harness import run_lammps, stress_to_pressure_virial
 
 pytestmark = [pytest.mark.gpu,
@@ -32,6 +32,25 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
         assert np.abs(res.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
+
+
+def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path):
+    """A cation with the distributed charge embedding, the model on the GPU (fp64): one and
+    two ranks sharing the GPU (the charge softmax summed across ranks through host memory)
+    give the CPU calculator's numbers."""
+    model = distributed_charge_model(33)
+    path = tmp_path / "cation.pt"
+    export_lammps_model(model, path, device="cuda", charge=1.0, spin=2.0)
+    atoms = water_box(3, seed=5)
+    one = run_lammps(tmp_path / "np1", atoms, path, ELEMENTS)
+    two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1")
+    atoms.info.update(charge=1, spin=2)
+    atoms.calc = E2FormerCalculator(model)
+    f_ref = atoms.get_forces()
+    for res in (one, two):
+        assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
+        assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
 
 
 def test_gpu_lammps_cuda_graphs_match_eager(tmp_path, monkeypatch):

@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from e2former_lammps import E2FormerCalculator, E2FormerConfig, E2FormerV2
 from e2former_lammps.validation import InputError
 
-from conftest import random_model, spice_molecules, water_box
+from conftest import distributed_charge_model, random_model, spice_molecules, water_box
 
 
 def _energy_forces(calc, atoms):
@@ -349,19 +349,6 @@ def test_gpu_offloaded_block_inputs_same_forces_less_memory():
     assert retained[True] - retained["offload"] >= (cfg.num_layers - 0.5) * x_bytes
 
 
-def _distributed_charge_model(seed: int) -> E2FormerV2:
-    """A random fp64 model with the distributed charge/spin embedding switched on (its value
-    and neutral vectors start at zero, which would hide them) and energies for charges -1
-    and +1."""
-    model = random_model(seed, charge_spin=True, charge_spin_mode="distributed")
-    with torch.no_grad():
-        model.charge_spin.value.normal_(0.0, 0.5)
-        model.charge_spin.neutral.normal_(0.0, 0.5)
-        model.charge_spin.logits.weight.normal_(0.0, 0.5)
-    model.set_charge_energies({"1": -3.25, "-1": 1.5})
-    return model
-
-
 def _charged_batch(model, atoms_list, charges, spins):
     from e2former_lammps.data import Frame
     from e2former_lammps.training.batching import PackedFrames
@@ -385,7 +372,7 @@ def test_distributed_charge_is_per_structure():
 
     seed = int(np.random.SeedSequence().entropy % 2**31)
     print("seed", seed)
-    model = _distributed_charge_model(seed)
+    model = distributed_charge_model(seed)
     mols = spice_molecules(3, min_atoms=6, seed=seed)
     charges, spins = [1.0, 0.0, -1.0], [2.0, 1.0, 1.0]
     packed = _charged_batch(model, mols, charges, spins)
@@ -434,7 +421,7 @@ def test_distributed_charge_model_is_equivariant_conservative_and_saves(tmp_path
     seed = int(np.random.SeedSequence().entropy % 2**31)
     print("seed", seed)
     rng = np.random.default_rng(seed)
-    model = _distributed_charge_model(seed)
+    model = distributed_charge_model(seed)
     calc = E2FormerCalculator(model)
     atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
     atoms.info.update(charge=1, spin=2)

@@ -7,7 +7,7 @@ from ase import Atoms
 
 from e2former_lammps.lammps.export import export_lammps_model
 
-from conftest import random_model, water_box
+from conftest import distributed_charge_model, random_model, water_box
 from lammps_harness import run_lammps
 
 pytestmark = pytest.mark.mpi
@@ -85,21 +85,6 @@ def test_error_on_one_rank_stops_the_run(tmp_path, models):
     assert "overlapping atoms" in out
 
 
-def _charged_model(seed: int, **overrides):
-    """A random fp64 model that spreads the total charge over all atoms (charge_spin_mode
-    "distributed"), its value, neutral and logit weights made large enough to matter."""
-    import torch
-
-    model = random_model(seed=seed, charge_spin=True, charge_spin_mode="distributed",
-                         **overrides)
-    with torch.no_grad():
-        model.charge_spin.value.normal_(0.0, 0.5)
-        model.charge_spin.neutral.normal_(0.0, 0.5)
-        model.charge_spin.logits.weight.normal_(0.0, 0.5)
-    model.set_charge_energies({"1": -2.0})
-    return model
-
-
 def test_distributed_charge_matches_calculator_on_any_number_of_ranks(tmp_path):
     """A model that spreads the total charge over all atoms, exported for a cation (--charge 1
     --spin 2): one rank gives the ASE calculator's numbers for that charge, and 2 and 4 ranks
@@ -108,7 +93,7 @@ def test_distributed_charge_matches_calculator_on_any_number_of_ranks(tmp_path):
     with a clear error. A charge without an energy in the model is refused at export."""
     from e2former_lammps import E2FormerCalculator
 
-    model = _charged_model(23)
+    model = distributed_charge_model(23)
     cation = tmp_path / "cation.pt"
     export_lammps_model(model, cation, device="cpu", charge=1.0, spin=2.0)
     atoms = water_box(2, seed=11)
@@ -132,7 +117,7 @@ def test_distributed_charge_matches_calculator_on_any_number_of_ranks(tmp_path):
                      settings="processors 4 1 1"),
           run_lammps(tmp_path / "sparse1", sparse, cation, ELEMENTS))
 
-    shell_model = _charged_model(24, num_layers=1, cutoff=4.0)
+    shell_model = distributed_charge_model(24, num_layers=1, cutoff=4.0)
     shell = tmp_path / "shell.pt"
     export_lammps_model(shell_model, shell, device="cpu", charge=1.0, spin=2.0)
     shell_cut = (shell_model.config.num_layers + 1) * shell_model.config.cutoff + 1.0
