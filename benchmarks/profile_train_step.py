@@ -55,14 +55,17 @@ def profile_steps(cfg: TrainConfig, warmup: int, active: int, rows: int) -> dict
         train(cfg, on_step=on_step)
     if not captured:
         raise RuntimeError(f"the run stopped before {warmup + active} steps: nothing profiled")
-    events = captured[0]
+    # Ranges of record_function (ProfilerStep#N, Optimizer.step#...) appear on the GPU
+    # timeline too, as user annotations spanning the kernels inside them: summed with the
+    # kernels they counted the step twice (busy > 1 before this filter).
+    events = [e for e in captured[0] if not getattr(e, "is_user_annotation", False)
+              and not e.key.startswith("ProfilerStep")]
     device_attr = "self_device_time_total" if on_gpu else "self_cpu_time_total"
     kernel_us = sum(getattr(e, device_attr) for e in events
                     if (on_gpu and e.device_type.name == "CUDA")
                     or (not on_gpu and e.key.startswith("aten::")))
     aten_calls = sum(e.count for e in events if e.key.startswith("aten::"))
-    top = sorted((e for e in events if not e.key.startswith("ProfilerStep")),
-                 key=lambda e: -getattr(e, device_attr))[:rows]
+    top = sorted(events, key=lambda e: -getattr(e, device_attr))[:rows]
     wall = sum(step_times) / max(len(step_times), 1)
     return {
         "batch_size": cfg.batch_size, "steps_profiled": len(step_times),
