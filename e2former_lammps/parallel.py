@@ -140,11 +140,12 @@ def _allreduce(comm, t: Tensor, op: str) -> Tensor:
 
 
 class _RankReductions(Exchange):
-    """sum_over_ranks / max_over_ranks through `self.comm` (mpi4py), the sum kept on every
-    rank's backward path by `self.anchor` (see MPIExchange)."""
+    """sum_over_ranks / max_over_ranks through `comm` (mpi4py; None: one rank), the sum and
+    the subclass's exchange kept on every rank's backward path by `anchor` (see MPIExchange)."""
 
-    comm = None
-    anchor: Tensor
+    def __init__(self, comm):
+        self.comm = comm
+        self.anchor = torch.zeros((), requires_grad=True)
 
     def sum_over_ranks(self, t: Tensor) -> Tensor:
         return t if self.comm is None else _AllreduceSum.apply(t, self.anchor, self.comm)
@@ -159,9 +160,8 @@ class GhostShell(_RankReductions):
     only sums over a whole structure (the charge spread) are reduced across ranks."""
 
     def __init__(self, n_atoms: int, comm):
+        super().__init__(comm)
         self.n_recv = self.n_total = n_atoms
-        self.comm = comm
-        self.anchor = torch.zeros((), requires_grad=True)
 
     def __call__(self, x: Tensor) -> Tensor:
         return x
@@ -174,9 +174,9 @@ class MPIExchange(_RankReductions):
     differentiate with respect to it as well (see forces.energy_and_pair_gradient)."""
 
     def __init__(self, plan: MPIExchangePlan):
-        self.plan, self.comm = plan, plan.comm
+        super().__init__(plan.comm)
+        self.plan = plan
         self.n_recv, self.n_total = plan.nlocal, plan.ntotal
-        self.anchor = torch.zeros((), requires_grad=True)
 
     def __call__(self, x: Tensor) -> Tensor:
         return _MPIExchangeFunction.apply(x, self.anchor, self.plan)
@@ -214,9 +214,9 @@ class KokkosExchange(_RankReductions):
     sums over a whole structure on several ranks."""
 
     def __init__(self, data, nlocal: int, ntotal: int, comm=None):
-        self.data, self.comm = data, comm
+        super().__init__(comm)
+        self.data = data
         self.n_recv, self.n_total = nlocal, ntotal
-        self.anchor = torch.zeros((), requires_grad=True)
 
     def __call__(self, x: Tensor) -> Tensor:
         return _KokkosExchangeFunction.apply(x, self.anchor, self.data, self.n_recv,

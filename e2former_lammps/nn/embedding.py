@@ -124,22 +124,17 @@ class DistributedChargeSpin(nn.Module):
         [n, C] added to the l = 0 rows. The softmax runs over the first n_owned rows (default
         all; the rest are ghost copies) and, through `exchange`, over the atoms other ranks
         own."""
+        ranks = exchange if exchange is not None else Exchange()  # base: one rank
         logits = self.logits(scalars)  # [n, 2]
         n_owned = logits.shape[0] if n_owned is None else n_owned
         own_logits, own_structure = logits[:n_owned], structure[:n_owned]
-        # softmax per structure: shift by the structure's max (no gradient through it; -inf
-        # where a rank owns none of its atoms, so the max over ranks is the structure's);
-        # gathers by index_select (its backward is an index_add, not a sort on the GPU)
-        top = scatter_max(own_logits.detach(), own_structure, charge.shape[0])
-        if exchange is not None:
-            present = torch.zeros_like(top[:, 0]).index_add(
-                0, own_structure, torch.ones_like(own_logits[:, 0])) > 0
-            top = exchange.max_over_ranks(torch.where(present[:, None], top, -torch.inf))
-            top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        # softmax per structure: shift by the structure's max over all ranks (no gradient
+        # through it); gathers by index_select (its backward is an index_add, not a sort)
+        top = scatter_max(own_logits.detach(), own_structure, charge.shape[0],
+                          across=ranks.max_over_ranks)
         a = torch.exp(logits - top.index_select(0, structure))
-        total = torch.zeros_like(top).index_add(0, own_structure, a[:n_owned])
-        if exchange is not None:
-            total = exchange.sum_over_ranks(total)
+        total = ranks.sum_over_ranks(torch.zeros_like(top).index_add(0, own_structure,
+                                                                     a[:n_owned]))
         weights = a / total.index_select(0, structure)
         amount = torch.stack([charge, spin - 1.0], dim=-1).index_select(0, structure) * weights
         return self.neutral + amount @ self.value

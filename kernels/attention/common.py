@@ -1,6 +1,7 @@
 """Shared pieces of the attention op: its weights, edge geometry, radial basis, envelope."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -25,10 +26,15 @@ def gaussian_rbf(dist: Tensor, centers: Tensor, width: float) -> Tensor:
     return torch.exp(-0.5 * ((dist[:, None] - centers) / width) ** 2)
 
 
-def scatter_max(src: Tensor, index: Tensor, n: int) -> Tensor:
-    """Row-wise max of src [E, H] grouped by index; 0 for empty groups."""
+def scatter_max(src: Tensor, index: Tensor, n: int,
+                across: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """Row-wise max of src [E, H] grouped by index; 0 for empty groups. across: combines the
+    maxima with those of other ranks first (Exchange.max_over_ranks), while an empty group is
+    still -inf, so a group is 0 only where it is empty on every rank."""
     out = torch.full((n, src.shape[1]), -torch.inf, dtype=src.dtype, device=src.device)
     out = out.scatter_reduce(0, index[:, None].expand_as(src), src, reduce="amax")
+    if across is not None:
+        out = across(out)
     return torch.where(torch.isinf(out), torch.zeros_like(out), out)
 
 
