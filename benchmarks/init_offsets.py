@@ -63,7 +63,7 @@ def main() -> None:
     packed = {name: PackedFrames(read_dataset(path), cfg.elements, cfg.atomic_numbers,
                                  cfg.cutoff)
               for name, path in (("train", args.train), ("val", args.val))}
-    by_charge = cfg.charge_spin and cfg.charge_spin_mode == "distributed"
+    by_charge = cfg.distributed_charge
     t0 = time.perf_counter()
     variants = {
         "as saved": model,

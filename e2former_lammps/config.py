@@ -88,6 +88,12 @@ class E2FormerConfig:
     def atomic_numbers(self) -> list[int]:
         return [atomic_numbers[e] for e in self.elements]
 
+    @property
+    def distributed_charge(self) -> bool:
+        """Whether the total charge and spin are inputs spread over the atoms (and charge
+        states have energies): charge_spin with charge_spin_mode "distributed"."""
+        return self.charge_spin and self.charge_spin_mode == "distributed"
+
     def to_dict(self) -> dict:
         return asdict(self)
 

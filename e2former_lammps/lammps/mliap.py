@@ -174,7 +174,7 @@ class E2FormerMLIAP(MLIAPUnified):
         # on the model's device: at 5M pairs the check costs ~170 ms on 2 CPU cores
         check_pairs(graph.rij, graph.pair_i, graph.pair_j, label=_atom_labeller(lmp, ntotal))
         cfg = self.model.config
-        distributed = cfg.charge_spin and cfg.charge_spin_mode == "distributed"
+        distributed = cfg.distributed_charge
         if cfg.charge_spin and not (distributed and self.charge == 0 and self.spin == 1):
             # (a neutral singlet is the no-charge case: the model adds only the neutral vector)
             if distributed and lmp is None:  # without it the rank count is unknown

@@ -224,7 +224,7 @@ def refit_energy_offsets(model: E2FormerV2, packed: PackedFrames
     fit of its residuals on `packed`: the offsets that fit the data best given what the
     network already predicts. A model that misses no offset keeps its energies; refitting
     from the labels alone would discard the network's share of each molecule's energy."""
-    by_charge = model.config.charge_spin and model.config.charge_spin_mode == "distributed"
+    by_charge = model.config.distributed_charge
     d_element, d_charge = fit_energy_offsets(packed, model.elements, by_charge,
                                              target=energy_residuals(model, packed))
     old_charge = model.config.charge_energies if by_charge else {}

@@ -192,7 +192,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
                                     max(train_set.mean_neighbours(), 1.0))
             torch.manual_seed(cfg.seed)
             model = E2FormerV2(mcfg)
-        by_charge = mcfg.charge_spin and mcfg.charge_spin_mode == "distributed"
+        by_charge = mcfg.distributed_charge
         if switched_embedding:
             # switched embedding: keep the element energies the weights were trained with
             # (a joint refit would move every neutral molecule's energy; _init_model only
