@@ -31,15 +31,16 @@ MIN_GHOST_QUANTUM = 64
 EDGES_PER_DUMMY = 32  # bounds the longest dummy row the attention kernels walk
 
 
-def quantum(n: int, minimum: int) -> int:
-    """Bucket granularity for size n: max(minimum, next_pow2(n) / 32) <= max(minimum, n / 16)."""
-    return max(minimum, (1 << max(n - 1, 0).bit_length()) // 32)
+def quantum(n: int, minimum: int, parts: int = 32) -> int:
+    """Bucket granularity for size n: max(minimum, next_pow2(n) / parts), at most
+    max(minimum, 2 n / parts)."""
+    return max(minimum, (1 << max(n - 1, 0).bit_length()) // parts)
 
 
-def bucket(n: int, minimum: int) -> int:
-    """n rounded up to a multiple of quantum(n): <= 6.25% padding for large n, and sizes
-    that drift a little during MD stay in the same bucket."""
-    q = quantum(n, minimum)
+def bucket(n: int, minimum: int, parts: int = 32) -> int:
+    """n rounded up to a multiple of quantum(n): <= 2/parts padding for large n (6.25% by
+    default), and sizes that drift a little during MD stay in the same bucket."""
+    q = quantum(n, minimum, parts)
     return max(q, math.ceil(n / q) * q)
 
 

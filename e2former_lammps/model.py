@@ -279,8 +279,12 @@ class E2FormerV2(nn.Module):
             # the per-structure charge energy, split evenly over the atoms of all ranks: a
             # constant, so no force (and no gradient through the count)
             structure = self._structure_of_atom(graph, graph.n_local, eatoms.device)
-            n_atoms = graph.exchange.sum_over_ranks(torch.bincount(
-                structure, minlength=graph.charge.shape[0]).to(torch.float64)).detach()
+            # index_add, not bincount: bincount reads its size back from the GPU, which a
+            # CUDA graph capture cannot do
+            n_atoms = graph.exchange.sum_over_ranks(torch.zeros(
+                graph.charge.shape[0], dtype=torch.float64, device=eatoms.device).index_add_(
+                0, structure, torch.ones(structure.shape, dtype=torch.float64,
+                                         device=eatoms.device))).detach()
             per_atom = self.charge_energy(graph.charge) / n_atoms.clamp(min=1)
             eatoms = eatoms + per_atom[structure].to(eatoms.dtype)
         return eatoms

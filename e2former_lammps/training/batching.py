@@ -22,6 +22,11 @@ class Batch:
     energy: Tensor  # [B] float64, eV
     forces: Tensor  # [N, 3] eV/Å
     subset: Tensor  # [B] subset ids
+    # padded batches (fixed shapes for CUDA graphs, training/step.py): the padding atoms form
+    # extra structures after the B real ones, and each atom's weight in the force loss
+    # (1 / real atoms, 0 for padding) replaces the plain mean
+    n_padding_structures: int = 0
+    atom_weight: Tensor | None = None  # [N]
 
 
 class PackedFrames:
@@ -153,9 +158,11 @@ def predict_direct(model: E2FormerV2, batch: Batch) -> tuple[Tensor, Tensor]:
 
 
 def _frame_energies(eatoms: Tensor, batch: Batch) -> Tensor:
-    """Per-atom energies summed per structure: [B] float64 eV."""
-    energy = torch.zeros(batch.n_atoms.numel(), dtype=torch.float64, device=eatoms.device)
-    return energy.index_add(0, batch.graph.batch, eatoms.to(torch.float64))
+    """Per-atom energies summed per structure: [B] float64 eV (padding structures dropped)."""
+    n = batch.n_atoms.numel()
+    energy = torch.zeros(n + batch.n_padding_structures, dtype=torch.float64,
+                         device=eatoms.device)
+    return energy.index_add(0, batch.graph.batch, eatoms.to(torch.float64))[:n]
 
 
 def _charge_states(packed: PackedFrames) -> tuple[np.ndarray, list[int]]:

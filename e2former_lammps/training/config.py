@@ -39,6 +39,9 @@ class TrainConfig:
     direct_force_steps: the first steps fit forces read directly from the l = 1 features (a
     force head; no double backward, as the paper's pre-training), the rest fit -dE/dx; the
     model gets the head automatically. Validation and the saved model's use are -dE/dx.
+    cuda_graphs: on CUDA, replay each -dE/dx step's loss and gradients from CUDA graphs, one
+    per size bucket of padded batches (training/step.py); the host's operator dispatch
+    bounds the eager step.
     """
 
     train: list[str]
@@ -73,6 +76,7 @@ class TrainConfig:
     device: str = "auto"
     dtype: str = "float32"
     attention_impl: str | None = None
+    cuda_graphs: bool = False
     resume: bool = True
     progress: bool = True
     model_name: str = "model.pt"

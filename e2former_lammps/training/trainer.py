@@ -18,10 +18,11 @@ from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
 from .batching import (PackedFrames, fit_charge_energies_to_residuals, fit_energy_offsets,
-                       predict, predict_direct, refit_energy_offsets)
+                       refit_energy_offsets)
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
+from .step import GraphedLossAndGradients, LossAndGradients
 
 CHECKPOINT = "checkpoint.pt"
 MAX_BAD_STEPS = 20
@@ -130,11 +131,11 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 
 @torch.no_grad()
 def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> None:
+    """ema <- d ema + (1 - d) model, d = min(decay, (1 + step) / (10 + step)); buffers copied.
+    foreach operators: two launches instead of two per parameter."""
     d = min(decay, (1 + step) / (10 + step))
-    for pe, pm in zip(ema.parameters(), model.parameters()):
-        pe.mul_(d).add_(pm.detach(), alpha=1 - d)
-    for be, bm in zip(ema.buffers(), model.buffers()):
-        be.copy_(bm)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def _fresh_sums() -> dict:
@@ -224,6 +225,9 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    graphed = cfg.cuda_graphs and device.type == "cuda"
+    loss_and_gradients = (GraphedLossAndGradients if graphed else LossAndGradients)(
+        model, cfg.w_energy, cfg.w_force, cfg.grad_clip)
     sched = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_factor)
 
     step, epoch, pos, elapsed_before, history = 0, 0, 0, 0.0, []
@@ -316,27 +320,14 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
         lr = sched(step, progress_fraction(step, elapsed))
         for g in opt.param_groups:
             g["lr"] = lr
-        if step < cfg.direct_force_steps:
-            e_pred, f_pred = predict_direct(model, batch)
-        else:
-            e_pred, f_pred = predict(model, batch, create_graph=True)
-        loss_e = ((e_pred - batch.energy).abs() / batch.n_atoms).mean()
-        loss_f = (f_pred - batch.forces).norm(dim=-1).mean()
-        loss = cfg.w_energy * loss_e.to(loss_f.dtype) + cfg.w_force * loss_f
-        opt.zero_grad(set_to_none=True)
-        finite = bool(torch.isfinite(loss.detach()))
-        gnorm = None
-        if finite:
-            loss.backward()
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip else float("inf"))
-            finite = bool(torch.isfinite(gnorm))
+        res = loss_and_gradients(batch, direct=step < cfg.direct_force_steps)
+        # one read-back per step: a non-finite loss gives non-finite gradients too
+        finite = bool(torch.isfinite(res.loss) & torch.isfinite(res.gnorm))
         if finite:
             opt.step()
             ema_update(ema, model, cfg.ema_decay, step)
             bad_steps = 0
         else:  # skip the update: one bad batch must not poison the weights
-            opt.zero_grad(set_to_none=True)
             bad_steps += 1
             skipped += 1
             if bar is not None:
@@ -357,16 +348,17 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
             epoch, pos = epoch + 1, 0
             order = epoch_order(n_train, cfg.seed, epoch)
         if finite:
-            acc["loss"] += float(loss.detach())
-            acc["loss_energy"] += float(loss_e.detach())
-            acc["loss_force"] += float(loss_f.detach())
-            acc["grad_norm"] += float(gnorm)
+            loss = float(res.loss)
+            acc["loss"] += loss
+            acc["loss_energy"] += float(res.loss_energy)
+            acc["loss_force"] += float(res.loss_force)
+            acc["grad_norm"] += float(res.gnorm)
             acc["n"] += 1
         elapsed = elapsed_before + time.monotonic() - t0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4g}", lr=f"{lr:.2e}", ep=epoch,
-                            refresh=False)
+            if finite:
+                bar.set_postfix(loss=f"{loss:.4g}", lr=f"{lr:.2e}", ep=epoch, refresh=False)
         if step % cfg.log_every_steps == 0 and acc["n"]:
             n = acc.pop("n")
             history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed, "lr": lr,
@@ -403,7 +395,10 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
                "step": step, "epoch": epoch, "train_time_s": elapsed, "device": str(device),
                "device_name": device_name, "attention_impl": attention_impl,
                "skipped_steps": skipped, "stopped_early": stopped_early,
-               "epochs_float": step * cfg.batch_size / n_train}
+               "epochs_float": step * cfg.batch_size / n_train,
+               "cuda_graphs": ({"captures": loss_and_gradients.captures,
+                                "still_enabled": loss_and_gradients.enabled}
+                               if graphed else None)}
     if metrics["val"] is not None:
         history.append({"step": step, "epoch": epoch, "elapsed_s": elapsed,
                         "val": metrics["val"]["overall"]})

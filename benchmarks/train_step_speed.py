@@ -1,0 +1,139 @@
+"""Training steps per second, eager against CUDA graphs (`cuda_graphs: true`), side by side.
+
+For each batch size, runs `e2former-lammps train CONFIG` (no validation, no checkpoints) for
+--steps steps twice from the same start, `cuda_graphs` off then on, timing every step
+(synchronised). Reports the median ms per step, the mean over all steps (what a run sees:
+the graphed run captures one graph per new size bucket, about three eager steps each), the
+speed-up of each, the graphs captured, the peak GPU memory and the last logged loss of each
+run (the two follow the same batches). Writes a JSON and a PNG.
+
+GPU machine (carry .carry/spice-xtb and .whl/mace for ASE):
+
+    PYTHONPATH=/tmp/site:.:benchmarks python3 benchmarks/train_step_speed.py \\
+        configs/spice-xtb-stage7.yaml --set init_model=spice-xtb \\
+        --set train=.carry/spice-xtb/train.hdf5 --batch-sizes 32 128 --steps 200 \\
+        --out $OUT/train_step_speed.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import provenance  # noqa: E402
+
+from e2former_lammps.training import TrainConfig, train  # noqa: E402
+from e2former_lammps.training.config import parse_overrides  # noqa: E402
+
+
+def timed_run(cfg: TrainConfig) -> dict:
+    """Train `cfg`; wall time of every step, peak memory, captures, last loss."""
+    times: list[float] = []
+    last = [0.0]
+
+    def on_step(step: int) -> None:
+        torch.cuda.synchronize()
+        now = time.perf_counter()
+        if step > 1:
+            times.append(now - last[0])
+        last[0] = now
+
+    torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    last[0] = time.perf_counter()
+    res = train(cfg, on_step=on_step)
+    losses = [h["loss"] for h in res["loss_history"] if "loss" in h]
+    return {"cuda_graphs": cfg.cuda_graphs, "batch_size": cfg.batch_size,
+            "steps_timed": len(times),
+            "median_ms_per_step": 1e3 * statistics.median(times),
+            "mean_ms_per_step": 1e3 * statistics.fmean(times),
+            "peak_mem_bytes": torch.cuda.max_memory_allocated(),
+            "graphs": res["metrics"]["cuda_graphs"], "last_loss": losses[-1]}
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = out["results"]
+    sizes = sorted({r["batch_size"] for r in rows})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.35
+    for k, graphs in enumerate((False, True)):
+        ms = [next(r["median_ms_per_step"] for r in rows
+                   if r["batch_size"] == b and r["cuda_graphs"] == graphs) for b in sizes]
+        bars = ax.bar([x + (k - 0.5) * width for x in range(len(sizes))], ms, width,
+                      label="CUDA graphs" if graphs else "eager")
+        ax.bar_label(bars, fmt="%.0f")
+    ax.set_xticks(range(len(sizes)), [f"batch {b}" for b in sizes])
+    ax.set_ylabel("ms per training step (median)")
+    ax.set_title(f"{out['device']}, {out['dtype']}, commit {out['commit']}", fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("config", type=Path, help="training config (YAML)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change the config")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step_speed.json"))
+    p.add_argument("--plot", type=Path, metavar="JSON",
+                   help="only draw the PNG of a results JSON written earlier, and exit")
+    args = p.parse_args()
+    if args.plot:
+        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+        return
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA GPU (CUDA graphs)")
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            base = TrainConfig.from_yaml(args.config).replace(
+                **{**parse_overrides(args.set), "val": None, "max_steps": args.steps,
+                   "max_minutes": None, "max_wall_minutes": None, "epochs": None,
+                   "checkpoint_every_steps": None, "checkpoint_every_minutes": None,
+                   "progress": False, "resume": False, "device": "cuda"})
+        except (FileNotFoundError, ValueError) as exc:
+            p.error(str(exc))
+        for bs in args.batch_sizes:
+            for graphs in (False, True):
+                r = timed_run(base.replace(batch_size=bs, cuda_graphs=graphs,
+                                           output_dir=f"{tmp}/b{bs}g{int(graphs)}"))
+                results.append(r)
+                print(f"batch {bs:4d} {'graphed' if graphs else 'eager  '}: median "
+                      f"{r['median_ms_per_step']:7.1f} ms/step, mean {r['mean_ms_per_step']:7.1f}"
+                      f", peak {r['peak_mem_bytes'] / 2**30:5.2f} GiB, graphs {r['graphs']}, "
+                      f"last loss {r['last_loss']:.5g}", flush=True)
+    for bs in args.batch_sizes:
+        eager, graphed = (next(r for r in results if r["batch_size"] == bs
+                               and r["cuda_graphs"] == g) for g in (False, True))
+        graphed["speedup_median"] = eager["median_ms_per_step"] / graphed["median_ms_per_step"]
+        graphed["speedup_mean"] = eager["mean_ms_per_step"] / graphed["mean_ms_per_step"]
+        print(f"batch {bs}: graphed {graphed['speedup_median']:.2f}x (median), "
+              f"{graphed['speedup_mean']:.2f}x (mean, captures included)")
+    out = {"what": f"training steps eager vs CUDA graphs, {args.config}",
+           "device": torch.cuda.get_device_name(), "dtype": base.dtype,
+           "commit": provenance.commit(), "command": " ".join(sys.argv), "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=1))
+    print(f"wrote {args.out}")
+    try:
+        plot(out, args.out.with_suffix(".png"))
+    except Exception as exc:  # a missing backend must not lose the measurement
+        print(f"plot failed ({exc}); rerun with --plot {args.out}")
+
+
+if __name__ == "__main__":
+    main()
