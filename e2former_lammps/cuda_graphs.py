@@ -17,7 +17,9 @@ import math
 import os
 import warnings
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -25,6 +27,8 @@ from torch import Tensor
 from .exchange import LocalImages, NoGhosts
 from .forces import energy_and_pair_gradient
 from .model import AtomGraph, E2FormerV2
+
+T = TypeVar("T")
 
 MIN_EDGE_QUANTUM = 256  # pair-list bucket granularity (at least)
 MIN_GHOST_QUANTUM = 64
@@ -115,6 +119,22 @@ class PaddedGraph:
             self.spin.copy_(graph.spin.reshape(1))
 
 
+def capture(run: Callable[[], T], pool, warmups: int = 2) -> tuple[torch.cuda.CUDAGraph, T]:
+    """(graph, static outputs) of `run` captured in the memory pool `pool`. It first runs
+    `warmups` times on a side stream (Triton compiles, cached baselines, allocator state,
+    cuBLAS workspaces), as torch.cuda.graph requires."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        outputs = run()
+    return graph, outputs
+
+
 class _Captured:
     """A PaddedGraph, its captured energy + dE/drij evaluation and the static outputs."""
 
@@ -122,17 +142,7 @@ class _Captured:
                  dtype: torch.dtype, pool):
         self.padded = PaddedGraph(key, model.config.cutoff, device, dtype)
         self.model = model
-        # Warm up on a side stream (Triton compiles, cached baselines, allocator state), as
-        # torch.cuda.graph requires, then capture one evaluation.
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.cuda_graph, pool=pool):
-            self.eatoms, self.grad = self._run()
+        self.cuda_graph, (self.eatoms, self.grad) = capture(self._run, pool)
 
     def _run(self) -> tuple[Tensor, Tensor]:
         graph = self.padded.graph

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cuda_graphs import bucket
+from ..cuda_graphs import bucket, capture
 from ..exchange import NoGhosts
 from ..model import AtomGraph, E2FormerV2
 from .batching import Batch, predict, predict_direct
@@ -168,17 +168,8 @@ class _Captured:
                                   batch.graph.rij.device, batch.graph.rij.dtype)
         self.padded.fill(batch)
         self.step = step
-        # warm up on a side stream as torch.cuda.graph requires (allocator, cuBLAS
-        # workspaces); it only writes the .grad tensors, which every run zeroes first
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._run()
-        torch.cuda.current_stream().wait_stream(side)
-        self.cuda_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.cuda_graph, pool=pool):
-            self.result = self._run()
+        # the warm-up runs only write the .grad tensors, which every run zeroes first
+        self.cuda_graph, self.result = capture(self._run, pool)
 
     def _run(self) -> StepResult:
         return self.step._eager(self.padded.view(), direct=False)
