@@ -48,11 +48,15 @@ def _evaluate(args: argparse.Namespace) -> int:
     rows = [("overall", res["overall"])] + sorted(res["subsets"].items())
     if args.by_molecule:  # worst first: where the error comes from
         rows += sorted(res["molecules"].items(), key=lambda kv: -kv[1]["force_mae_meV_per_A"])
+    conformer = "conformer_energy_mae_meV_per_atom"  # with --by-molecule
     print(f"{'subset / molecule':<36} {'frames':>7} {'E MAE meV/atom':>15} "
-          f"{'E mean err':>11} {'F MAE meV/A':>12}")
+          f"{'E mean err':>11}" + (f" {'conformer E MAE':>16}" if args.by_molecule else "")
+          + f" {'F MAE meV/A':>12}")
     for name, m in rows:
         print(f"{name[:36]:<36} {m['n_frames']:>7} {m['energy_mae_meV_per_atom']:>15.3f} "
-              f"{m['energy_mean_error_meV_per_atom']:>11.3f} {m['force_mae_meV_per_A']:>12.2f}")
+              f"{m['energy_mean_error_meV_per_atom']:>11.3f}"
+              + (f" {m[conformer]:>16.3f}" if args.by_molecule else "")
+              + f" {m['force_mae_meV_per_A']:>12.2f}")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
@@ -93,7 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--by-molecule", action="store_true",
-                   help="also per molecule (SPICE group), worst forces first")
+                   help="also per molecule (SPICE group), worst forces first, and the "
+                        "conformer energy MAE (each molecule's mean error taken out)")
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="write a PNG: energy-error histogram and force parity, per subset")
     p.set_defaults(func=_evaluate)

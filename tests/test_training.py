@@ -156,11 +156,25 @@ def test_evaluate_by_molecule_groups_spice_frames(capsys):
     model = _tiny_model(elements=("H", "C", "N", "O", "F", "S", "Cl"))
     out = evaluate_frames(model, picked, batch_size=4, device="cpu", by_molecule=True)
     assert sorted(out["molecules"]) == groups
+    cfg = model.config
+    packed = PackedFrames(picked, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                          dtype=torch.float64)
+    e_pred = predict(model, packed.batch(list(range(len(picked)))))[0].detach().numpy()
+    err = (e_pred - np.array([f.energy for f in picked])) / np.array([len(f) for f in picked])
+    centered = []
     for g in groups:
         alone = evaluate_frames(model, [f for f in picked if f.info["group"] == g],
                                 device="cpu")["overall"]
         for key in ("energy_mae_meV_per_atom", "force_mae_meV_per_A", "n_frames"):
             assert out["molecules"][g][key] == pytest.approx(alone[key], rel=1e-9)
+        mine = err[[f.info["group"] == g for f in picked]]
+        centered.append(mine - mine.mean())
+        assert out["molecules"][g]["conformer_energy_mae_meV_per_atom"] == pytest.approx(
+            1000 * np.abs(centered[-1]).mean(), rel=1e-6)
+    assert out["overall"]["conformer_energy_mae_meV_per_atom"] == pytest.approx(
+        1000 * np.abs(np.concatenate(centered)).mean(), rel=1e-6)
+    assert out["overall"]["conformer_energy_mae_meV_per_atom"] < \
+        out["overall"]["energy_mae_meV_per_atom"]
 
 
 def test_batch_equals_single_structures():

@@ -23,8 +23,9 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
                     by_molecule: bool = False, plot: str | Path | None = None) -> dict:
     """Metrics of all frames, or of max_frames evenly spaced ones (same frames every call,
     spread over the file so every subset is represented); by_molecule adds "molecules", the
-    same metrics per molecule (SPICE group; other formats: per subset); plot: a PNG of the
-    energy errors and of predicted against reference forces, per subset (plots.plot_parity)."""
+    same metrics per molecule (SPICE group; other formats: per subset) and the conformer
+    energy MAE everywhere (`add_conformer_energy_mae`); plot: a PNG of the energy errors and
+    of predicted against reference forces, per subset (plots.plot_parity)."""
     import numpy as np
 
     acc, acc_mol = MetricAccumulator(keep_values=plot is not None), MetricAccumulator()
@@ -51,11 +52,35 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
     out = acc.result()
     if by_molecule:
         out["molecules"] = acc_mol.result()["subsets"]
+        subset_ids = packed.subset.cpu().numpy()
+        add_conformer_energy_mae(out, acc_mol, {
+            packed.molecules[k]: packed.subset_names[subset_ids[k]] for k in rows})
     if plot is not None:
         from .plots import plot_parity
 
         plot_parity(acc.parity_values(), out, plot)
     return out
+
+
+def add_conformer_energy_mae(out: dict, by_molecule: MetricAccumulator,
+                             subset_of: dict[str, str]) -> None:
+    """Adds conformer_energy_mae_meV_per_atom to each molecule, subset and the overall block
+    of `out`: the energy MAE once each molecule's mean error is taken out, i.e. the error of
+    the energies of its conformations relative to each other. energy_mae minus this is what
+    per-molecule offsets cost."""
+    import numpy as np
+
+    centered = by_molecule.errors_about_group_means()
+
+    def mae(arrays: list) -> float:
+        return float(1000 * np.abs(np.concatenate(arrays)).mean()) if arrays else float("nan")
+
+    for mol, err in centered.items():
+        out["molecules"][mol]["conformer_energy_mae_meV_per_atom"] = mae([err])
+    for subset, block in out["subsets"].items():
+        block["conformer_energy_mae_meV_per_atom"] = mae(
+            [err for mol, err in centered.items() if subset_of[mol] == subset])
+    out["overall"]["conformer_energy_mae_meV_per_atom"] = mae(list(centered.values()))
 
 
 def evaluate_frames(model: E2FormerV2, frames: list[Frame], batch_size: int = 32,

@@ -47,6 +47,12 @@ class MetricAccumulator:
         return {s: {k: np.concatenate(arrays) for k, arrays in v.items()}
                 for s, v in self.values.items()}
 
+    def errors_about_group_means(self) -> dict[str, np.ndarray]:
+        """group -> its frames' energy errors (eV/atom) minus the group's mean error. With
+        molecules as the groups: the error of the energies relative to each other (the
+        conformational part), the molecule's offset removed."""
+        return {s: np.asarray(e) - np.mean(e) for s, e in self.e_err.items()}
+
     def result(self) -> dict:
         """{"overall": {...}, "subsets": {name: {...}}}: energy_mae_meV_per_atom,
         force_mae_meV_per_A, energy_rmse_meV_per_atom, energy_mean_error_meV_per_atom (signed:
