@@ -345,7 +345,8 @@ def test_config_errors(tmp_path):
     cfg = TrainConfig.from_yaml(p)
     assert cfg.lr == 0.003 and isinstance(cfg.lr, float) and cfg.max_steps == 2
     for bad, name in (("lr: fast", "lr"), ("batch_size: 2.5", "batch_size"),
-                      ("w_force: true", "w_force")):
+                      ("w_force: true", "w_force"), ("cuda_graphs: 'no'", "cuda_graphs"),
+                      ("resume: 1", "resume")):
         p.write_text(f"train: x.xyz\nmax_steps: 2\n{bad}\n")
         with pytest.raises(ValueError, match=name):
             TrainConfig.from_yaml(p)

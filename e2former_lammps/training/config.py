@@ -132,6 +132,10 @@ class TrainConfig:
                     raise ValueError(f"train config: {f.name} must be an integer, got {value!r}")
                 number = int(number)
             setattr(self, f.name, number)
+        for f in fields(self):  # a string such as "no" would otherwise count as true
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):
+                raise ValueError(f"train config: {f.name} must be true or false, got "
+                                 f"{getattr(self, f.name)!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
