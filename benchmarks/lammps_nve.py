@@ -8,9 +8,10 @@ Writes JSON and a PNG of E(t) - E(0) per atom.
 
     python benchmarks/lammps_nve.py --model spice-xtb --device cuda \
         --job water:648:10000 --job serine:20000 --out benchmarks/results/lammps_nve.json
-Jobs: `water:N_ATOMS:STEPS` (periodic box at 1 g/cm^3, 300 K) and `serine:STEPS` (serine and 26
-waters in vacuum, lammps_examples/solvated_amino_acid), relaxed first by --minimize CG
-iterations. Timestep 0.5 fs, neighbour list rebuilt when needed (check every step), thermo
+Jobs: `water:N_ATOMS:STEPS` (periodic box at 1 g/cm^3, 300 K), `serine:STEPS` (serine and 26
+waters in vacuum, lammps_examples/solvated_amino_acid) and `cation:STEPS` (ethylammonium, +1 e,
+in vacuum, lammps_examples/charged_molecule; the model exported with --charge 1), relaxed
+first by --minimize CG iterations. Timestep 0.5 fs, neighbour list rebuilt when needed (check every step), thermo
 every --every steps; --timeout stops each run
 cleanly after a wall time (the JSON then says how many steps were done).
 """
@@ -24,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -54,8 +56,8 @@ write_dump all xyz final.xyz modify element {elements}
 """
 
 
-def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str,
-            min_iter: int) -> dict:
+def prepare(job: str, workdir: Path, model_for_charge: Callable[[int], Path], every: int,
+            timeout: str, min_iter: int) -> dict:
     kind, *rest = job.split(":")
     d = workdir / job.replace(":", "_")
     d.mkdir(parents=True, exist_ok=True)
@@ -72,10 +74,17 @@ def prepare(job: str, workdir: Path, model: Path, every: int, timeout: str,
         shutil.copy(REPO / "lammps_examples/solvated_amino_acid/serine_water.data",
                     d / "system.data")
         spec = dict(boundary="s s s", elements="H C N O", rot="yes", periodic=None)
+    elif kind == "cation":
+        steps = int(rest[0])
+        shutil.copy(REPO / "lammps_examples/charged_molecule/ethylammonium.data",
+                    d / "system.data")
+        spec = dict(boundary="s s s", elements="H C N", rot="yes", periodic=None, charge=1)
     else:
-        raise SystemExit(f"unknown job kind {kind!r} in {job!r} (water:N:STEPS or serine:STEPS)")
+        raise SystemExit(f"unknown job kind {kind!r} in {job!r} (water:N:STEPS, serine:STEPS "
+                         f"or cation:STEPS)")
     (d / "in.nve").write_text(DECK.format(
-        boundary=spec["boundary"], data="system.data", model=model, elements=spec["elements"],
+        boundary=spec["boundary"], data="system.data", model=model_for_charge(
+            spec.get("charge", 0)), elements=spec["elements"],
         rot=spec["rot"], timestep=TIMESTEP_PS, minimize=minimize_lines(min_iter), every=every,
         steps=steps, timeout=timeout))
     return {"job": job, "dir": d, "steps": steps, **spec}
@@ -215,12 +224,20 @@ def main() -> None:
     if not args.job:
         p.error("give at least one --job (or --plot JSON)")
     args.workdir.mkdir(parents=True, exist_ok=True)
-    model = (args.workdir / "model.pt").resolve()
-    subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
-                    "--device", args.device, "--dtype", args.dtype, "-o", str(model)],
-                   check=True)
-    specs = [prepare(job, args.workdir, model, args.every, args.timeout, args.minimize)
-             for job in args.job]
+    exported: dict[int, Path] = {}
+
+    def model_for_charge(charge: int) -> Path:
+        """The model exported once per total charge (LAMMPS has no charges to read)."""
+        if charge not in exported:
+            path = (args.workdir / (f"model_charge{charge}.pt" if charge else "model.pt"))
+            subprocess.run([sys.executable, "-m", "e2former_lammps.cli", "export", args.model,
+                            "--device", args.device, "--dtype", args.dtype, "--charge",
+                            str(charge), "-o", str(path.resolve())], check=True)
+            exported[charge] = path.resolve()
+        return exported[charge]
+
+    specs = [prepare(job, args.workdir, model_for_charge, args.every, args.timeout,
+                     args.minimize) for job in args.job]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [x for x in os.environ.get("PYTHONPATH", "").split(os.pathsep) if x]))
     procs = []
