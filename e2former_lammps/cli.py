@@ -1,4 +1,4 @@
-"""Command line: `e2former-lammps export|train|evaluate ...`."""
+"""Command line: `e2former-lammps export|train|evaluate|info ...`."""
 from __future__ import annotations
 
 import argparse
@@ -62,6 +62,16 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from .info import describe, format_description
+
+    info = describe(args.model)
+    print(json.dumps(info, indent=1) if args.json else format_description(info))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="e2former-lammps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -102,6 +112,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", default=None, metavar="PNG",
                    help="write a PNG: energy-error histogram and force parity, per subset")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("info", help="what a model file holds: elements (the pair_coeff line), "
+                       "cutoff, charges, export settings, validation errors")
+    p.add_argument("model", help="checkpoint, packaged name, or a file written by export")
+    p.add_argument("--json", action="store_true", help="print it as JSON")
+    p.set_defaults(func=_info)
     return parser
 
 

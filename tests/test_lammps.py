@@ -271,3 +271,33 @@ def test_mliap_neighbour_copy_grows_linearly_with_atoms(tmp_path, model_file):
     # memory a + b N grows less than the atom count; unpatched: 55.6 -> 1912 MB (34x for 15.6x)
     atoms_ratio = len(boxes[10]) / len(boxes[4])
     assert mbytes[10] / mbytes[4] < atoms_ratio, (mbytes, atoms_ratio)
+
+
+def test_info_describes_checkpoints_and_exports(tmp_path, capsys):
+    """`e2former-lammps info`: the elements of the pair_coeff line, the charges and the
+    validation errors saved in the file, for the packaged model and for its export; a file
+    that is neither gets one clear line."""
+    import json
+
+    from e2former_lammps import E2FormerV2
+    from e2former_lammps.cli import main as cli_main
+
+    model = E2FormerV2.load("spice-xtb")
+    assert cli_main(["info", "spice-xtb", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "checkpoint" and info["elements"] == model.elements
+    assert info["pair_coeff"].split()[3:] == model.elements
+    assert info["cutoff_A"] == model.config.cutoff and info["export"] is None
+    assert info["charges_with_an_energy_e"] == sorted(
+        [0] + [int(q) for q in model.config.charge_energies])
+    val = model.metadata["metrics"]["val"]["overall"]
+    assert info["validation"]["force_mae_meV_per_A"] == val["force_mae_meV_per_A"]
+    export_lammps_model(model, tmp_path / "q.pt", device="cpu", charge=-1.0)
+    assert cli_main(["info", str(tmp_path / "q.pt")]) == 0
+    text = capsys.readouterr().out
+    assert "LAMMPS export" in text and "total charge -1 e" in text
+    assert "pair_coeff * * " + " ".join(model.elements) in text
+    (tmp_path / "notes.txt").write_text("not a model")
+    assert cli_main(["info", str(tmp_path / "notes.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "neither an E2Former checkpoint" in err and "Traceback" not in err
