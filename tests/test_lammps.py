@@ -144,6 +144,11 @@ def test_bad_input_messages(tmp_path, model_file):
     out = run_lammps(tmp_path / "nohook", water_box(2), model_file, ELEMENTS, hook=False,
                      expect_fail=True)
     assert "python e2former_attach invoke" in out
+    # units real would read eV as kcal/mol: refused wherever the deck attaches LAMMPS
+    out = run_lammps(tmp_path / "units", water, model_file, ELEMENTS, settings="units real",
+                     expect_fail=True)
+    assert "the deck runs `units real`" in out and "use `units metal`" in out
+    assert "Traceback" not in out
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(model_file.read_bytes()[:4000])
     out = run_lammps(tmp_path / "corrupt", water, corrupt, ELEMENTS, hook=False,

@@ -151,6 +151,7 @@ class E2FormerMLIAP(MLIAPUnified):
         pj = arrays.get("pair_j", npairs).to(dev).long()
         rij = arrays.get("rij", npairs, (3,)).to(device=dev, dtype=dtype)
         lmp = attached()
+        _check_units(lmp)
         comm = _lammps_comm(lmp)
         ghost_shell = arrays.natomneigh > nlist
         if comm is not None and comm.Get_size() > 1:  # one mode on all ranks (collectives)
@@ -353,6 +354,18 @@ def _avoid_foreign_llvm(model: E2FormerV2) -> None:
               "Start LAMMPS with HWLOC_COMPONENTS=-gl,-opencl (deploy/lmp_gpu.sh) for the "
               "fused kernels.", file=sys.stderr, flush=True)
         model.set_attention_impl("reference")
+
+
+def _check_units(lmp) -> None:
+    """eV and Å in, eV and eV/Å out: any other `units` would be read silently wrong (real:
+    kcal/mol). LAMMPS tells the model its units only through the handle the deck's
+    `python e2former_attach` lines give it."""
+    if lmp is None:
+        return
+    units = lmp.extract_global("units")
+    if units != "metal":
+        raise InputError(f"the deck runs `units {units}`, but E2Former takes lengths in Å and "
+                         f"returns energies in eV and forces in eV/Å: use `units metal`")
 
 
 def _atom_labeller(lmp, ntotal: int):
