@@ -121,3 +121,19 @@ def test_gpu_graphed_training_matches_eager(tmp_path):
         got = [float(x) for x in vars(step(batch)).values()]
         np.testing.assert_allclose(got, want, rtol=1e-4)
     assert step.n_graphs == 1 and step.enabled
+
+
+def test_cuda_graphs_on_the_cpu_train_eagerly(tmp_path, capsys):
+    """cuda_graphs: true on a CPU device says it is ignored and trains exactly as without it."""
+    from test_training import _cfg, _molecules, _write
+
+    data = _write(tmp_path / "m.xyz", _molecules(8, seed=2))
+    runs = {}
+    for graphs in (False, True):
+        cfg = _cfg(tmp_path / f"g{int(graphs)}", data, max_steps=4, cuda_graphs=graphs,
+                   progress=True)
+        res = train(cfg)
+        assert res["metrics"]["cuda_graphs"] is None
+        runs[graphs] = [h["loss"] for h in res["loss_history"] if "loss" in h]
+    assert runs[True] == runs[False] and len(runs[True]) == 4
+    assert "cuda_graphs: ignored on cpu (CUDA only)" in capsys.readouterr().out
