@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -122,10 +123,12 @@ def tp_pole_frame(u: dict[int, Tensor], lmax: int) -> list[Tensor]:
             for path, (src, scale) in zip(eaas_paths(lmax), gathers)]
 
 
-def tp_eaas(v: dict[int, Tensor], wigner: dict[int, Tensor], lmax: int) -> list[Tensor]:
-    """TP through the pole frame: D^l3^T S(D^l1 v). wigner[l]: [..., 2l+1, 2l+1] of R."""
-    u = {l: wigner[l] @ v[l] for l in v}
+def tp_eaas(v: dict[int, Tensor], wigner: dict[int, Tensor], lmax: int,
+            matmul: Callable[[Tensor, Tensor], Tensor] = torch.matmul) -> list[Tensor]:
+    """TP through the pole frame: D^l3^T S(D^l1 v). wigner[l]: [..., 2l+1, 2l+1] of R.
+    matmul: how the rotations are multiplied (the attention passes a per-edge kernel)."""
+    u = {l: matmul(wigner[l], v[l]) for l in v}
     return [
-        wigner[path.l3].transpose(-1, -2) @ t
+        matmul(wigner[path.l3].transpose(-1, -2), t)
         for path, t in zip(eaas_paths(lmax), tp_pole_frame(u, lmax))
     ]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from e2former_lammps.o3 import rotation_to_pole, tp_eaas, wigner_d
 
+from ..edge_matmul import edge_matmul
 from .common import EdgeRadialWeights, edge_geometry, scatter_max
 
 
@@ -128,7 +129,8 @@ def equivariant_attention_reference(
     vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
                           frame)
     v_rows = {l: vj[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
-    out = [_sum_per_receiver(t, pair_i, n_recv) for t in tp_eaas(v_rows, frame.wigner, lmax)]
+    out = [_sum_per_receiver(t, pair_i, n_recv)
+           for t in tp_eaas(v_rows, frame.wigner, lmax, matmul=edge_matmul)]
     if identity_paths:
         out.append(_sum_per_receiver(vj, pair_i, n_recv))
     return torch.cat(out, dim=1)

@@ -1,0 +1,44 @@
+"""Per-edge small matrix products (Wigner-D rotations of edge features): reference and
+Triton behind one interface.
+
+`edge_matmul(a, b)` = a @ b for a [E, M, K], b [E, K, C]; `edge_outer(a, b)` = a @ b^T for
+a [E, M, C], b [E, K, C]. impl "auto" picks Triton for CUDA tensors when
+E2FORMER_EDGE_MATMUL=triton is set (opt-in until measured on the GPU: kernels/NOTES.md
+E26), else the reference.
+"""
+from __future__ import annotations
+
+import os
+
+from torch import Tensor
+
+from .reference import edge_matmul_reference, edge_outer_reference
+
+IMPLEMENTATIONS = ("reference", "triton", "auto")
+
+
+def resolve_impl(impl: str, x: Tensor) -> str:
+    if impl not in IMPLEMENTATIONS:
+        raise ValueError(f"edge_matmul impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
+    if impl == "auto":
+        wanted = os.environ.get("E2FORMER_EDGE_MATMUL", "reference") == "triton"
+        return "triton" if wanted and x.is_cuda else "reference"
+    return impl
+
+
+def edge_matmul(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
+    """[E, M, K] @ [E, K, C] -> [E, M, C], differentiable to any order."""
+    if resolve_impl(impl, b) == "triton":
+        from .triton_edge_matmul import EdgeMatmul
+
+        return EdgeMatmul.apply(a, b)
+    return edge_matmul_reference(a, b)
+
+
+def edge_outer(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
+    """[E, M, C] @ [E, K, C]^T -> [E, M, K], differentiable to any order."""
+    if resolve_impl(impl, a) == "triton":
+        from .triton_edge_matmul import EdgeOuter
+
+        return EdgeOuter.apply(a, b)
+    return edge_outer_reference(a, b)

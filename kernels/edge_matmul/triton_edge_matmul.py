@@ -1,0 +1,114 @@
+"""Per-edge small matrix products in Triton, differentiable to any order.
+
+One program takes BLOCK_E edges and all C channels; the M x K products are unrolled, so a
+[E, 5, 5] @ [E, 5, 64] rotation reads each operand once and is bound by memory bandwidth,
+where a batched GEMM pads M = 5 to its tile height. Strides are arguments: a transposed
+Wigner block (D^T) is read in place.
+
+Autograd: out = a @ b has d a = g @ b^T (edge_outer) and d b = a^T @ g (edge_matmul); the
+outer product's gradients are edge_matmuls again. The backward calls the differentiable
+ops, so double backward (a force loss) works.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+BLOCK_E = 32
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, out_ptr, n_edges, n_channels,
+                   sa_e, sa_m, sa_k, sb_e, sb_k, sb_c, so_e, so_m, so_c,
+                   M: tl.constexpr, K: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    c = tl.arange(0, BLOCK_C)
+    e_ok = e < n_edges
+    ok = e_ok[:, None] & (c < n_channels)[None, :]
+    e = e.to(tl.int64)
+    for m in tl.static_range(M):
+        acc = tl.zeros((BLOCK_E, BLOCK_C), dtype=out_ptr.dtype.element_ty)
+        for k in tl.static_range(K):
+            a = tl.load(a_ptr + e * sa_e + m * sa_m + k * sa_k, mask=e_ok, other=0.0)
+            b = tl.load(b_ptr + e[:, None] * sb_e + k * sb_k + c[None, :] * sb_c, mask=ok,
+                        other=0.0)
+            acc += a[:, None] * b
+        tl.store(out_ptr + e[:, None] * so_e + m * so_m + c[None, :] * so_c, acc, mask=ok)
+
+
+@triton.jit
+def _outer_kernel(a_ptr, b_ptr, out_ptr, n_edges, n_channels,
+                  sa_e, sa_m, sa_c, sb_e, sb_k, sb_c, so_e, so_m, so_k,
+                  M: tl.constexpr, K: tl.constexpr,
+                  BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    c = tl.arange(0, BLOCK_C)
+    e_ok = e < n_edges
+    ok = e_ok[:, None] & (c < n_channels)[None, :]
+    e = e.to(tl.int64)
+    for m in tl.static_range(M):
+        a = tl.load(a_ptr + e[:, None] * sa_e + m * sa_m + c[None, :] * sa_c, mask=ok,
+                    other=0.0)
+        for k in tl.static_range(K):
+            b = tl.load(b_ptr + e[:, None] * sb_e + k * sb_k + c[None, :] * sb_c, mask=ok,
+                        other=0.0)
+            tl.store(out_ptr + e * so_e + m * so_m + k * so_k, tl.sum(a * b, axis=1),
+                     mask=e_ok)
+
+
+def _launch(kernel, a: Tensor, b: Tensor, out: Tensor, n_channels: int, m: int,
+            k: int) -> Tensor:
+    n_edges = out.shape[0]
+    if n_edges:
+        block_c = triton.next_power_of_2(max(n_channels, 1))
+        kernel[(triton.cdiv(n_edges, BLOCK_E),)](
+            a, b, out, n_edges, n_channels, *a.stride(), *b.stride(), *out.stride(),
+            M=m, K=k, BLOCK_E=BLOCK_E, BLOCK_C=block_c)
+    return out
+
+
+def _matmul(a: Tensor, b: Tensor) -> Tensor:
+    e, m, k = a.shape
+    out = torch.empty(e, m, b.shape[2], dtype=b.dtype, device=b.device)
+    return _launch(_matmul_kernel, a, b, out, b.shape[2], m, k)
+
+
+def _outer(a: Tensor, b: Tensor) -> Tensor:
+    e, m, c = a.shape
+    out = torch.empty(e, m, b.shape[1], dtype=a.dtype, device=a.device)
+    return _launch(_outer_kernel, a, b, out, c, m, b.shape[1])
+
+
+class EdgeMatmul(torch.autograd.Function):
+    """[E, M, K] @ [E, K, C] -> [E, M, C]."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        return _matmul(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        grad_a = EdgeOuter.apply(grad, b) if ctx.needs_input_grad[0] else None
+        grad_b = EdgeMatmul.apply(a.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
+
+class EdgeOuter(torch.autograd.Function):
+    """[E, M, C] @ [E, K, C]^T -> [E, M, K]."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        return _outer(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        grad_a = EdgeMatmul.apply(grad, b) if ctx.needs_input_grad[0] else None
+        grad_b = EdgeMatmul.apply(grad.transpose(1, 2), a) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
