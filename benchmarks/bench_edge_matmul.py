@@ -18,7 +18,6 @@ GPU machine (carry .carry/spice-xtb and .whl/mace for ASE):
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -136,12 +135,9 @@ def main() -> None:
     p.add_argument("--channels", type=int, nargs="+", default=[64, 256])
     p.add_argument("--data", help="spice-xtb HDF5 for the training-step comparison")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/edge_matmul.json"))
-    p.add_argument("--plot", type=Path, metavar="JSON",
-                   help="only draw the PNG of a results JSON written earlier, and exit")
+    provenance.add_result_arguments(p, "benchmarks/results/edge_matmul.json")
     args = p.parse_args()
-    if args.plot:
-        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+    if provenance.replot(args, plot):
         return
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU")
@@ -151,13 +147,7 @@ def main() -> None:
            "ops": op_rows(args.edges, args.channels),
            "training_step": training_step_rows(args.data, args.batch_size) if args.data
            else []}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
-    try:
-        plot(out, args.out.with_suffix(".png"))
-    except Exception as exc:  # a missing backend must not lose the measurement
-        print(f"plot failed ({exc}); rerun with --plot {args.out}")
+    provenance.write_results(out, args.out, plot)
 
 
 if __name__ == "__main__":

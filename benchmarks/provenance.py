@@ -1,8 +1,11 @@
-"""The commit a benchmark result belongs to."""
+"""The commit a benchmark result belongs to, and writing the result (JSON, PNG beside)."""
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -19,3 +22,30 @@ def commit() -> str:
     except OSError:
         return "unknown"
     return (head + "+dirty" if dirty else head) or "unknown"
+
+
+def write_results(out: dict, path: Path, plot: Callable[[dict, Path], None]) -> None:
+    """The JSON at `path` and `plot(out, PNG beside it)`; a plot that fails (no backend, as
+    after LAMMPS on the GPU machine) leaves the JSON and says how to draw it later."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+    try:
+        plot(out, path.with_suffix(".png"))
+    except Exception as exc:  # a missing backend must not lose the measurement
+        print(f"plot failed ({exc}); rerun with --plot {path}")
+
+
+def add_result_arguments(p: argparse.ArgumentParser, default_out: str) -> None:
+    """--out JSON (the PNG goes beside it) and --plot JSON (redraw an earlier result)."""
+    p.add_argument("--out", type=Path, default=Path(default_out))
+    p.add_argument("--plot", type=Path, metavar="JSON",
+                   help="only draw the PNG of a results JSON written earlier, and exit")
+
+
+def replot(args: argparse.Namespace, plot: Callable[[dict, Path], None]) -> bool:
+    """With --plot JSON: draws its PNG and returns True (the caller then exits)."""
+    if args.plot is None:
+        return False
+    plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+    return True

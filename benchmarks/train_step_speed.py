@@ -17,7 +17,6 @@ GPU machine (carry .carry/spice-xtb and .whl/mace for ASE):
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -84,17 +83,16 @@ def plot(out: dict, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("config", type=Path, help="training config (YAML)")
+    p.add_argument("config", type=Path, nargs="?", help="training config (YAML)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="change the config")
     p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128])
     p.add_argument("--steps", type=int, default=200)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step_speed.json"))
-    p.add_argument("--plot", type=Path, metavar="JSON",
-                   help="only draw the PNG of a results JSON written earlier, and exit")
+    provenance.add_result_arguments(p, "benchmarks/results/train_step_speed.json")
     args = p.parse_args()
-    if args.plot:
-        plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
+    if provenance.replot(args, plot):
         return
+    if args.config is None:
+        p.error("give a training config (or --plot JSON)")
     if not torch.cuda.is_available():
         p.error("needs a CUDA GPU (CUDA graphs)")
     results = []
@@ -126,13 +124,7 @@ def main() -> None:
     out = {"what": f"training steps eager vs CUDA graphs, {args.config}",
            "device": torch.cuda.get_device_name(), "dtype": base.dtype,
            "commit": provenance.commit(), "command": " ".join(sys.argv), "results": results}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
-    print(f"wrote {args.out}")
-    try:
-        plot(out, args.out.with_suffix(".png"))
-    except Exception as exc:  # a missing backend must not lose the measurement
-        print(f"plot failed ({exc}); rerun with --plot {args.out}")
+    provenance.write_results(out, args.out, plot)
 
 
 if __name__ == "__main__":

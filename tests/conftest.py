@@ -1,14 +1,23 @@
-"""Shared fixtures: small models and real molecular structures from ../shared/data."""
+"""Shared fixtures: small models, real molecular structures from ../shared/data, and Triton's
+interpreter for the kernel tests on the CPU."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from e2former_lammps import E2FormerConfig, E2FormerV2
+# Triton kernels run on the CPU in Triton's interpreter, which must be switched on before
+# triton is first imported (torch does not import it; nothing imported above does). On the
+# GPU machine the CPU kernel tests run only if the caller set TRITON_INTERPRET=1.
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETER_ON = os.environ.get("TRITON_INTERPRET") == "1"
+
+from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "spice-xtb"
@@ -90,3 +99,23 @@ def water_box(n_side: int, density_g_cm3: float = 1.0, seed: int = 0):
         centre = (np.array(idx) + 0.5) * spacing + rng.normal(scale=0.1, size=3)
         pos.extend(centre + mol @ rot.T)
     return Atoms("OH2" * n_mol, positions=pos, cell=[a, a, a], pbc=True)
+
+
+@pytest.fixture(scope="module")
+def interpreter():
+    """CPU kernel tests: Triton's interpreter on (a failure, not a skip, where it should be;
+    a skip on the GPU machine, where the -m gpu tests cover the kernels)."""
+    if not INTERPRETER_ON:
+        message = ("CPU kernel tests need TRITON_INTERPRET=1 before triton is imported: "
+                   "TRITON_INTERPRET=1 pytest tests/<file>")
+        if torch.cuda.is_available():
+            pytest.skip(message)
+        pytest.fail(message)
+    # One intra-op thread for the CPU tests: with two (the CI machine), after the interpreter
+    # had run, the fp64 reference itself varied by ~2e-10 between identical calls (its radial
+    # MLP's gate/weight; about 1 run in 3), above the 1e-12 the kernels are held to. Not
+    # understood; with one thread 12 of 12 runs were identical (kernels/NOTES.md).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

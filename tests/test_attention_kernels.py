@@ -1,48 +1,23 @@
 """Fused Triton attention vs the PyTorch reference: values, first and second derivatives.
 
-On the CPU the kernels run in Triton's interpreter, which must be switched on before triton is
-first imported: this module sets TRITON_INTERPRET=1 at import when there is no CUDA device and
-triton is not loaded yet (torch does not load it). Elsewhere (GPU machine) the CPU tests run
-only if TRITON_INTERPRET=1 was set by the caller; the CUDA tests run on the device. Inputs are
+On the CPU the kernels run in Triton's interpreter (switched on by conftest.py before triton
+is imported); on the GPU machine the CPU tests run only if TRITON_INTERPRET=1 was set by the
+caller, and the CUDA tests run on the device. Inputs are
 fresh random every run; the seed is printed (pytest -s) and part of every failure message.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
 import time
 
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRETER_ON = os.environ.get("TRITON_INTERPRET") == "1"
+import e2former_lammps  # noqa: F401  (import order: the package before kernels)
+from kernels.attention import EdgeRadialWeights, equivariant_attention
 
-import e2former_lammps  # noqa: E402,F401  (import order: the package before kernels)
-from kernels.attention import EdgeRadialWeights, equivariant_attention  # noqa: E402
-
-import triton  # noqa: E402,F401  (installed by deploy/setup_env.sh: a missing one fails)
+import triton  # noqa: F401  (installed by deploy/setup_env.sh: a missing one fails)
 CUTOFF, EPS = 5.0, 1.0
-
-
-@pytest.fixture(scope="module")
-def interpreter():
-    if not INTERPRETER_ON:
-        message = ("CPU kernel tests need TRITON_INTERPRET=1 before triton is imported: "
-                   "TRITON_INTERPRET=1 pytest tests/test_attention_kernels.py")
-        if torch.cuda.is_available():  # GPU machine: the -m gpu tests cover the kernels
-            pytest.skip(message)
-        pytest.fail(message)
-    # One intra-op thread for the CPU tests: with two (the CI machine), after the interpreter
-    # had run, the fp64 reference itself varied by ~2e-10 between identical calls (its radial
-    # MLP's gate/weight; about 1 run in 3), above the 1e-12 the kernels are held to. Not
-    # understood; with one thread 12 of 12 runs were identical (kernels/NOTES.md).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def fresh_seed() -> int:

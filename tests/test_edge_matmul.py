@@ -1,33 +1,17 @@
 """Per-edge small matrix products: the Triton kernels against the reference (values, first
-and second derivatives), in Triton's interpreter on the CPU (see test_attention_kernels.py for
-why TRITON_INTERPRET must be set before triton is imported) and on the GPU."""
+and second derivatives), in Triton's interpreter on the CPU (conftest.py switches it on) and
+on the GPU."""
 from __future__ import annotations
 
-import os
-import sys
 import time
 from functools import partial
 
 import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ.setdefault("TRITON_INTERPRET", "1")
-INTERPRETER_ON = os.environ.get("TRITON_INTERPRET") == "1"
-
-import e2former_lammps  # noqa: E402,F401  (import order: the package before kernels)
-from e2former_lammps.o3 import tp_eaas, wigner_d  # noqa: E402
-from kernels.edge_matmul import edge_matmul, edge_outer  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def interpreter():
-    if not INTERPRETER_ON:
-        message = ("CPU kernel tests need TRITON_INTERPRET=1 before triton is imported: "
-                   "TRITON_INTERPRET=1 pytest tests/test_edge_matmul.py")
-        if torch.cuda.is_available():  # GPU machine: the -m gpu tests cover the kernels
-            pytest.skip(message)
-        pytest.fail(message)
+import e2former_lammps  # noqa: F401  (import order: the package before kernels)
+from e2former_lammps.o3 import tp_eaas, wigner_d
+from kernels.edge_matmul import edge_matmul, edge_outer
 
 
 def fresh_generator() -> torch.Generator:

@@ -29,16 +29,16 @@ def resolve_impl(impl: str, x: Tensor) -> str:
 def edge_matmul(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
     """[E, M, K] @ [E, K, C] -> [E, M, C], differentiable to any order."""
     if resolve_impl(impl, b) == "triton":
-        from .triton_edge_matmul import EdgeMatmul
+        from .triton_edge_matmul import EdgeProduct
 
-        return EdgeMatmul.apply(a, b)
+        return EdgeProduct.apply(a, b, False)
     return edge_matmul_reference(a, b)
 
 
 def edge_outer(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
     """[E, M, C] @ [E, K, C]^T -> [E, M, K], differentiable to any order."""
     if resolve_impl(impl, a) == "triton":
-        from .triton_edge_matmul import EdgeOuter
+        from .triton_edge_matmul import EdgeProduct
 
-        return EdgeOuter.apply(a, b)
+        return EdgeProduct.apply(a, b, True)
     return edge_outer_reference(a, b)

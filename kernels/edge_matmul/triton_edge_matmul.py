@@ -20,15 +20,21 @@ BLOCK_E = 32
 
 
 @triton.jit
-def _matmul_kernel(a_ptr, b_ptr, out_ptr, n_edges, n_channels,
-                   sa_e, sa_m, sa_k, sb_e, sb_k, sb_c, so_e, so_m, so_c,
-                   M: tl.constexpr, K: tl.constexpr,
-                   BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+def _edge_block(n_edges, n_channels, BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    """This program's edges (int64, for the offsets), channels, and their masks."""
     e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     c = tl.arange(0, BLOCK_C)
     e_ok = e < n_edges
     ok = e_ok[:, None] & (c < n_channels)[None, :]
-    e = e.to(tl.int64)
+    return e.to(tl.int64), c, e_ok, ok
+
+
+@triton.jit
+def _matmul_kernel(a_ptr, b_ptr, out_ptr, n_edges, n_channels,
+                   sa_e, sa_m, sa_k, sb_e, sb_k, sb_c, so_e, so_m, so_c,
+                   M: tl.constexpr, K: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
+    e, c, e_ok, ok = _edge_block(n_edges, n_channels, BLOCK_E, BLOCK_C)
     for m in tl.static_range(M):
         acc = tl.zeros((BLOCK_E, BLOCK_C), dtype=out_ptr.dtype.element_ty)
         for k in tl.static_range(K):
@@ -44,11 +50,7 @@ def _outer_kernel(a_ptr, b_ptr, out_ptr, n_edges, n_channels,
                   sa_e, sa_m, sa_c, sb_e, sb_k, sb_c, so_e, so_m, so_k,
                   M: tl.constexpr, K: tl.constexpr,
                   BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr):
-    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
-    c = tl.arange(0, BLOCK_C)
-    e_ok = e < n_edges
-    ok = e_ok[:, None] & (c < n_channels)[None, :]
-    e = e.to(tl.int64)
+    e, c, e_ok, ok = _edge_block(n_edges, n_channels, BLOCK_E, BLOCK_C)
     for m in tl.static_range(M):
         a = tl.load(a_ptr + e[:, None] * sa_e + m * sa_m + c[None, :] * sa_c, mask=ok,
                     other=0.0)
@@ -82,33 +84,24 @@ def _outer(a: Tensor, b: Tensor) -> Tensor:
     return _launch(_outer_kernel, a, b, out, c, m, b.shape[1])
 
 
-class EdgeMatmul(torch.autograd.Function):
-    """[E, M, K] @ [E, K, C] -> [E, M, C]."""
+class EdgeProduct(torch.autograd.Function):
+    """outer=False: [E, M, K] @ [E, K, C] -> [E, M, C]; outer=True: [E, M, C] @ [E, K, C]^T
+    -> [E, M, K]. Each one's gradients are products of the two kinds again."""
 
     @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+    def forward(ctx, a: Tensor, b: Tensor, outer: bool) -> Tensor:
         ctx.save_for_backward(a, b)
-        return _matmul(a, b)
+        ctx.outer = outer
+        return _outer(a, b) if outer else _matmul(a, b)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         a, b = ctx.saved_tensors
-        grad_a = EdgeOuter.apply(grad, b) if ctx.needs_input_grad[0] else None
-        grad_b = EdgeMatmul.apply(a.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b
-
-
-class EdgeOuter(torch.autograd.Function):
-    """[E, M, C] @ [E, K, C]^T -> [E, M, K]."""
-
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(a, b)
-        return _outer(a, b)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b = ctx.saved_tensors
-        grad_a = EdgeMatmul.apply(grad, b) if ctx.needs_input_grad[0] else None
-        grad_b = EdgeMatmul.apply(grad.transpose(1, 2), a) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b
+        need_a, need_b = ctx.needs_input_grad[:2]
+        if ctx.outer:  # out = a b^T: d a = g b, d b = g^T a
+            grad_a = EdgeProduct.apply(grad, b, False) if need_a else None
+            grad_b = EdgeProduct.apply(grad.transpose(1, 2), a, False) if need_b else None
+        else:  # out = a b: d a = g b^T, d b = a^T g
+            grad_a = EdgeProduct.apply(grad, b, True) if need_a else None
+            grad_b = EdgeProduct.apply(a.transpose(1, 2), grad, False) if need_b else None
+        return grad_a, grad_b, None
