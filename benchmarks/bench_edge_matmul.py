@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 from pathlib import Path
 
@@ -27,23 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import provenance  # noqa: E402
+from bench_attention import bench  # noqa: E402  (median ms of a call)
 
 import e2former_lammps  # noqa: E402,F401  (the package before kernels)
 from kernels.edge_matmul import edge_matmul  # noqa: E402
-
-
-def median_ms(fn, repeat: int = 20) -> float:
-    fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeat):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def op_rows(edges: list[int], channels: list[int]) -> list[dict]:
@@ -60,8 +46,8 @@ def op_rows(edges: list[int], channels: list[int]) -> list[dict]:
                 for impl in ("reference", "triton"):
                     out = edge_matmul(a, b, impl=impl)
                     row[f"max_abs_err_{impl}"] = float((out.double() - want).abs().max())
-                    row[f"fwd_ms_{impl}"] = median_ms(lambda: edge_matmul(a, b, impl=impl))
-                    row[f"fwd_bwd_ms_{impl}"] = median_ms(lambda: torch.autograd.grad(
+                    row[f"fwd_ms_{impl}"] = bench(lambda: edge_matmul(a, b, impl=impl))
+                    row[f"fwd_bwd_ms_{impl}"] = bench(lambda: torch.autograd.grad(
                         edge_matmul(a, b, impl=impl), (a, b), grad))
                     moved = 4 * n_edges * (m * m + 2 * m * c)  # bytes: a, b read; out written
                     row[f"fwd_gbps_{impl}"] = moved / row[f"fwd_ms_{impl}"] / 1e6
@@ -94,7 +80,7 @@ def training_step_rows(data: str, batch_size: int) -> list[dict]:
     for setting in ("reference", "triton"):
         os.environ["E2FORMER_EDGE_MATMUL"] = setting
         res = step(batch)
-        ms = median_ms(lambda: step(batch), repeat=10)
+        ms = bench(lambda: step(batch))
         rows.append({"edge_matmul": setting, "batch_size": len(frames),
                      "n_pairs": int(batch.graph.pair_i.numel()), "ms_per_step": ms,
                      "loss": float(res.loss), "grad_norm": float(res.gnorm)})
