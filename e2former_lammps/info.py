@@ -21,7 +21,7 @@ ARCHITECTURE_KEYS = ("channels", "lmax", "num_layers", "num_heads", "head_dim", 
 def _load(path: Path) -> tuple[E2FormerV2, dict | None]:
     """(model, export settings or None for a checkpoint)."""
     try:
-        read_checkpoint(path)
+        ckpt = read_checkpoint(path)
     except ValueError:
         # an export is a pickled ML-IAP object (torch.load must unpickle it, as LAMMPS does)
         from .lammps.mliap import E2FormerMLIAP
@@ -36,7 +36,7 @@ def _load(path: Path) -> tuple[E2FormerV2, dict | None]:
             raise neither from None
         return unified.model, {"charge_e": unified.charge, "spin_multiplicity": unified.spin,
                                "device": str(unified.device)}
-    return E2FormerV2.load(path), None
+    return E2FormerV2.from_checkpoint(ckpt), None
 
 
 def describe(path_or_name: str | os.PathLike) -> dict:

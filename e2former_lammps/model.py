@@ -320,8 +320,12 @@ class E2FormerV2(nn.Module):
     @classmethod
     def load(cls, path_or_name: str | os.PathLike, map_location: str = "cpu") -> "E2FormerV2":
         """Load a file written by `save`, or a model shipped with the package by name."""
-        path = resolve_model_path(path_or_name)
-        ckpt = read_checkpoint(path, map_location)
+        return cls.from_checkpoint(read_checkpoint(resolve_model_path(path_or_name),
+                                                   map_location))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict) -> "E2FormerV2":
+        """The model of a dict read by `read_checkpoint`."""
         model = cls(E2FormerConfig.from_dict(ckpt["config"]))
         model.to(getattr(torch, ckpt.get("dtype", "float32")))
         model.load_state_dict(ckpt["state_dict"])
