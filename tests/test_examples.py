@@ -3,9 +3,7 @@ model exported for the CPU), a few steps each; the charged deck's energy is the 
 calculator's for the cation on 1 and 2 MPI ranks."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -16,20 +14,13 @@ from conftest import REPO, water_box
 from e2former_lammps import E2FormerCalculator, E2FormerV2
 from e2former_lammps.lammps.data_file import write_lammps_data
 from e2former_lammps.lammps.export import export_lammps_model
-from lammps_harness import lmp_binary
+from lammps_harness import launch
 
 EXAMPLES = REPO / "lammps_examples"
 
 
 def run_deck(folder: Path, deck: str, variables: dict[str, str], nprocs: int = 1) -> str:
-    cmd = [lmp_binary(), "-nocite", "-in", deck]
-    for name, value in variables.items():
-        cmd += ["-var", name, value]
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    if nprocs > 1:
-        cmd = ["mpirun", "-np", str(nprocs)] + cmd
-    proc = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, timeout=600,
-                          stdin=subprocess.DEVNULL, env=env)
+    proc = launch(folder, deck, nprocs, variables)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "ERROR" not in out, out[-4000:]
     return out
