@@ -20,7 +20,11 @@ INTERPRETER_ON = os.environ.get("TRITON_INTERPRET") == "1"
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data" / "spice-xtb"
+# ../shared/data beside the checkout; on the GPU machine, which gets only the working tree,
+# the copy that deploy/carry_training_data.sh puts under .carry/.
+SHARED_DATA = next((d for d in (REPO.parent / "shared" / "data" / "spice-xtb",
+                                REPO / ".carry" / "spice-xtb") if d.is_dir()),
+                   REPO.parent / "shared" / "data" / "spice-xtb")
 
 
 def small_config(**overrides) -> E2FormerConfig:

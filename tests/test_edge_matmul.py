@@ -22,7 +22,7 @@ def fresh_generator() -> torch.Generator:
 
 @pytest.mark.parametrize("n_edges", [0, 1, 37])
 @pytest.mark.parametrize("m,k", [(1, 1), (3, 3), (5, 5), (3, 5), (5, 3)])
-@pytest.mark.parametrize("channels", [8, 13])
+@pytest.mark.parametrize("channels", [8, 13, 150])  # 150: three channel blocks, the last partial
 def test_kernels_match_reference(interpreter, n_edges, m, k, channels):
     """Partly filled edge blocks (37 = 32 + 5), channel counts off a power of two, transposed
     and sliced operands read in place."""
@@ -81,9 +81,9 @@ def test_gpu_kernels_match_fp64_reference():
     if not torch.cuda.is_available():
         pytest.fail("needs a CUDA GPU: run with -m gpu on the GPU machine")
     g = fresh_generator()
-    for m, k in [(1, 1), (3, 3), (5, 5), (5, 3)]:
+    for m, k, channels in [(1, 1, 64), (3, 3, 64), (5, 5, 64), (5, 3, 64), (5, 5, 256)]:
         a = torch.randn(60_000, k, m, dtype=torch.float64, generator=g).transpose(1, 2)
-        b = torch.randn(60_000, k, 64, dtype=torch.float64, generator=g)
+        b = torch.randn(60_000, k, channels, dtype=torch.float64, generator=g)
         ac, bc = (x.float().cuda().requires_grad_(True) for x in (a, b))
         out = edge_matmul(ac, bc, impl="triton")
         torch.testing.assert_close(out.double().cpu(), a @ b, rtol=1e-5, atol=1e-5)

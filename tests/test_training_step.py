@@ -124,7 +124,7 @@ def test_gpu_graphed_training_matches_eager(tmp_path):
 
 
 def test_cuda_graphs_on_the_cpu_train_eagerly(tmp_path, capsys):
-    """cuda_graphs: true on a CPU device says it is ignored and trains exactly as without it."""
+    """cuda_graphs: true on a CPU device says it is off and trains exactly as without it."""
     from test_training import _cfg, _molecules, _write
 
     data = _write(tmp_path / "m.xyz", _molecules(8, seed=2))
@@ -136,4 +136,4 @@ def test_cuda_graphs_on_the_cpu_train_eagerly(tmp_path, capsys):
         assert res["metrics"]["cuda_graphs"] is None
         runs[graphs] = [h["loss"] for h in res["loss_history"] if "loss" in h]
     assert runs[True] == runs[False] and len(runs[True]) == 4
-    assert "cuda_graphs: ignored on cpu (CUDA only)" in capsys.readouterr().out
+    assert "cuda_graphs: off on cpu (CUDA only)" in capsys.readouterr().out

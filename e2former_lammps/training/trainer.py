@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     graphed = cfg.cuda_graphs and device.type == "cuda"
     if cfg.cuda_graphs and not graphed:
-        log(f"cuda_graphs: ignored on {device} (CUDA only)")
+        log(f"cuda_graphs: off on {device} (CUDA only)")
     loss_and_gradients = (GraphedLossAndGradients if graphed else LossAndGradients)(
         model, cfg.w_energy, cfg.w_force, cfg.grad_clip)
     sched = CosineSchedule(cfg.lr, cfg.warmup_steps, cfg.min_lr_factor)
