@@ -247,9 +247,16 @@ class E2FormerV2(nn.Module):
         )
         return self._node_energy(self.final_norm(self._features(graph))).to(ref.dtype)
 
+    def weights_changed(self) -> None:
+        """Drop the cached isolated-atom baseline. Call after changing frozen weights in place
+        by a path that leaves their `_version` alone: CUDA's foreach fast paths (the EMA
+        update) do, so the cache kept the first baseline and the energies drifted."""
+        self._baseline_key = None
+
     def _baseline(self) -> Tensor:
         """isolated_atom_energies(), cached while the weights are frozen and unchanged (MD):
-        it is a whole network pass of its own, as long as a small system's step."""
+        it is a whole network pass of its own, as long as a small system's step. Unchanged
+        means the same parameter versions and no `weights_changed()` since."""
         if not self.weights_frozen:
             return self.isolated_atom_energies()
         key = tuple(p._version for p in self.parameters()) + tuple(

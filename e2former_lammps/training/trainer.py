@@ -132,10 +132,12 @@ def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
 @torch.no_grad()
 def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> None:
     """ema <- d ema + (1 - d) model, d = min(decay, (1 + step) / (10 + step)); buffers copied.
-    foreach operators: two launches instead of two per parameter."""
+    foreach operators: two launches instead of two per parameter. On CUDA these do not bump
+    the parameters' versions, so the EMA is told its weights changed (its cached baseline)."""
     d = min(decay, (1 + step) / (10 + step))
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
     torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
+    ema.weights_changed()
 
 
 def _fresh_sums() -> dict:
