@@ -77,6 +77,9 @@ class E2FormerConfig:
         if self.charge_spin_mode not in ("uniform", "distributed"):
             raise ValueError(f"charge_spin_mode must be 'uniform' or 'distributed', got "
                              f"{self.charge_spin_mode!r}")
+        if self.charge_spin_mode == "distributed" and not self.charge_spin:
+            raise ValueError("charge_spin_mode 'distributed' needs charge_spin: true (the total "
+                             "charge and spin as inputs); without it the model is neutral")
         if self.charge_energies and self.charge_spin_mode != "distributed":
             raise ValueError("charge_energies need charge_spin_mode 'distributed'")
         self.charge_energies = normalize_charge_energies(self.charge_energies)

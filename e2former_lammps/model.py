@@ -282,7 +282,7 @@ class E2FormerV2(nn.Module):
         e_node = self._node_energy(x_normed)
         eatoms = e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
-        if graph.charge is not None and self.config.charge_spin_mode == "distributed":
+        if graph.charge is not None and self.config.distributed_charge:
             # the per-structure charge energy, split evenly over the atoms of all ranks: a
             # constant, so no force (and no gradient through the count)
             structure = self._structure_of_atom(graph, graph.n_local, eatoms.device)

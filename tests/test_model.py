@@ -163,6 +163,10 @@ def test_bad_inputs_have_clear_messages(tmp_path, model64):
         E2FormerV2.load(tmp_path / "missing.pt")
     with pytest.raises(ValueError, match="unknown element symbol"):
         E2FormerConfig(elements=["H", "Xx"])
+    # a charge mode without the charge input: it had trained, then failed on the first
+    # charged frame with "energies for charges [0.0] only"
+    with pytest.raises(ValueError, match="charge_spin_mode 'distributed' needs charge_spin"):
+        E2FormerConfig(elements=["H", "O"], charge_spin_mode="distributed")
 
 
 def test_shared_edge_frame_gives_the_same_training_gradients(monkeypatch):
