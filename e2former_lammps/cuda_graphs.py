@@ -73,6 +73,8 @@ class PaddedGraph:
     """Static buffers of one GraphKey and an AtomGraph over them; `fill` copies a graph in.
 
     Rows: local atoms [0, n_local), dummies [n_local, n_local + n_dummy), then ghosts.
+    With a charge, the dummies are a second structure, a neutral singlet: a distributed
+    charge is spread over one structure's atoms, and would otherwise give the dummies a share.
     """
 
     def __init__(self, key: GraphKey, cutoff: float, device: torch.device, dtype: torch.dtype):
@@ -85,13 +87,15 @@ class PaddedGraph:
         self.far = torch.tensor([[2.0 * cutoff, 0.0, 0.0]], dtype=dtype, device=device)
         self.rij = self.far.repeat(key.n_edge_pad, 1)
         self.owner = torch.full((n_ghost,), key.n_local, dtype=torch.long, device=device)
-        self.charge = torch.zeros(1, dtype=dtype, device=device)
-        self.spin = torch.ones(1, dtype=dtype, device=device)
+        # [the system's, the dummies' (0 e, singlet)]
+        self.charge = torch.zeros(2, dtype=dtype, device=device)
+        self.spin = torch.ones(2, dtype=dtype, device=device)
         exchange = NoGhosts(n_recv) if key.n_ghost_pad < 0 else LocalImages(self.owner, n_recv)
         self.graph = AtomGraph(species=self.species, pair_i=self.pair_i, pair_j=self.pair_j,
                                rij=self.rij, n_local=n_recv, exchange=exchange)
         if key.charge_spin:
             self.graph.charge, self.graph.spin = self.charge, self.spin
+            self.graph.batch = (torch.arange(n_recv, device=device) >= key.n_local).long()
 
     def fill(self, graph: AtomGraph, owner: Tensor | None) -> None:
         key, n_local = self.key, graph.n_local
@@ -115,8 +119,8 @@ class PaddedGraph:
             self.pair_j[n_edges:] = dummy
             self.rij[n_edges:] = self.far
         if key.charge_spin:
-            self.charge.copy_(graph.charge.reshape(1))
-            self.spin.copy_(graph.spin.reshape(1))
+            self.charge[:1] = graph.charge.reshape(1)
+            self.spin[:1] = graph.spin.reshape(1)
 
 
 def capture(run: Callable[[], T], pool, warmups: int = 2) -> tuple[torch.cuda.CUDAGraph, T]:
@@ -190,12 +194,9 @@ class GraphedEnergyForces:
     def __call__(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
         owner = self._owner(graph)
         n_edges = graph.pair_i.numel()
-        # a distributed charge is spread over all receivers: the dummy ones would take a share
-        spread_charge = (graph.charge is not None
-                         and self.model.config.charge_spin_mode == "distributed")
         usable = (self.enabled and graph.rij.is_cuda and owner is not False
                   and 0 < n_edges <= self.max_edges and graph.batch is None
-                  and self.model.weights_frozen and not spread_charge)
+                  and self.model.weights_frozen)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
         key = graph_key(graph, owner, self.model.charge_spin is not None)

@@ -7,7 +7,7 @@ import torch
 from ase import Atoms
 from ase.neighborlist import neighbor_list
 
-from conftest import random_model, spice_molecules, water_box
+from conftest import distributed_charge_model, random_model, spice_molecules, water_box
 from e2former_lammps.cuda_graphs import GraphedEnergyForces, PaddedGraph, bucket, graph_key
 from e2former_lammps.exchange import LocalImages
 from e2former_lammps.forces import energy_and_pair_gradient
@@ -55,13 +55,24 @@ def test_bucket_sizes():
         assert n <= b and b - n < max(256, n / 16)  # padding below 1/16 or the minimum
 
 
+def with_charge(graph: AtomGraph, charge: float | None) -> AtomGraph:
+    """graph with a total charge (e) and a singlet, as the LAMMPS hook gives them."""
+    if charge is not None:
+        graph.charge = torch.tensor([charge], dtype=graph.rij.dtype, device=graph.rij.device)
+        graph.spin = torch.ones(1, dtype=graph.rij.dtype, device=graph.rij.device)
+    return graph
+
+
+@pytest.mark.parametrize("charge", [None, 1.0])
 @pytest.mark.parametrize("periodic", [False, True])
-def test_padded_graph_matches_eager(periodic):
+def test_padded_graph_matches_eager(periodic, charge):
     """Padding (dummy receivers at 2 r_c, ghost rows moved up, padded ghosts) changes no
     energy and no dE/drij, also when a second geometry with fewer pairs and ghosts reuses the
-    buffers (stale rows of the first left behind), as during MD."""
+    buffers (stale rows of the first left behind), as during MD. With a total charge on a
+    distributed-charge model, the dummies must not take a share of it."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
-    model = random_model(seed=seed).eval().requires_grad_(False)
+    model = (random_model(seed=seed) if charge is None
+             else distributed_charge_model(seed)).eval().requires_grad_(False)
     cfg = model.config
     atoms = periodic_molecule(seed) if periodic else spice_molecules(1, min_atoms=8,
                                                                       seed=seed)[0]
@@ -71,8 +82,9 @@ def test_padded_graph_matches_eager(periodic):
             a.set_cell(a.cell * stretch, scale_atoms=True)
         else:
             a.positions *= stretch
-        return ghost_graph(a, model, torch.float64) if periodic else (
+        graph, owner = ghost_graph(a, model, torch.float64) if periodic else (
             atoms_to_graph(a, cfg.elements, cfg.atomic_numbers, cfg.cutoff), None)
+        return with_charge(graph, charge), owner
 
     systems = [system(1.0)]
     stretch = 1.1
@@ -81,7 +93,8 @@ def test_padded_graph_matches_eager(periodic):
     systems.append(second)
     (big, big_owner), (small, small_owner) = systems
     assert small.pair_i.numel() < big.pair_i.numel()
-    key = graph_key(big, big_owner, False)
+    key = graph_key(big, big_owner, model.charge_spin is not None)
+    assert key.charge_spin == (charge is not None)
     padded = PaddedGraph(key, cfg.cutoff, big.rij.device, big.rij.dtype)
     for graph, owner in systems:
         padded.fill(graph, owner)
@@ -119,13 +132,16 @@ def test_unsupported_inputs_run_eagerly():
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("charge", [None, 1.0])
 @pytest.mark.parametrize("periodic", [False, True])
-def test_cuda_graph_replays_match_eager(periodic):
+def test_cuda_graph_replays_match_eager(periodic, charge):
     """Captured graphs replayed on new geometries and sizes give the eager float32 Triton
     results (relative 1e-5, floor 1e-6 eV, eV/Å), and a size change inside a bucket reuses
-    its graph."""
+    its graph; also for a charged system on a distributed-charge model."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
-    model = random_model(seed=seed, dtype=torch.float32, channels=64, num_heads=8).cuda()
+    kw = dict(dtype=torch.float32, channels=64, num_heads=8)
+    model = (random_model(seed=seed, **kw) if charge is None
+             else distributed_charge_model(seed, **kw)).cuda()
     model.eval().requires_grad_(False)
     cfg = model.config
     runner = GraphedEnergyForces(model)
@@ -139,6 +155,7 @@ def test_cuda_graph_replays_match_eager(periodic):
             atoms.pbc = False
             graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
                                    torch.float32, "cuda")
+        graph = with_charge(graph, charge)
         e, g = (t.clone() for t in runner(graph))
         e_ref, g_ref = energy_and_pair_gradient(model, graph)
         # relative 1e-5 of the largest value, with a floor for float32 rounding: a random
@@ -146,3 +163,4 @@ def test_cuda_graph_replays_match_eager(periodic):
         assert (e - e_ref).abs().max() <= 1e-5 * e_ref.abs().max() + 1e-6
         assert (g - g_ref).abs().max() <= 1e-5 * g_ref.abs().max() + 1e-6
     assert 1 <= len(runner._graphs) <= 2 and runner.enabled
+    assert all(k.charge_spin == (charge is not None) for k in runner._graphs)
