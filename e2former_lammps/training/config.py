@@ -41,7 +41,8 @@ class TrainConfig:
     model gets the head automatically. Validation and the saved model's use are -dE/dx.
     cuda_graphs: on CUDA, replay each -dE/dx step's loss and gradients from CUDA graphs, one
     per size bucket of padded batches (training/step.py); the host's operator dispatch
-    bounds the eager step (1.3x at batch 128, 3.3x at batch 32 on the H200: NOTES T16).
+    bounds the eager step (1.55x at batch 128, 3.5x at batch 32 on the H200; 2.2x and
+    4.2x with the Triton per-edge rotations: NOTES T16).
     On by default; has no effect on the CPU.
     """
 
