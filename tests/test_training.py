@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -235,6 +236,22 @@ def test_charge_energies_least_squares():
     for k, v in refs.items():
         assert elements[k] == pytest.approx(v, abs=1e-8)
     assert fit_energy_offsets(packed, ["H", "C", "O"], by_charge=False)[1] == {}
+
+
+def test_charged_frames_on_a_model_without_charge_input_warn(tmp_path):
+    """A neutral-only model trained on charged frames says so, naming the charges; a model
+    with the charge input does not."""
+    mols = _molecules(6)
+    for k, a in enumerate(mols):
+        a.info["charge"] = [0, 1, -1][k % 3]
+    data = _write(tmp_path / "q.xyz", mols)
+    with pytest.warns(UserWarning, match=r"4 of 6 training frames are charged \(total "
+                                         r"charges \[-1, 1\] e\)"):
+        train(_cfg(tmp_path / "a", data, max_steps=1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        train(_cfg(tmp_path / "b", data, max_steps=1,
+                   model=dict(TINY, charge_spin=True, charge_spin_mode="distributed")))
 
 
 def test_training_a_distributed_charge_model_fits_and_saves_charge_energies(tmp_path):

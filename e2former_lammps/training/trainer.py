@@ -7,6 +7,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -140,6 +141,20 @@ def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> N
     ema.weights_changed()
 
 
+def _warn_if_charges_are_ignored(train_set: PackedFrames, mcfg: E2FormerConfig) -> None:
+    """A model without the charge input fits charged frames as if they were neutral: legal
+    (a neutral-only potential), but rarely meant, so it is said once."""
+    charges = np.rint(train_set.charge.cpu().numpy()).astype(int)
+    if mcfg.charge_spin or not charges.any():
+        return
+    states = sorted(set(charges[charges != 0].tolist()))
+    warnings.warn(f"{int((charges != 0).sum())} of {len(charges)} training frames are charged "
+                  f"(total charges {states} e) but the model has no charge input "
+                  f"(model.charge_spin: false), so they are fitted as if neutral; set "
+                  f"model.charge_spin: true and model.charge_spin_mode: distributed to learn "
+                  f"the charge", UserWarning, stacklevel=3)
+
+
 def _fresh_sums() -> dict:
     """Running sums of the logged training quantities between two history entries."""
     return {"loss": 0.0, "loss_energy": 0.0, "loss_force": 0.0, "grad_norm": 0.0, "n": 0}
@@ -186,6 +201,7 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
                              device, dtype, where="training data")
     val_set = PackedFrames(val_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
                            device, dtype, where="validation data") if val_frames else None
+    _warn_if_charges_are_ignored(train_set, mcfg)
 
     if not resumed:
         if cfg.init_model:
