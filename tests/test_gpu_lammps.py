@@ -28,6 +28,7 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
     atoms.calc = E2FormerCalculator(model)
     f_ref = atoms.get_forces()
     p_ref = stress_to_pressure_virial(atoms.get_stress())
+    assert "replayed from CUDA graphs" in one.log
     for res in (one, two):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
@@ -37,7 +38,8 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
 def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path):
     """A cation with the distributed charge embedding, the model on the GPU (fp64): one and
     two ranks sharing the GPU (the charge softmax summed across ranks through host memory)
-    give the CPU calculator's numbers."""
+    give the CPU calculator's numbers; the one-rank run replays CUDA graphs, whose padding
+    atoms must take no share of the charge."""
     model = distributed_charge_model(33)
     path = tmp_path / "cation.pt"
     export_lammps_model(model, path, device="cuda", charge=1.0, spin=2.0)
@@ -48,6 +50,7 @@ def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path)
     atoms.info.update(charge=1, spin=2)
     atoms.calc = E2FormerCalculator(model)
     f_ref = atoms.get_forces()
+    assert "replayed from CUDA graphs" in one.log
     for res in (one, two):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
