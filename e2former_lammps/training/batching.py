@@ -165,7 +165,7 @@ def _frame_energies(eatoms: Tensor, batch: Batch) -> Tensor:
     return energy.index_add(0, batch.graph.batch, eatoms.to(torch.float64))[:n]
 
 
-def _charge_states(packed: PackedFrames) -> tuple[np.ndarray, list[int]]:
+def charge_states(packed: PackedFrames) -> tuple[np.ndarray, list[int]]:
     """Each frame's total charge (integer e) and the sorted nonzero charges present."""
     charges = np.rint(packed.charge.cpu().numpy()).astype(int)
     return charges, sorted(set(charges.tolist()) - {0})
@@ -184,7 +184,7 @@ def fit_energy_offsets(packed: PackedFrames, elements: list[str], by_charge: boo
     E_frame ~ sum_e count_e * ref_e + sum_{q != 0} [Q_frame = q] * E_q.
     target: what is fitted per frame instead of the label energy E_frame (eV), e.g. a
     model's residuals (`energy_residuals`)."""
-    charges, states = _charge_states(packed)
+    charges, states = charge_states(packed)
     states = states if by_charge else []
     A = np.concatenate([packed.counts] + [(charges == q)[:, None].astype(float)
                                           for q in states], axis=1)
@@ -219,7 +219,7 @@ def fit_charge_energies_to_residuals(model: E2FormerV2, packed: PackedFrames
     over the frames of that charge, the model evaluated without any charge energy. For a
     model whose charge embedding starts afresh (its value vectors are zero: a charged frame
     gets what a neutral one gets)."""
-    charges, states = _charge_states(packed)
+    charges, states = charge_states(packed)
     return {str(q): float(energy_residuals(model, packed, np.flatnonzero(charges == q).tolist(),
                                            charge_energy=False).mean())
             for q in states}

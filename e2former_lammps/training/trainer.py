@@ -18,8 +18,8 @@ from ..config import E2FormerConfig
 from ..data import read_dataset
 from ..data.frame import Frame
 from ..model import E2FormerV2
-from .batching import (PackedFrames, fit_charge_energies_to_residuals, fit_energy_offsets,
-                       refit_energy_offsets)
+from .batching import (PackedFrames, charge_states, fit_charge_energies_to_residuals,
+                       fit_energy_offsets, refit_energy_offsets)
 from .config import TrainConfig
 from .evaluate import evaluate_packed, resolve_device
 from .plots import plot_learning_curve
@@ -144,10 +144,9 @@ def ema_update(ema: E2FormerV2, model: E2FormerV2, decay: float, step: int) -> N
 def _warn_if_charges_are_ignored(train_set: PackedFrames, mcfg: E2FormerConfig) -> None:
     """A model without the charge input fits charged frames as if they were neutral: legal
     (a neutral-only potential), but rarely meant, so it is said once."""
-    charges = np.rint(train_set.charge.cpu().numpy()).astype(int)
-    if mcfg.charge_spin or not charges.any():
+    charges, states = charge_states(train_set)
+    if mcfg.charge_spin or not states:
         return
-    states = sorted(set(charges[charges != 0].tolist()))
     warnings.warn(f"{int((charges != 0).sum())} of {len(charges)} training frames are charged "
                   f"(total charges {states} e) but the model has no charge input "
                   f"(model.charge_spin: false), so they are fitted as if neutral; set "
