@@ -28,7 +28,6 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
     atoms.calc = E2FormerCalculator(model)
     f_ref = atoms.get_forces()
     p_ref = stress_to_pressure_virial(atoms.get_stress())
-    assert "replayed from CUDA graphs" in one.log
     for res in (one, two):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
