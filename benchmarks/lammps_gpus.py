@@ -1,0 +1,249 @@
+"""LAMMPS on several GPUs: one MPI rank per GPU (domain decomposition), strong scaling.
+
+For each water box (1 g/cm^3) and rank count R, `lmp` under `mpirun -np R` (through
+deploy/lmp_gpu.sh), the model exported for "cuda" without an index, so each rank takes GPU
+`local rank mod GPUs` (the adapter prints which; recorded). NVE at 0.5 fs: a warm-up run
+(Triton compilation, CUDA-graph capture), then a timed run. Per (N, R): timesteps/s and
+atom-steps/s from LAMMPS's own loop time, speed-up and parallel efficiency against one rank,
+the potential energy at step 0 (the same physics on 1 or R ranks: the difference is
+recorded), and each rank's owned/ghost atoms and seconds per step in the ghost-feature
+exchange. `--share` adds the same R ranks all on GPU 0 (model exported for cuda:0): what
+several ranks per GPU give. Writes JSON and a PNG.
+
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (as root) \\
+    python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \\
+        --out benchmarks/results/lammps_gpus.json
+
+`--model spice-xtb` (default; a packaged name or a .pt file) or `--config paper|small`
+(random weights of that size). `--device cpu --dtype float64` runs the same harness on the
+CPU (the tests do, with a few hundred atoms).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import provenance  # noqa: E402
+from bench_attention import CFG, water_box  # noqa: E402
+from lammps_scaling import write_data  # noqa: E402
+
+from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
+from e2former_lammps.lammps.export import export_lammps_model  # noqa: E402
+from e2former_lammps.lammps.hook import DECK_LINES  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TIMESTEP_PS = 0.0005
+SMALL = dict(channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
+GPU_LINE = re.compile(r"E2Former: rank (\d+) of (\d+) runs the model on cuda:(\d+)")
+LOOP_LINE = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps")
+
+
+def deck(data: Path, model: Path, warmup: int, steps: int) -> str:
+    """in.water_bench (lammps_examples/gpu_water_benchmark) with a warm-up run before the
+    timed one and the potential energy printed to 10 decimals."""
+    return f"""units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data {data}
+pair_style mliap unified {model} 0
+pair_coeff * * H O
+{DECK_LINES}
+neighbor 1.0 bin
+neigh_modify every 10 delay 0 check yes
+velocity all create 300.0 4928459 mom yes rot no
+timestep {TIMESTEP_PS}
+fix nve all nve
+thermo_style custom step pe etotal
+thermo_modify format float %.10f
+thermo {max(warmup, 1)}
+run {warmup}
+run {steps}
+"""
+
+
+def first_thermo(out: str) -> dict[str, float]:
+    """The first thermo row (step 0) of a LAMMPS log: {column: value}."""
+    lines = out.splitlines()
+    k = next(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
+    return dict(zip(lines[k].split(), map(float, lines[k + 1].split())))
+
+
+def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, steps: int,
+               timeout: float) -> dict:
+    stats = workdir / "stats"
+    stats.mkdir(parents=True, exist_ok=True)
+    (workdir / "in.bench").write_text(deck(data, model, warmup, steps))
+    cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh")]
+    if ranks > 1:  # not bound to one core each: the host side of the model uses threads
+        cmd += ["-np", str(ranks), "--bind-to", "none", "--"]
+    cmd += ["-nocite", "-in", "in.bench", "-log", "log.lammps"]
+    env = dict(os.environ, E2FORMER_STATS_DIR=str(stats), PYTHONPATH=os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    if ranks > 1 and os.geteuid() == 0:  # Open MPI refuses root without these
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
+                          stdin=subprocess.DEVNULL, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        raise RuntimeError(f"LAMMPS failed (exit {proc.returncode}): {out[-2000:]}")
+    loops = LOOP_LINE.findall(out)
+    if len(loops) != 2:
+        raise RuntimeError(f"expected two runs' loop times in the LAMMPS output: {out[-2000:]}")
+    loop_s, _, timed_steps = loops[-1]
+    per_rank = [json.loads(p.read_text()) for p in sorted(stats.glob("rank*.json"))]
+    calls = max(r["calls_model"] for r in per_rank)
+    gpus = {int(r): int(g) for r, _, g in GPU_LINE.findall(out)}
+    return {
+        "seconds_per_step": float(loop_s) / int(timed_steps),
+        "pe_step0_eV": first_thermo(out)["PotEng"],
+        "gpu_of_rank": [gpus[r] for r in sorted(gpus)],
+        "owned_per_rank": [r["nlocal"] for r in per_rank],
+        "ghosts_per_rank": [r["ntotal"] - r["nlocal"] for r in per_rank],
+        "pairs_per_rank": [r["npairs"] for r in per_rank],
+        "exchange_s_per_step": max(r.get("seconds", 0.0) for r in per_rank) / calls,
+    }
+
+
+def plot(out: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    sizes = sorted({r["n_atoms"] for r in out["results"]})
+    for n in sizes:
+        for placement, style in (("one GPU per rank", "o-"), ("ranks share GPU 0", "s--"),
+                                 ("CPU", "^:")):
+            rows = sorted((r for r in out["results"] if r["n_atoms"] == n
+                           and "parallel_efficiency" in r and r["placement"] == placement),
+                          key=lambda r: r["ranks"])
+            if not rows:
+                continue
+            ranks = [r["ranks"] for r in rows]
+            a.plot(ranks, [r["atom_steps_per_s"] for r in rows], style,
+                   label=f"{n:,} atoms, {placement}")
+            b.plot(ranks, [r["parallel_efficiency"] for r in rows], style,
+                   label=f"{n:,} atoms, {placement}")
+    a.set_xlabel("MPI ranks")
+    a.set_ylabel("atom-steps / s")
+    a.set_yscale("log")
+    b.set_xlabel("MPI ranks")
+    b.set_ylabel("parallel efficiency (vs 1 rank)")
+    b.axhline(1.0, color="k", lw=0.5)
+    for ax in (a, b):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"LAMMPS + E2Former-V2 on {out['n_gpus']} x {out['device']}, {out['model']}, "
+                 f"{out['dtype']}, commit {out['commit'][:8]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[10000, 100000])
+    p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--share", action="store_true",
+                   help="also run each R > 1 with all ranks on GPU 0")
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--model", default="spice-xtb",
+                   help="packaged name or .pt file (ignored with --config)")
+    p.add_argument("--config", choices=["paper", "small"], help="random weights of this size")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--timeout", type=float, default=540, help="seconds per LAMMPS run")
+    provenance.add_result_arguments(p, "benchmarks/results/lammps_gpus.json")
+    args = p.parse_args()
+    if provenance.replot(args, plot):
+        return
+    if 1 not in args.ranks:
+        p.error("--ranks must include 1 (the reference for speed-up and energies)")
+    n_gpus = torch.cuda.device_count() if args.device == "cuda" else 0
+    if args.device == "cuda" and n_gpus == 0:
+        p.error("--device cuda but no CUDA GPU is visible")
+    if args.config:
+        torch.manual_seed(0)
+        model = E2FormerV2(E2FormerConfig(elements=["H", "O"],
+                                          **(CFG if args.config == "paper" else SMALL)))
+        label = f"random weights, {args.config} config"
+    else:
+        model = E2FormerV2.load(args.model)
+        label = args.model
+        if {"H", "O"} - set(model.elements):
+            p.error(f"--model {args.model} lacks H or O: the benchmark is water")
+    placements = [("one GPU per rank" if args.device == "cuda" else "CPU", args.device)]
+    if args.share and args.device == "cuda":
+        placements.append(("ranks share GPU 0", "cuda:0"))
+
+    results = []
+    with tempfile.TemporaryDirectory(prefix="lammps_gpus_") as tmp:
+        tmp = Path(tmp)
+        files = {}
+        for name, device in placements:
+            files[name] = tmp / f"model_{device.replace(':', '')}.pt"
+            export_lammps_model(model, files[name], device=device, dtype=args.dtype)
+        for n in args.sizes:
+            pos, species, box = water_box(n, device="cpu")
+            data = tmp / f"water_{n}.data"
+            write_data(data, pos.numpy(), species.numpy(), box)
+            base = None
+            for name, _ in placements:
+                for ranks in sorted(args.ranks):
+                    if name == "ranks share GPU 0" and ranks == 1:
+                        continue  # one rank on GPU 0 is the first placement's run
+                    row = {"n_atoms": len(pos), "ranks": ranks, "placement": name}
+                    try:
+                        r = run_lammps(tmp / f"{n}_{ranks}_{name[:3]}", data, files[name], ranks,
+                                       args.warmup, args.steps, args.timeout)
+                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                        row["error"] = str(exc)[-600:]
+                        results.append(row)
+                        print(f"{n} atoms, {ranks} ranks ({name}): {row['error']}", flush=True)
+                        continue
+                    base = r if ranks == 1 else base
+                    row.update(r, timesteps_per_s=1.0 / r["seconds_per_step"],
+                               atom_steps_per_s=len(pos) / r["seconds_per_step"])
+                    if base is not None:
+                        row["speedup_vs_1_rank"] = base["seconds_per_step"] / r["seconds_per_step"]
+                        row["parallel_efficiency"] = row["speedup_vs_1_rank"] / ranks
+                        row["pe_step0_minus_1_rank_eV"] = r["pe_step0_eV"] - base["pe_step0_eV"]
+                    results.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if "per_rank" not in k}),
+                          flush=True)
+
+    out = {"device": torch.cuda.get_device_name(0) if n_gpus else "cpu", "n_gpus": n_gpus,
+           "dtype": args.dtype, "commit": provenance.commit(), "model": label,
+           "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, mpirun -np R, "
+                     "feature exchange (mpi4py) between ranks",
+           "command": " ".join(sys.argv), "warmup_steps": args.warmup, "timed_steps": args.steps,
+           "results": results}
+    print(f"{'atoms':>8} {'ranks':>5} {'placement':>18} {'GPUs':>8} {'steps/s':>9} "
+          f"{'atom-steps/s':>13} {'speed-up':>8} {'eff.':>5} {'xchg s/step':>11} {'dPE eV':>9}")
+    for r in results:
+        if "error" in r:
+            print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18}  failed")
+            continue
+        print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18} "
+              f"{','.join(map(str, r['gpu_of_rank'])) or 'cpu':>8} {r['timesteps_per_s']:>9.3f} "
+              f"{r['atom_steps_per_s']:>13.0f} {r.get('speedup_vs_1_rank', float('nan')):>8.2f} "
+              f"{r.get('parallel_efficiency', float('nan')):>5.2f} "
+              f"{r['exchange_s_per_step']:>11.4f} "
+              f"{r.get('pe_step0_minus_1_rank_eV', float('nan')):>9.2e}")
+    provenance.write_results(out, args.out, plot)
+
+
+if __name__ == "__main__":
+    main()

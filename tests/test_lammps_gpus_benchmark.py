@@ -1,0 +1,41 @@
+"""benchmarks/lammps_gpus.py (the multi-GPU scaling harness) run on the CPU: real `lmp`
+under mpirun with 1 and 2 ranks; its JSON holds what the GPU run will be read for."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lammps_harness import lmp_binary
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lammps_gpus_harness_on_the_cpu(tmp_path):
+    out = tmp_path / "lammps_gpus.json"
+    env = dict(os.environ, LMP=lmp_binary(), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/lammps_gpus.py"), "--device", "cpu",
+         "--dtype", "float64", "--config", "small", "--sizes", "192", "--ranks", "1", "2",
+         "--steps", "2", "--warmup", "1", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["dtype"] == "float64" and result["n_gpus"] == 0
+    one, two = result["results"]
+    assert (one["ranks"], two["ranks"]) == (1, 2) and "error" not in two
+    assert one["n_atoms"] == two["n_atoms"] == 192
+    # the same physics on 1 and 2 ranks (fp64, printed to 1e-10 eV)
+    assert abs(two["pe_step0_minus_1_rank_eV"]) < 1e-8
+    assert abs(two["pe_step0_eV"] - one["pe_step0_eV"]) < 1e-8 and one["pe_step0_eV"] != 0
+    # the box is split: both ranks own atoms and hold the other's as ghosts they exchange
+    assert sum(two["owned_per_rank"]) == 192 and min(two["owned_per_rank"]) > 0
+    assert min(two["ghosts_per_rank"]) > 0 and two["exchange_s_per_step"] > 0
+    assert one["speedup_vs_1_rank"] == 1.0
+    assert two["parallel_efficiency"] == pytest.approx(two["speedup_vs_1_rank"] / 2)
+    assert two["atom_steps_per_s"] == pytest.approx(192 * two["timesteps_per_s"])
+    assert out.with_suffix(".png").stat().st_size > 10_000
