@@ -1,5 +1,6 @@
-"""GPU machine: LAMMPS with the model on the GPU (fp64) equals the CPU calculator, and two
-MPI ranks sharing the GPU give the single-rank numbers."""
+"""GPU machine: LAMMPS with the model on the GPU (fp64) equals the CPU calculator; two MPI
+ranks sharing one GPU, and (on a machine with two) two ranks on two GPUs, give the
+single-rank numbers."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ ELEMENTS = ["H", "C", "N", "O"]
 def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
     model = random_model(seed=31)
     path = tmp_path / "gpu.pt"
-    export_lammps_model(model, path, device="cuda")
+    export_lammps_model(model, path, device="cuda:0")  # both ranks on GPU 0
     atoms = water_box(3, seed=2)
     one = run_lammps(tmp_path / "np1", atoms, path, ELEMENTS)
     two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
@@ -34,6 +35,27 @@ def test_gpu_lammps_one_and_two_ranks_match_cpu_calculator(tmp_path):
         assert np.abs(res.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
 
 
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (one per rank)")
+def test_gpu_lammps_two_ranks_on_two_gpus_match_cpu_calculator(tmp_path):
+    """A model exported for "cuda" (no index) puts each MPI rank on GPU `local rank mod
+    GPUs`: two ranks run on GPUs 0 and 1, exchange ghost features through host memory, and
+    give the CPU calculator's numbers (fp64)."""
+    model = random_model(seed=34)
+    path = tmp_path / "gpus.pt"
+    export_lammps_model(model, path, device="cuda")
+    atoms = water_box(3, seed=6)
+    two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1")
+    for rank in (0, 1):
+        assert f"rank {rank} of 2 runs the model on cuda:{rank}" in two.log, two.log[-3000:]
+    atoms.calc = E2FormerCalculator(model)
+    f_ref = atoms.get_forces()
+    assert abs(two.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
+    assert np.abs(two.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
+    p_ref = stress_to_pressure_virial(atoms.get_stress())
+    assert np.abs(two.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
+
+
 def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path):
     """A cation with the distributed charge embedding, the model on the GPU (fp64): one and
     two ranks sharing the GPU (the charge softmax summed across ranks through host memory)
@@ -41,7 +63,7 @@ def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path)
     atoms must take no share of the charge."""
     model = distributed_charge_model(33)
     path = tmp_path / "cation.pt"
-    export_lammps_model(model, path, device="cuda", charge=1.0, spin=2.0)
+    export_lammps_model(model, path, device="cuda:0", charge=1.0, spin=2.0)
     atoms = water_box(3, seed=5)
     one = run_lammps(tmp_path / "np1", atoms, path, ELEMENTS)
     two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,

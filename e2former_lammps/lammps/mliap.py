@@ -190,6 +190,11 @@ class E2FormerMLIAP(MLIAPUnified):
             self.profiler.mark("inputs", graph)
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)
             self._evaluate = GraphedEnergyForces(self.model)
+            if dev.type == "cuda":  # which GPU each rank took (local rank -> GPU, rank_device)
+                where = f"rank {comm.Get_rank()} of {comm.Get_size()}" if comm else "this rank"
+                gpu = dev.index if dev.index is not None else torch.cuda.current_device()
+                print(f"E2Former: {where} runs the model on cuda:{gpu} "
+                      f"({torch.cuda.get_device_name(gpu)})", flush=True)
         try:
             eatoms, grad = self._evaluate(graph)
         except torch.OutOfMemoryError as exc:
