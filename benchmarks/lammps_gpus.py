@@ -6,8 +6,8 @@ deploy/lmp_gpu.sh), the model exported for "cuda" without an index, so each rank
 (Triton compilation, CUDA-graph capture), then a timed run. Per (N, R): timesteps/s and
 atom-steps/s from LAMMPS's own loop time, speed-up and parallel efficiency against one rank,
 the potential energy at step 0 (the same physics on 1 or R ranks: the difference is
-recorded), and each rank's owned/ghost atoms and seconds per step in the ghost-feature
-exchange. `--share` adds the same R ranks all on GPU 0 (model exported for cuda:0): what
+recorded), and each rank's owned/ghost atoms, peak GPU memory and seconds per step in the
+ghost-feature exchange. `--share` adds the same R ranks all on GPU 0 (model exported for cuda:0): what
 several ranks per GPU give. Writes JSON and a PNG.
 
     OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (as root) \\
@@ -111,6 +111,7 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
         "owned_per_rank": [r["nlocal"] for r in per_rank],
         "ghosts_per_rank": [r["ntotal"] - r["nlocal"] for r in per_rank],
         "pairs_per_rank": [r["npairs"] for r in per_rank],
+        "peak_mem_bytes_per_rank": [r["peak_mem_bytes"] for r in per_rank],
         "exchange_s_per_step": max(r.get("seconds", 0.0) for r in per_rank) / calls,
     }
 
@@ -231,7 +232,8 @@ def main() -> None:
            "command": " ".join(sys.argv), "warmup_steps": args.warmup, "timed_steps": args.steps,
            "results": results}
     print(f"{'atoms':>8} {'ranks':>5} {'placement':>18} {'GPUs':>8} {'steps/s':>9} "
-          f"{'atom-steps/s':>13} {'speed-up':>8} {'eff.':>5} {'xchg s/step':>11} {'dPE eV':>9}")
+          f"{'atom-steps/s':>13} {'speed-up':>8} {'eff.':>5} {'xchg s/step':>11} {'dPE eV':>9} "
+          f"{'peak GB':>7}")
     for r in results:
         if "error" in r:
             print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18}  failed")
@@ -241,7 +243,8 @@ def main() -> None:
               f"{r['atom_steps_per_s']:>13.0f} {r.get('speedup_vs_1_rank', float('nan')):>8.2f} "
               f"{r.get('parallel_efficiency', float('nan')):>5.2f} "
               f"{r['exchange_s_per_step']:>11.4f} "
-              f"{r.get('pe_step0_minus_1_rank_eV', float('nan')):>9.2e}")
+              f"{r.get('pe_step0_minus_1_rank_eV', float('nan')):>9.2e} "
+              f"{max(m or 0 for m in r['peak_mem_bytes_per_rank']) / 1e9:>7.1f}")
     provenance.write_results(out, args.out, plot)
 
 

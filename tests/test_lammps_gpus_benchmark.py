@@ -35,6 +35,7 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     # the box is split: both ranks own atoms and hold the other's as ghosts they exchange
     assert sum(two["owned_per_rank"]) == 192 and min(two["owned_per_rank"]) > 0
     assert min(two["ghosts_per_rank"]) > 0 and two["exchange_s_per_step"] > 0
+    assert two["peak_mem_bytes_per_rank"] == [None, None]  # no GPU memory on the CPU
     assert one["speedup_vs_1_rank"] == 1.0
     assert two["parallel_efficiency"] == pytest.approx(two["speedup_vs_1_rank"] / 2)
     assert two["atom_steps_per_s"] == pytest.approx(192 * two["timesteps_per_s"])

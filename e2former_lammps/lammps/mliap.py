@@ -244,7 +244,9 @@ class E2FormerMLIAP(MLIAPUnified):
         stats = dict(plan.stats) if plan is not None else {}
         self._calls = getattr(self, "_calls", 0) + 1
         stats.update(calls_model=self._calls, nlocal=arrays.nlocal, ntotal=arrays.ntotal,
-                     npairs=arrays.npairs)
+                     npairs=arrays.npairs, peak_mem_bytes=(
+                         torch.cuda.max_memory_allocated(self.device)
+                         if str(self.device).startswith("cuda") else None))
         with open(os.path.join(_STATS_DIR, f"rank{rank}.json"), "w") as fh:
             json.dump(stats, fh)
 
