@@ -1,17 +1,17 @@
 """LAMMPS on several GPUs: one MPI rank per GPU (domain decomposition), strong scaling.
 
-For each water box (1 g/cm^3) and rank count R, `lmp` under `mpirun -np R` (through
+For each water box (1 g/cm^3) and rank count R, the throughput deck
+lammps_examples/gpu_water_benchmark/in.water_bench under `mpirun -np R` (through
 deploy/lmp_gpu.sh), the model exported for "cuda" without an index, so each rank takes GPU
-`local rank mod GPUs` (the adapter prints which; recorded). NVE at 0.5 fs: a warm-up run
-(Triton compilation, CUDA-graph capture), then a timed run. Per (N, R): timesteps/s and
-atom-steps/s from LAMMPS's own loop time, speed-up and parallel efficiency against one rank,
-the potential energy at step 0 (the same physics on 1 or R ranks: the difference is
+`local rank mod GPUs` (the adapter prints which; recorded). NVE at 0.5 fs: the deck's warm-up
+run (Triton compilation, CUDA-graph capture), then the timed run. Per (N, R): timesteps/s
+and atom-steps/s from LAMMPS's own loop time, speed-up and parallel efficiency against one
+rank, the potential energy at step 0 (the same physics on 1 or R ranks: the difference is
 recorded), and each rank's owned/ghost atoms, peak GPU memory and seconds per step in the
-ghost-feature exchange. `--share` adds the same R ranks all on GPU 0 (model exported for cuda:0): what
-several ranks per GPU give. Writes JSON and a PNG.
+ghost-feature exchange. `--share` adds the same R ranks all on GPU 0 (model exported for
+cuda:0): what several ranks per GPU give. Writes JSON and a PNG.
 
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 (as root) \\
-    python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \\
+    python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \
         --out benchmarks/results/lammps_gpus.json
 
 `--model spice-xtb` (default; a packaged name or a .pt file) or `--config paper|small`
@@ -39,37 +39,13 @@ from lammps_scaling import write_data  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.lammps.export import export_lammps_model  # noqa: E402
-from e2former_lammps.lammps.hook import DECK_LINES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-TIMESTEP_PS = 0.0005
+# the user-facing throughput deck itself (its warm-up run, then the timed one)
+DECK = REPO / "lammps_examples/gpu_water_benchmark/in.water_bench"
 SMALL = dict(channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
 GPU_LINE = re.compile(r"E2Former: rank (\d+) of (\d+) runs the model on cuda:(\d+)")
 LOOP_LINE = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps")
-
-
-def deck(data: Path, model: Path, warmup: int, steps: int) -> str:
-    """in.water_bench (lammps_examples/gpu_water_benchmark) with a warm-up run before the
-    timed one and the potential energy printed to 10 decimals."""
-    return f"""units metal
-atom_style atomic
-atom_modify map array
-boundary p p p
-read_data {data}
-pair_style mliap unified {model} 0
-pair_coeff * * H O
-{DECK_LINES}
-neighbor 1.0 bin
-neigh_modify every 10 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot no
-timestep {TIMESTEP_PS}
-fix nve all nve
-thermo_style custom step pe etotal
-thermo_modify format float %.10f
-thermo {max(warmup, 1)}
-run {warmup}
-run {steps}
-"""
 
 
 def first_thermo(out: str) -> dict[str, float]:
@@ -83,11 +59,11 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
                timeout: float) -> dict:
     stats = workdir / "stats"
     stats.mkdir(parents=True, exist_ok=True)
-    (workdir / "in.bench").write_text(deck(data, model, warmup, steps))
     cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh")]
     if ranks > 1:  # not bound to one core each: the host side of the model uses threads
         cmd += ["-np", str(ranks), "--bind-to", "none", "--"]
-    cmd += ["-nocite", "-in", "in.bench", "-log", "log.lammps"]
+    cmd += ["-nocite", "-in", str(DECK), "-log", "log.lammps", "-var", "model", str(model),
+            "-var", "data", str(data), "-var", "steps", str(steps), "-var", "warmup", str(warmup)]
     env = dict(os.environ, E2FORMER_STATS_DIR=str(stats), PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
     if ranks > 1 and os.geteuid() == 0:  # Open MPI refuses root without these
@@ -170,6 +146,8 @@ def main() -> None:
     args = p.parse_args()
     if provenance.replot(args, plot):
         return
+    if args.warmup < 1:
+        p.error("--warmup must be at least 1 (the timed run is the second one)")
     if 1 not in args.ranks:
         p.error("--ranks must include 1 (the reference for speed-up and energies)")
     n_gpus = torch.cuda.device_count() if args.device == "cuda" else 0
