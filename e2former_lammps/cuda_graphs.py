@@ -199,6 +199,11 @@ class GraphedEnergyForces:
                   and self.model.weights_frozen)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
+        # capture and replay on the model's GPU, whichever is current (LAMMPS rank on cuda:1)
+        with torch.cuda.device(graph.rij.device):
+            return self._replay(graph, owner)
+
+    def _replay(self, graph: AtomGraph, owner) -> tuple[Tensor, Tensor]:
         key = graph_key(graph, owner, self.model.charge_spin is not None)
         entry = self._graphs.get(key)
         if entry is None:

@@ -96,3 +96,23 @@ def test_gpu_lammps_cuda_graphs_match_eager(tmp_path, monkeypatch):
     assert "replayed from CUDA graphs" not in eager.log
     assert abs(graphs.energy - eager.energy) < 1e-5 * abs(eager.energy)
     assert np.abs(graphs.forces - eager.forces).max() < 1e-4 * np.abs(eager.forces).max()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (one per rank)")
+def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch):
+    """float32 (fused Triton attention and rotations): two ranks on GPUs 0 and 1 give the
+    one-rank energy and forces. Rank 1's kernels once ran on GPU 0 with GPU 1's data (a
+    non-finite energy at 10k atoms), which the fp64 test above, on the reference path,
+    could not see."""
+    monkeypatch.setenv("HWLOC_COMPONENTS", "-gl,-opencl")  # keep Triton's LLVM (lmp_gpu.sh)
+    model = random_model(seed=35, dtype=torch.float32)
+    path = tmp_path / "gpus32.pt"
+    export_lammps_model(model, path, device="cuda")
+    atoms = water_box(4, seed=7)
+    one = run_lammps(tmp_path / "np1", atoms, path, ELEMENTS)
+    two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1")
+    assert "rank 1 of 2 runs the model on cuda:1" in two.log, two.log[-3000:]
+    assert "WARNING (E2Former)" not in two.log  # the fused kernels, not the fallback
+    assert abs(two.energy - one.energy) < 1e-5 * abs(one.energy)
+    assert np.abs(two.forces - one.forces).max() < 1e-4 * np.abs(one.forces).max()

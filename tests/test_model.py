@@ -436,3 +436,34 @@ def test_distributed_charge_model_is_equivariant_conservative_and_saves(tmp_path
     assert back.config.charge_energies == {"1": -3.25, "-1": 1.5}
     e_back, _ = _energy_forces(E2FormerCalculator(back), atoms)
     assert abs(e_back - e) < 1e-10
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_model_on_the_second_gpu_while_the_first_is_current():
+    """Triton launches on the current CUDA device: a model on cuda:1 called while cuda:0 is
+    current (as a LAMMPS rank on its own GPU was) gives cuda:0's energies and pair
+    gradients, Triton rotations and attention included, eager and from CUDA graphs."""
+    from e2former_lammps.cuda_graphs import GraphedEnergyForces
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = random_model(seed, dtype=torch.float32).eval().requires_grad_(False)
+    cfg = model.config
+    atoms = water_box(4, seed=seed)
+    out = {}
+    for gpu in (0, 1):
+        model.to(f"cuda:{gpu}")
+        graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                               torch.float32, f"cuda:{gpu}")
+        with torch.cuda.device(0):
+            eager = energy_and_pair_gradient(model, graph)
+            graphed = GraphedEnergyForces(model)
+            replay = graphed(graph)
+            assert graphed.in_use
+        out[gpu] = [t.cpu().double() for t in (*eager, *replay)]
+    for a, b in zip(out[1], out[0]):
+        assert torch.isfinite(a).all()
+        assert (a - b).abs().max() <= 1e-5 * max(b.abs().max(), 1e-3)

@@ -61,6 +61,11 @@ class E2FormerMLIAP(MLIAPUnified):
         self._graphs_reported = False
         self.profiler = None
         self.device = rank_device(self.device)
+        dev = torch.device(self.device)
+        if dev.type == "cuda" and dev.index is not None:
+            # this rank's GPU becomes the current one: no CUDA context (~0.5 GB) on GPU 0 from
+            # every rank, and kernels launched on the current device run where the data is
+            torch.cuda.set_device(self.device)
         self.model.to(self.device)
         if str(self.device).startswith("cuda"):
             _avoid_foreign_llvm(self.model)

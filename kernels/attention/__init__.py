@@ -1,6 +1,8 @@
 """Equivariant attention + first-order EAAS convolution: reference and fused implementations."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 from torch import Tensor
 
@@ -57,9 +59,12 @@ def equivariant_attention(
     if impl == "triton":
         from .autograd import equivariant_attention_triton
 
-        msg = equivariant_attention_triton(
-            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
-        )
+        # Triton launches on the current CUDA device, not the tensors' (cuda:1 data on a
+        # current cuda:0 reads the wrong memory)
+        with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
+            msg = equivariant_attention_triton(
+                q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
+            )
         if not identity_paths:
             return msg
         from .reference import attention_value_sum
