@@ -134,7 +134,9 @@ def capture(run: Callable[[], T], pool, warmups: int = 2) -> tuple[torch.cuda.CU
             run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
+    # on our own stream: torch.cuda.graph's default capture stream is made once per process,
+    # on the GPU current at the first capture, so a later capture on another GPU fails
+    with torch.cuda.graph(graph, pool=pool, stream=side):
         outputs = run()
     return graph, outputs
 
