@@ -35,6 +35,14 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     # the box is split: both ranks own atoms and hold the other's as ghosts they exchange
     assert sum(two["owned_per_rank"]) == 192 and min(two["owned_per_rank"]) > 0
     assert min(two["ghosts_per_rank"]) > 0 and two["exchange_s_per_step"] > 0
+    # the step split: each rank's model call (its exchange inside it) within the loop time
+    for row in (one, two):
+        step = row["seconds_per_step"]
+        assert 0 < max(row["model_s_per_step_per_rank"]) <= step
+        assert row["outside_model_s_per_step"] == pytest.approx(
+            step - max(row["model_s_per_step_per_rank"]))
+    assert one["exchange_s_per_step_per_rank"] == [0.0]
+    assert 0 < max(two["exchange_s_per_step_per_rank"]) < max(two["model_s_per_step_per_rank"])
     assert two["peak_mem_bytes_per_rank"] == [None, None]  # no GPU memory on the CPU
     assert one["speedup_vs_1_rank"] == 1.0
     assert two["parallel_efficiency"] == pytest.approx(two["speedup_vs_1_rank"] / 2)

@@ -137,6 +137,7 @@ class E2FormerMLIAP(MLIAPUnified):
         return (cfg.num_layers + 1) * cfg.cutoff
 
     def _compute_forces(self, data) -> None:
+        call_start = time.perf_counter()
         if self.profiler is not None:
             self.profiler.start()
         arrays = KokkosArrays(data) if hasattr(data, "forward_exchange") else HostArrays(data)
@@ -234,10 +235,14 @@ class E2FormerMLIAP(MLIAPUnified):
         if self.profiler is not None:
             self.profiler.mark("outputs", graph)
         if _STATS_DIR:
-            self._write_stats(comm, arrays)
+            self._write_stats(comm, arrays, call_start)
 
-    def _write_stats(self, comm, arrays) -> None:
-        """E2FORMER_STATS_DIR set: per-rank JSON of this run's exchange traffic (benchmarks)."""
+    def _write_stats(self, comm, arrays, call_start: float) -> None:
+        """E2FORMER_STATS_DIR set: per-rank JSON of this run's exchange traffic and, per
+        call, when it started and how long it took, all of it and inside the exchange's
+        Alltoallv (s; waiting for slower ranks included), for benchmarks to split a step
+        into LAMMPS, model and exchange time. Energies are read back above, so the GPU's
+        work is done when the call's clock stops."""
         import json
 
         if comm is None:  # no LAMMPS handle (ghost-shell mode): the world rank
@@ -247,9 +252,16 @@ class E2FormerMLIAP(MLIAPUnified):
         rank = comm.Get_rank()
         plan = getattr(self._exchange, "plan", None)
         stats = dict(plan.stats) if plan is not None else {}
+        # a re-neighbouring builds a new plan whose counters start from zero
+        seen_plan, seen_s = getattr(self, "_exchange_seen", (None, 0.0))
+        exchange_s = stats.get("seconds", 0.0) - (seen_s if plan is seen_plan else 0.0)
+        self._exchange_seen = (plan, stats.get("seconds", 0.0))
+        self._call_log = (getattr(self, "_call_log", []) + [{
+            "start_s": call_start, "call_s": time.perf_counter() - call_start,
+            "exchange_s": exchange_s}])[-1000:]
         self._calls = getattr(self, "_calls", 0) + 1
         stats.update(calls_model=self._calls, nlocal=arrays.nlocal, ntotal=arrays.ntotal,
-                     npairs=arrays.npairs, peak_mem_bytes=(
+                     npairs=arrays.npairs, call_log=self._call_log, peak_mem_bytes=(
                          torch.cuda.max_memory_allocated(self.device)
                          if str(self.device).startswith("cuda") else None))
         with open(os.path.join(_STATS_DIR, f"rank{rank}.json"), "w") as fh:
