@@ -393,7 +393,7 @@ def test_shipped_configs_load_and_chain():
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
     stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge",
               "spice-xtb-charge-continue", "spice-xtb-stage6", "spice-xtb-stage7",
-              "spice-xtb-stage8", "spice-xtb-stage9"]
+              "spice-xtb-stage8", "spice-xtb-stage9", "spice-xtb-stage10"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
