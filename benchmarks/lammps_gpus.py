@@ -16,7 +16,9 @@ cuda:0): what several ranks per GPU give. Writes JSON and a PNG.
     python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \
         --out benchmarks/results/lammps_gpus.json
 
-`--model spice-xtb` (default; a packaged name or a .pt file) or `--config paper|small`
+`--profile` also traces one timed step of every rank with torch.profiler (operator table and
+Chrome trace per rank under OUT_profiles/; the adapter's E2FORMER_PROFILE_DIR and
+E2FORMER_PROFILE_CALL, usable with any deck). `--model spice-xtb` (default; a packaged name or a .pt file) or `--config paper|small`
 (random weights of that size). `--device cpu --dtype float64` runs the same harness on the
 CPU (the tests do, with a few hundred atoms).
 """
@@ -59,7 +61,7 @@ def first_thermo(out: str) -> dict[str, float]:
 
 
 def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, steps: int,
-               timeout: float) -> dict:
+               timeout: float, profile_dir: Path | None = None) -> dict:
     stats = workdir / "stats"
     stats.mkdir(parents=True, exist_ok=True)
     cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh")]
@@ -69,6 +71,10 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
             "-var", "data", str(data), "-var", "steps", str(steps), "-var", "warmup", str(warmup)]
     env = dict(os.environ, E2FORMER_STATS_DIR=str(stats), PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    if profile_dir is not None:
+        # the warm-up run calls the model warmup + 1 times, the timed run's set-up once:
+        # trace the timed run's second step
+        env.update(E2FORMER_PROFILE_DIR=str(profile_dir), E2FORMER_PROFILE_CALL=str(warmup + 4))
     if ranks > 1 and os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
@@ -154,6 +160,9 @@ def main() -> None:
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--timeout", type=float, default=540, help="seconds per LAMMPS run")
+    p.add_argument("--profile", action="store_true",
+                   help="trace the second timed step of every rank with torch.profiler: "
+                        "tables and Chrome traces in OUT_profiles/ (the trace slows that step)")
     provenance.add_result_arguments(p, "benchmarks/results/lammps_gpus.json")
     args = p.parse_args()
     if provenance.replot(args, plot):
@@ -197,8 +206,10 @@ def main() -> None:
                         continue  # one rank on GPU 0 is the first placement's run
                     row = {"n_atoms": len(pos), "ranks": ranks, "placement": name}
                     try:
+                        profile = (args.out.parent / f"{args.out.stem}_profiles" /
+                                   f"{n}_atoms_{ranks}_ranks_{name[:3]}") if args.profile else None
                         r = run_lammps(tmp / f"{n}_{ranks}_{name[:3]}", data, files[name], ranks,
-                                       args.warmup, args.steps, args.timeout)
+                                       args.warmup, args.steps, args.timeout, profile)
                     except (RuntimeError, subprocess.TimeoutExpired) as exc:
                         row["error"] = str(exc)[-600:]
                         results.append(row)

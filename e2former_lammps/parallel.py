@@ -61,10 +61,17 @@ class MPIExchangePlan:
         comm.Alltoall(self.recv_counts, self.send_counts)
         self.send_rows = np.empty(int(self.send_counts.sum()), dtype=np.int64)
         comm.Alltoallv([requests, self.recv_counts], [self.send_rows, self.send_counts])
-        self.send_rows_t = torch.from_numpy(self.send_rows)
-        self.recv_rows_t = torch.from_numpy(self.recv_rows)
+        self._rows_on: dict[torch.device, tuple[Tensor, Tensor]] = {}
         # Traffic counters (bytes this rank sent, seconds inside Alltoallv), for benchmarks.
         self.stats = {"calls": 0, "bytes_sent": 0, "seconds": 0.0}
+
+    def rows_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(send rows, receive rows) as index tensors on `device`, copied there once per
+        plan (i.e. per re-neighbouring), not twice per layer and direction."""
+        if device not in self._rows_on:
+            self._rows_on[device] = (torch.from_numpy(self.send_rows).to(device),
+                                     torch.from_numpy(self.recv_rows).to(device))
+        return self._rows_on[device]
 
     def _alltoallv(self, send: np.ndarray, send_counts: np.ndarray,
                    recv_counts: np.ndarray, width: int) -> np.ndarray:
@@ -84,23 +91,25 @@ class MPIExchangePlan:
         """x [nlocal, ...] -> [ntotal, ...]: owned rows to the ghosts of every rank."""
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         width = flat.shape[1]
-        send = flat.detach()[self.send_rows_t.to(x.device)].cpu().numpy()
+        send_rows, recv_rows = self.rows_on(x.device)
+        send = flat.detach()[send_rows].cpu().numpy()
         recv = self._alltoallv(np.ascontiguousarray(send), self.send_counts,
                                self.recv_counts, width)
         out = flat.new_empty(self.ntotal, width)
         out[: self.nlocal] = flat
-        out[self.recv_rows_t.to(x.device)] = torch.from_numpy(recv).to(x.device)
+        out[recv_rows] = torch.from_numpy(recv).to(x.device)
         return out.view(self.ntotal, *x.shape[1:])
 
     def reverse(self, grad: Tensor) -> Tensor:
         """grad [ntotal, ...] -> [nlocal, ...]: ghost gradients added back into owners."""
         flat = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
         width = flat.shape[1]
-        send = flat[self.recv_rows_t.to(grad.device)].cpu().numpy()
+        send_rows, recv_rows = self.rows_on(grad.device)
+        send = flat[recv_rows].cpu().numpy()
         recv = self._alltoallv(np.ascontiguousarray(send), self.recv_counts,
                                self.send_counts, width)
         out = flat[: self.nlocal].clone()
-        out.index_add_(0, self.send_rows_t.to(grad.device), torch.from_numpy(recv).to(grad.device))
+        out.index_add_(0, send_rows, torch.from_numpy(recv).to(grad.device))
         return out.view(self.nlocal, *grad.shape[1:])
 
 

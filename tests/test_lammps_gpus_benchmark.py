@@ -21,7 +21,7 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/lammps_gpus.py"), "--device", "cpu",
          "--dtype", "float64", "--config", "small", "--sizes", "192", "--ranks", "1", "2",
-         "--steps", "2", "--warmup", "1", "--out", str(out)],
+         "--steps", "2", "--warmup", "1", "--out", str(out), "--profile"],
         capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads(out.read_text())
@@ -48,3 +48,28 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     assert two["parallel_efficiency"] == pytest.approx(two["speedup_vs_1_rank"] / 2)
     assert two["atom_steps_per_s"] == pytest.approx(192 * two["timesteps_per_s"])
     assert out.with_suffix(".png").stat().st_size > 10_000
+    # --profile: each rank's second timed step (model call warmup + 4 = 5) under torch.profiler
+    for ranks in (1, 2):
+        traced = tmp_path / "lammps_gpus_profiles" / f"192_atoms_{ranks}_ranks_CPU"
+        assert sorted(p.name for p in traced.iterdir()) == sorted(
+            f"rank{r}_call5.{ext}" for r in range(ranks) for ext in ("json", "txt"))
+        table = (traced / "rank0_call5.txt").read_text()
+        assert "model call 5" in table and "Self CPU" in table and "aten::" in table
+        assert json.loads((traced / "rank0_call5.json").read_text())["traceEvents"]
+
+
+def test_profile_settings_are_checked(monkeypatch, tmp_path):
+    """E2FORMER_PROFILE_CALL must name a model call (>= 1); without E2FORMER_PROFILE_DIR no
+    call is traced."""
+    from e2former_lammps.lammps.mliap import _trace_from_env
+    from e2former_lammps.validation import InputError
+
+    monkeypatch.delenv("E2FORMER_PROFILE_DIR", raising=False)
+    monkeypatch.setenv("E2FORMER_PROFILE_CALL", "3")
+    assert _trace_from_env() is None
+    monkeypatch.setenv("E2FORMER_PROFILE_DIR", str(tmp_path / "traces"))
+    assert _trace_from_env().call == 3 and (tmp_path / "traces").is_dir()
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("E2FORMER_PROFILE_CALL", bad)
+        with pytest.raises(InputError, match="E2FORMER_PROFILE_CALL"):
+            _trace_from_env()

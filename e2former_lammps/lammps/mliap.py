@@ -22,6 +22,7 @@ from ..model import AtomGraph, E2FormerV2
 from ..parallel import GhostShell, KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
+from .profiler import TraceOneCall
 
 VIRIAL_FDOTR = 2  # LAMMPS's vflag bit for the global virial from f . r
 _STATS_DIR = os.environ.get("E2FORMER_STATS_DIR")  # per-rank exchange statistics (benchmarks)
@@ -53,6 +54,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self._evaluate = None
         self._graphs_reported = False
         self.profiler = None
+        self._trace = None
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -60,6 +62,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self._evaluate = None
         self._graphs_reported = False
         self.profiler = None
+        self._trace = _trace_from_env()
         self.device = rank_device(self.device)
         dev = torch.device(self.device)
         if dev.type == "cuda" and dev.index is not None:
@@ -78,7 +81,11 @@ class E2FormerMLIAP(MLIAPUnified):
 
     def compute_forces(self, data) -> None:
         try:
-            self._compute_forces(data)
+            if self._trace is None:
+                self._compute_forces(data)
+            else:
+                with self._trace(_world_rank(), str(self.device).startswith("cuda")):
+                    self._compute_forces(data)
         except Exception as exc:
             try:
                 comm = _lammps_comm(attached())
@@ -346,6 +353,26 @@ class KokkosArrays(HostArrays):
 # Node-local rank as the MPI launchers name it (Open MPI, MPICH/Hydra, MVAPICH, Slurm, torchrun).
 LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WORLD_LOCAL_RANK",
                    "SLURM_LOCALID", "LOCAL_RANK")
+
+
+def _trace_from_env() -> TraceOneCall | None:
+    """E2FORMER_PROFILE_DIR=DIR [E2FORMER_PROFILE_CALL=N, default 5]: profile model call N."""
+    directory = os.environ.get("E2FORMER_PROFILE_DIR")
+    if not directory:
+        return None
+    call = os.environ.get("E2FORMER_PROFILE_CALL", "5")
+    if not call.isdigit() or int(call) < 1:
+        raise InputError(f"E2FORMER_PROFILE_CALL must be a model call number >= 1, got {call!r}")
+    os.makedirs(directory, exist_ok=True)
+    return TraceOneCall(directory, int(call))
+
+
+def _world_rank() -> int:
+    try:
+        from mpi4py import MPI
+    except ImportError:  # LAMMPS without mpi4py runs one rank
+        return 0
+    return MPI.COMM_WORLD.Get_rank()
 
 
 def rank_device(device: str) -> str:

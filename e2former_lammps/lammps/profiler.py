@@ -1,8 +1,10 @@
 """Where the time of each ML-IAP call goes (inputs to the device, model, outputs to LAMMPS)."""
 from __future__ import annotations
 
+import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 
 import torch
 
@@ -35,3 +37,38 @@ class CallProfiler:
 
     def per_call(self) -> dict[str, float]:
         return {k: v / max(self.calls, 1) for k, v in self.totals.items()}
+
+
+class TraceOneCall:
+    """Runs one chosen model call of this rank under torch.profiler and writes, into
+    `directory`, `rank{r}_call{n}.txt` (operators by self device time on CUDA, by self CPU
+    time otherwise, plus the call's wall time) and `rank{r}_call{n}.json` (a Chrome trace:
+    on several ranks it shows where each one waits). Set up by the adapter from
+    E2FORMER_PROFILE_DIR and E2FORMER_PROFILE_CALL (benchmarks/lammps_gpus.py --profile)."""
+
+    def __init__(self, directory: str, call: int = 5):
+        if call < 1:
+            raise ValueError(f"E2FORMER_PROFILE_CALL must be >= 1, got {call}")
+        self.directory, self.call, self.calls = directory, call, 0
+
+    @contextmanager
+    def __call__(self, rank: int, cuda: bool):
+        self.calls += 1
+        if self.calls != self.call:
+            yield
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        start = time.perf_counter()
+        with profile(activities=acts) as prof:
+            yield
+            if cuda:
+                torch.cuda.synchronize()
+        wall = time.perf_counter() - start
+        stem = os.path.join(self.directory, f"rank{rank}_call{self.call}")
+        sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+        with open(stem + ".txt", "w") as fh:
+            fh.write(f"rank {rank}, model call {self.call}: {wall:.4f} s wall\n")
+            fh.write(prof.key_averages().table(sort_by=sort, row_limit=40))
+        prof.export_chrome_trace(stem + ".json")
