@@ -19,8 +19,8 @@ cuda:0): what several ranks per GPU give. Writes JSON and a PNG.
 `--profile` also traces one timed step of every rank with torch.profiler (operator table and
 Chrome trace per rank under OUT_profiles/; the adapter's E2FORMER_PROFILE_DIR and
 E2FORMER_PROFILE_CALL, usable with any deck). `--model spice-xtb` (default; a packaged name
-or a .pt file) or `--config paper|small` (random weights of that size). `--device cpu --dtype float64` runs the same harness on the
-CPU (the tests do, with a few hundred atoms).
+or a .pt file) or `--config paper|small` (random weights of that size). `--device cpu
+--dtype float64` runs the same harness on the CPU (the tests do, with a few hundred atoms).
 """
 from __future__ import annotations
 
@@ -33,7 +33,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
