@@ -183,6 +183,25 @@ def test_gpu_graphed_training_matches_eager(tmp_path):
     assert step.n_graphs == 1 and step.enabled
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_gpu_graphed_step_on_the_second_gpu_while_the_first_is_current():
+    """Training on cuda:1 while cuda:0 is current: the graphed step captures and replays
+    on cuda:1 (its tensors' GPU) and gives the eager step's loss and gradients."""
+    step = GraphedLossAndGradients(random_model(seed=1, dtype=torch.float32).to("cuda:1"),
+                                   1.0, 1.0, None)
+    frames = _spice_frames({0: 8}, seed=1)
+    packed = PackedFrames(frames, step.model.elements, step.model.config.atomic_numbers,
+                          step.model.config.cutoff, device="cuda:1")
+    batch = packed.batch(list(range(8)))
+    with torch.cuda.device(0):
+        want = [float(x) for x in vars(LossAndGradients._eager(step, batch, False)).values()]
+        for _ in range(3):
+            got = [float(x) for x in vars(step(batch)).values()]
+            np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert step.n_graphs == 1 and step.enabled
+
+
 def test_cuda_graphs_on_the_cpu_train_eagerly(tmp_path, capsys):
     """cuda_graphs: true on a CPU device says it is off and trains exactly as without it."""
     from test_training import _cfg, _molecules, _write

@@ -204,6 +204,11 @@ class GraphedLossAndGradients(LossAndGradients):
                   and batch.graph.pair_i.numel() <= self.model.embedding.chunk_edges)
         if not usable:
             return self._eager(batch, direct)
+        # capture and replay on the batch's GPU, whichever is current (training on cuda:1)
+        with torch.cuda.device(batch.graph.rij.device):
+            return self._replay(batch, direct)
+
+    def _replay(self, batch: Batch, direct: bool) -> StepResult:
         key = batch_key(batch)
         entry = self._graphs.get(key)
         if entry is None:
