@@ -59,6 +59,9 @@ def split_node_edge(model: E2FormerV2, atoms: Atoms, cutoffs: tuple[float, float
     number of edges at fixed atoms, so two neighbour lists of the same atoms (two list
     cutoffs) separate the node-wise work from the per-edge work whatever module runs it."""
     cfg = model.config
+    with torch.no_grad():  # the first forward also caches the isolated atoms' energies
+        model(atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cutoffs[1],
+                             next(model.parameters()).dtype))
     counts = []
     for cutoff in cutoffs:
         graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cutoff, torch.float32)
