@@ -359,10 +359,17 @@ def full_model(n_atoms, graph, impls, log, check=False):
     return res
 
 
-def dot_precision_study(n_time: int, n_err: int, out: str, log) -> dict:
-    """The radial-MLP dots in "ieee" fp32 vs "tf32" (E2FORMER_DOT_PRECISION): model energy
-    and dE/drij error against the float64 reference model at n_err atoms, and the
-    energy+forces step time (eager) at n_time atoms. Writes `out` (JSON)."""
+# precision options: environment variable -> the values compared (the first is the default)
+PRECISION_OPTIONS = {
+    "E2FORMER_DOT_PRECISION": ("ieee", "tf32"),  # radial-MLP dots inside the kernels
+    "E2FORMER_NODE_MATMUL": ("fp32", "tf32", "bf16"),  # node-wise products (degree_matmul)
+}
+
+
+def precision_study(env: str, n_time: int, n_err: int, out: str, log) -> dict:
+    """Each value of the precision option `env` (PRECISION_OPTIONS): model energy and dE/drij
+    error against the float64 reference model at n_err atoms, and the energy+forces step
+    time (eager) at n_time atoms. Writes `out` (JSON)."""
     dev = torch.device("cuda")
     model = paper_model(dev)
 
@@ -374,23 +381,23 @@ def dot_precision_study(n_time: int, n_err: int, out: str, log) -> dict:
         return n, energy_grad_step(model, species, pair_i, pair_j, rij.to(dtype), n)
 
     res = {"device": torch.cuda.get_device_name(), "commit": provenance.commit(),
-           "command": " ".join(sys.argv), "config": CFG, "what":
+           "command": " ".join(sys.argv), "config": CFG, "option": env, "what":
            "random-weight paper-config model on water; error vs the float64 reference model"}
     n, ref_step = energy_grad(n_err, torch.float64, "reference")
     e_ref, g_ref = ref_step()
     res["n_atoms_error"] = n
-    for prec in ("ieee", "tf32"):
-        os.environ["E2FORMER_DOT_PRECISION"] = prec
+    for value in PRECISION_OPTIONS[env]:
+        os.environ[env] = value
         _, step = energy_grad(n_err, torch.float32, "triton")
         e, g = step()
         nt, step_t = energy_grad(n_time, torch.float32, "triton")
         ms = bench(step_t, warmup=3, rep=20)
-        res[prec] = {"energy_rel_err": float((e.double() - e_ref).abs() / e_ref.abs()),
-                     "pair_grad_rel_err": float((g.double() - g_ref).norm() / g_ref.norm()),
-                     "pair_grad_max_abs_err": float((g.double() - g_ref).abs().max()),
-                     "n_atoms_time": nt, "step_ms": ms, "atom_steps_per_s": nt / (ms * 1e-3)}
-        log(f"dot precision {prec}: {res[prec]}")
-    os.environ.pop("E2FORMER_DOT_PRECISION")
+        res[value] = {"energy_rel_err": float((e.double() - e_ref).abs() / e_ref.abs()),
+                      "pair_grad_rel_err": float((g.double() - g_ref).norm() / g_ref.norm()),
+                      "pair_grad_max_abs_err": float((g.double() - g_ref).abs().max()),
+                      "n_atoms_time": nt, "step_ms": ms, "atom_steps_per_s": nt / (ms * 1e-3)}
+        log(f"{env}={value}: {res[value]}")
+    os.environ.pop(env)
     with open(out, "w") as f:
         json.dump(res, f, indent=1)
     return res
@@ -437,9 +444,19 @@ def main():
                     help="only compare the radial-MLP dots ieee vs tf32: step time at N_TIME "
                          "atoms, error vs the float64 reference at N_ERR atoms "
                          "(writes benchmarks/results/dot_precision.json)")
+    ap.add_argument("--node-matmul", type=int, nargs=2, default=None,
+                    metavar=("N_TIME", "N_ERR"),
+                    help="only compare the node-wise products in fp32, tf32 and bf16 "
+                         "(E2FORMER_NODE_MATMUL), as --dot-precision does "
+                         "(writes benchmarks/results/node_matmul.json)")
     args = ap.parse_args()
     if args.dot_precision:
-        dot_precision_study(*args.dot_precision, "benchmarks/results/dot_precision.json", print)
+        precision_study("E2FORMER_DOT_PRECISION", *args.dot_precision,
+                        "benchmarks/results/dot_precision.json", print)
+        return
+    if args.node_matmul:
+        precision_study("E2FORMER_NODE_MATMUL", *args.node_matmul,
+                        "benchmarks/results/node_matmul.json", print)
         return
     if args.profile:
         profile(args.profile)

@@ -2,16 +2,62 @@
 from __future__ import annotations
 
 import math
+import os
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from ..o3 import row_degrees
 
+# Precision of the node-wise products of float32 features (degree_matmul): "fp32" (default),
+# "tf32" (CUDA tensor cores, inputs rounded to 10 mantissa bits) or "bf16" (inputs rounded to
+# bfloat16, fp32 accumulation). They are most of a step's FLOPs (kernels/NOTES.md E27).
+NODE_MATMUL_ENV = "E2FORMER_NODE_MATMUL"
+NODE_MATMUL_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def node_matmul_precision() -> str:
+    """The precision E2FORMER_NODE_MATMUL asks for (read at each call: set it before a run)."""
+    value = os.environ.get(NODE_MATMUL_ENV, "fp32")
+    if value not in NODE_MATMUL_PRECISIONS:
+        raise ValueError(f"{NODE_MATMUL_ENV}={value!r}: expected one of {NODE_MATMUL_PRECISIONS}")
+    return value
+
+
+@contextmanager
+def _tf32_matmuls():
+    old = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.fp32_precision = old
+
+
+class _BmmTF32(torch.autograd.Function):
+    """torch.bmm with cuBLAS allowed to use tf32, in the backward too (a plain bmm under the
+    flag would run its backward, outside it, in full fp32). The backward is made of this
+    function again, so second derivatives (force-loss training) stay exact for its math."""
+
+    @staticmethod
+    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
+        ctx.save_for_backward(a, b)
+        with _tf32_matmuls():
+            return torch.bmm(a, b)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        a, b = ctx.saved_tensors
+        grad_a = _BmmTF32.apply(grad, b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+        grad_b = _BmmTF32.apply(a.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+        return grad_a, grad_b
+
 
 def degree_matmul(x: Tensor, weight_rows: Tensor, bias_rows: Tensor | None = None) -> Tensor:
     """x [N, rows, C_in] times weight_rows [rows, C_in, C_out] row by row (+ bias_rows
-    [rows, C_out]): [N, rows, C_out].
+    [rows, C_out]): [N, rows, C_out], float32 products in the precision of
+    E2FORMER_NODE_MATMUL (node_matmul_precision; other dtypes as they are).
 
     One batched GEMM over the rows: the view x.transpose(0, 1) [rows, N, C_in] has unit
     column stride, so BLAS reads it in place. (Slicing rows per degree instead made copies,
@@ -19,8 +65,17 @@ def degree_matmul(x: Tensor, weight_rows: Tensor, bias_rows: Tensor | None = Non
     step on the H100, kernels/NOTES.md E9.)
     """
     xt = x.transpose(0, 1)
-    out = (torch.bmm(xt, weight_rows) if bias_rows is None
-           else torch.baddbmm(bias_rows[:, None, :], xt, weight_rows))
+    precision = node_matmul_precision() if x.dtype == torch.float32 else "fp32"
+    if precision == "bf16":
+        out = torch.bmm(xt.to(torch.bfloat16), weight_rows.to(torch.bfloat16)).float()
+    elif precision == "tf32" and x.is_cuda:
+        out = _BmmTF32.apply(xt, weight_rows)
+    else:
+        out = (torch.bmm(xt, weight_rows) if bias_rows is None
+               else torch.baddbmm(bias_rows[:, None, :], xt, weight_rows))
+        return out.transpose(0, 1).contiguous()
+    if bias_rows is not None:
+        out = out + bias_rows[:, None, :]
     return out.transpose(0, 1).contiguous()
 
 

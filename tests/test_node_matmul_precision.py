@@ -1,0 +1,84 @@
+"""E2FORMER_NODE_MATMUL: the node-wise products in fp32 (default), tf32 or bf16 (the
+throughput the targets need lies beyond fp32 arithmetic: kernels/NOTES.md E27)."""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from e2former_lammps import E2FormerCalculator
+from e2former_lammps.nn.linear import NODE_MATMUL_ENV, _BmmTF32, degree_matmul
+
+from conftest import random_model, water_box
+
+
+def test_unknown_setting_names_the_variable(monkeypatch):
+    monkeypatch.setenv(NODE_MATMUL_ENV, "fp16")
+    x = torch.randn(4, 9, 8)
+    with pytest.raises(ValueError, match="E2FORMER_NODE_MATMUL='fp16'"):
+        degree_matmul(x, torch.randn(9, 8, 8))
+
+
+def test_tf32_product_and_its_derivatives():
+    """The tf32 bmm's backward is itself differentiable: first and second derivatives by
+    finite differences (fp64 on the CPU, where the tf32 flag changes nothing)."""
+    a = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.equal(_BmmTF32.apply(a, b), torch.bmm(a, b))
+    assert torch.autograd.gradcheck(_BmmTF32.apply, (a, b))
+    assert torch.autograd.gradgradcheck(_BmmTF32.apply, (a, b))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_bf16_node_products_change_forces_by_under_a_percent(monkeypatch, seed):
+    """A float32 model with bf16 node products against the same model in float64: the
+    forces move by ~0.5% (fp32 products: ~1e-6), the energy by < 1 meV/atom, and float64
+    models ignore the setting. (Rounding the inputs also makes the energy surface slightly
+    rough: a 1e-3 Å move changed it by ~5e-5 eV/atom more than -F . dx here, so NVE drift,
+    not this error alone, decides whether bf16 is usable for MD.)"""
+    model64 = random_model(seed=seed)
+    model32 = copy.deepcopy(model64).float()
+    atoms = water_box(3, seed=seed)
+
+    def energy_forces(model):
+        a = atoms.copy()
+        a.calc = E2FormerCalculator(model)
+        return a.get_potential_energy(), a.get_forces()
+
+    e64, f64 = energy_forces(model64)
+    e32, f32 = energy_forces(model32)
+    monkeypatch.setenv(NODE_MATMUL_ENV, "bf16")
+    e16, f16 = energy_forces(model32)
+    assert energy_forces(model64)[0] == e64
+    rel = lambda f: np.linalg.norm(f - f64) / np.linalg.norm(f64)  # noqa: E731
+    assert rel(f32) < 1e-5
+    assert 1e-3 < rel(f16) < 2e-2
+    assert abs(e16 - e64) / len(atoms) < 1e-3
+
+
+@pytest.mark.gpu
+def test_gpu_tf32_and_bf16_node_products(monkeypatch):
+    """On the GPU (fused attention): each setting's force error against the float64 model
+    on the CPU, tf32 between fp32's and bf16's; the global cuBLAS tf32 setting is left as
+    it was."""
+    if not torch.cuda.is_available():
+        pytest.fail("needs a CUDA GPU: run with -m gpu on the GPU machine")
+    model64 = random_model(seed=5)
+    model32 = copy.deepcopy(model64).float().cuda()
+    atoms = water_box(4, seed=5)
+    a = atoms.copy()
+    a.calc = E2FormerCalculator(model64)
+    f64 = a.get_forces()
+    before = torch.backends.cuda.matmul.fp32_precision
+    err = {}
+    for value in ("fp32", "tf32", "bf16"):
+        monkeypatch.setenv(NODE_MATMUL_ENV, value)
+        a = atoms.copy()
+        a.calc = E2FormerCalculator(model32)
+        err[value] = np.linalg.norm(a.get_forces() - f64) / np.linalg.norm(f64)
+    print(err)
+    assert torch.backends.cuda.matmul.fp32_precision == before
+    assert err["fp32"] < 1e-5
+    assert err["fp32"] < err["tf32"] < err["bf16"] < 2e-2
