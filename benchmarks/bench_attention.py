@@ -182,12 +182,13 @@ def energy_grad_step(model, species, pair_i, pair_j, rij, n_atoms: int):
     return step
 
 
-def flops_per_edge() -> float:
+def flops_per_edge(cfg: dict = CFG) -> float:
     """Algorithmic FLOPs of the forward per edge as the operation is defined (radial MLP over
-    all num_rbf Gaussians, score, TP and sums). Since E17 the kernels skip the Gaussians far
+    all num_rbf Gaussians, score, TP and sums) for a config (channels, num_heads, head_dim,
+    num_rbf, radial_hidden; default the paper's). Since E17 the kernels skip the Gaussians far
     from each distance (~30k of these FLOPs), so TFLOP/s from this count is an effective rate."""
-    c, h, dk = CFG["channels"], CFG["num_heads"], CFG["head_dim"]
-    r, hid = CFG["num_rbf"], CFG["radial_hidden"]
+    c, h, dk = cfg["channels"], cfg["num_heads"], cfg["head_dim"]
+    r, hid = cfg["num_rbf"], cfg["radial_hidden"]
     mlp = 2 * r * hid + 2 * hid * 2 * h + 4 * r  # two layers + rbf
     score = 2 * h * dk + 10 * h
     # per channel: weight 9 rows, R v1 (9 FMA), D2 v2 (25), rotate back 54 FMA, 20 adds

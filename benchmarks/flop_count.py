@@ -74,17 +74,27 @@ def split_node_edge(model: E2FormerV2, atoms: Atoms, cutoffs: tuple[float, float
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--atoms", type=int, default=600)
+    p.add_argument("--model", default=None,
+                   help="a packaged name or .pt file instead of the paper configuration "
+                        "(random weights)")
     provenance.add_result_arguments(p, "benchmarks/results/flop_count.json")
     args = p.parse_args()
     if provenance.replot(args, plot):
         return
     torch.manual_seed(0)
-    model = E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)).eval().requires_grad_(False)
+    model = (E2FormerV2.load(args.model) if args.model
+             else E2FormerV2(E2FormerConfig(elements=["H", "O"], **CFG)))
+    model = model.float().eval().requires_grad_(False)
     model.set_attention_impl("reference")
-    pos, species, box = water_box(args.atoms, device="cpu")
-    atoms = Atoms(numbers=[model.config.atomic_numbers[s] for s in species.tolist()],
-                  positions=pos.numpy(), cell=[box] * 3, pbc=True)
     cfg = model.config
+    sizes = {k: getattr(cfg, k) for k in ("channels", "lmax", "num_layers", "num_heads",
+                                         "head_dim", "num_rbf", "radial_hidden",
+                                         "ffn_channels", "cutoff")}
+    pos, species, box = water_box(args.atoms, device="cpu")
+    if {"H", "O"} - set(cfg.elements):
+        p.error(f"--model {args.model} lacks H or O: the count runs on water")
+    atoms = Atoms(numbers=[(1, 8)[s] for s in species.tolist()],  # water_box: 0 = H, 1 = O
+                  positions=pos.numpy(), cell=[box] * 3, pbc=True)
     graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff, torch.float32)
     n, n_edges = len(atoms), graph.pair_i.numel()
     edges = n_edges / n
@@ -96,8 +106,8 @@ def main() -> None:
     # the fused kernel's attention forward as the kernel benchmark counts it; of it, the
     # radial MLP's two layers are matrix products (the EAAS product, score and softmax are
     # elementwise, CUDA-core work)
-    kernel_fwd = flops_per_edge() * edges * blocks
-    radial_fwd = 2 * CFG["radial_hidden"] * (CFG["num_rbf"] + 2 * CFG["num_heads"]) * edges * blocks
+    kernel_fwd = flops_per_edge(sizes) * edges * blocks
+    radial_fwd = 2 * cfg.radial_hidden * (cfg.num_rbf + 2 * cfg.num_heads) * edges * blocks
     per_atom = {
         "node-wise, forward": node_fwd / n,
         "node-wise, forward + backward": node_both / n,
@@ -120,9 +130,10 @@ def main() -> None:
     seconds = {"fp32 (CUDA cores, measured ceiling)": step / fp32,
                **{f"{k} products + fp32 rest": gemm / (tc * 1e12) + (step - gemm) / fp32
                   for k, tc in TENSOR_TFLOPS.items()}}
-    out = {"what": "matmul FLOPs per atom-step (energy + forces, frozen weights), paper "
-                   "configuration, FlopCounterMode on the CPU (reference attention)",
-           "commit": provenance.commit(), "config": CFG, "n_atoms": n,
+    out = {"what": "matmul FLOPs per atom-step (energy + forces, frozen weights), "
+                   "FlopCounterMode on the CPU (reference attention)",
+           "model": args.model or "paper configuration, random weights",
+           "commit": provenance.commit(), "config": sizes, "n_atoms": n,
            "edges_per_atom": edges, "mflop_per_atom_step": {
                k: v / 1e6 for k, v in per_atom.items()},
            "atom_steps_per_s_bound": {k: 1.0 / t for k, t in seconds.items()},
@@ -160,7 +171,7 @@ def plot(out: dict, path: Path) -> None:
     b.axvline(0.5, color="r", ls=":", lw=1, label="issue 6 target: 0.5M in LAMMPS")
     b.set_xlabel("bound, million atom-steps/s")
     b.legend(fontsize=8)
-    fig.suptitle(f"E2Former-V2 paper configuration, {out['edges_per_atom']:.1f} edges/atom, "
+    fig.suptitle(f"E2Former-V2, {out['model']}, {out['edges_per_atom']:.1f} edges/atom, "
                  f"commit {out['commit'][:8]}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
