@@ -155,6 +155,16 @@ def frozen_weights(mlp):
                                      if torch.is_tensor(getattr(w, f.name))})
 
 
+def use_config_of(name: str) -> None:
+    """Every benchmark here at the sizes of a packaged model (CFG updated in place)."""
+    from e2former_lammps.model import E2FormerV2
+
+    cfg = E2FormerV2.load(name).config
+    if cfg.cutoff != CUTOFF:
+        raise SystemExit(f"{name}: cutoff {cfg.cutoff} Å, the water boxes here use {CUTOFF}")
+    CFG.update({k: getattr(cfg, k) for k in CFG})
+
+
 def paper_model(device):
     """The paper-configuration E2FormerV2 (H, O) with seed-0 random weights, frozen as in MD
     (calculator, LAMMPS: forces only)."""
@@ -427,7 +437,13 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--model-sizes", type=int, nargs="+", default=[1000, 10000, 100000])
     ap.add_argument("--ref-max", type=int, default=100000, help="largest N for the reference")
-    ap.add_argument("--out", default="benchmarks/results/kernels.json")
+    ap.add_argument("--config", default="paper",
+                    help="model sizes: 'paper' (C 256, 4 blocks, 128 heads x 8) or a packaged "
+                         "model's name (e.g. spice-xtb: C 64, 3 blocks, 8 heads), random "
+                         "weights either way")
+    ap.add_argument("--out", default=None,
+                    help="JSON (default benchmarks/results/kernels.json, with --config NAME "
+                         "kernels_NAME.json)")
     ap.add_argument("--plot", default=None, help="only draw the PNG from this JSON")
     ap.add_argument("--blocks", default=None, help="JSON tile sizes for the forward kernel")
     ap.add_argument("--sweep", type=int, default=0, help="only time forward tile sizes at N")
@@ -451,6 +467,10 @@ def main():
                          "(E2FORMER_NODE_MATMUL), as --dot-precision does "
                          "(writes benchmarks/results/node_matmul.json)")
     args = ap.parse_args()
+    if args.config != "paper":
+        use_config_of(args.config)
+    args.out = args.out or ("benchmarks/results/kernels.json" if args.config == "paper" else
+                            f"benchmarks/results/kernels_{args.config}.json")
     if args.dot_precision:
         precision_study("E2FORMER_DOT_PRECISION", *args.dot_precision,
                         "benchmarks/results/dot_precision.json", print)
