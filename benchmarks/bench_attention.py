@@ -507,7 +507,7 @@ def main():
                  f"{os.environ.get('E2FORMER_DOT_PRECISION', 'ieee')})",
         "commit": commit,
         "torch": torch.__version__, "command": " ".join(sys.argv),
-        "config": CFG,
+        "config": CFG, "settings": provenance.settings(),
         "system": "water 1 g/cm^3, periodic cubic box, r_c 5 A",
         "flops_per_edge": flops_per_edge(),
         "bytes_per_edge_no_reuse": bytes_per_edge(),

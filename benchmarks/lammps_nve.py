@@ -263,6 +263,7 @@ def main() -> None:
            "concurrent_jobs": len(specs),
            "command": " ".join(sys.argv), "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.setdefault("settings", provenance.settings())
     args.out.write_text(json.dumps(out, indent=1))
     print(f"{'job':>18} {'atoms':>6} {'steps':>6} {'ps':>6} {'drift meV/at/ps':>16} "
           f"{'max|dE| meV/at':>15} {'T mean':>7} {'steps/s':>8} {'nn max A':>8}")

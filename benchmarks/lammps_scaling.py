@@ -234,6 +234,7 @@ def main() -> None:
                      "model on the GPU", "command": " ".join(sys.argv),
            "environment": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
            "results": results}
+    out.setdefault("settings", provenance.settings())
     args.out.write_text(json.dumps(out, indent=1))
     print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
     for r in results:

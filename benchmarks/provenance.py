@@ -24,9 +24,17 @@ def commit() -> str:
     return (head + "+dirty" if dirty else head) or "unknown"
 
 
+def settings() -> dict[str, str]:
+    """The E2FORMER_* environment variables set for this run (precision, CUDA graphs,
+    offload...): they change what is measured, so results record them."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("E2FORMER_")}
+
+
 def write_results(out: dict, path: Path, plot: Callable[[dict, Path], None]) -> None:
-    """The JSON at `path` and `plot(out, PNG beside it)`; a plot that fails (no backend, as
-    after LAMMPS on the GPU machine) leaves the JSON and says how to draw it later."""
+    """The JSON at `path` (with the run's `settings()`) and `plot(out, PNG beside it)`; a
+    plot that fails (no backend, as after LAMMPS on the GPU machine) leaves the JSON and
+    says how to draw it later."""
+    out.setdefault("settings", settings())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     print(f"wrote {path}")
