@@ -47,8 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 # the user-facing throughput deck itself (its warm-up run, then the timed one)
 DECK = REPO / "lammps_examples/gpu_water_benchmark/in.water_bench"
 SMALL = dict(channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
-# one rank prints "this rank" (no communicator to name it): rank 0
-GPU_LINE = re.compile(r"E2Former: (?:rank (\d+) of \d+|this rank) runs the model on cuda:(\d+)")
+GPU_LINE = re.compile(r"E2Former: rank (\d+) of \d+ runs the model on cuda:(\d+)")
 LOOP_LINE = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps")
 
 
@@ -91,7 +90,7 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
     timed = [r["call_log"][-int(timed_steps):] for r in per_rank]
     model_s = [sum(c["call_s"] for c in log) / len(log) for log in timed]
     exchange_s = [sum(c["exchange_s"] for c in log) / len(log) for log in timed]
-    gpus = {int(r or 0): int(g) for r, g in GPU_LINE.findall(out)}
+    gpus = {int(r): int(g) for r, g in GPU_LINE.findall(out)}
     return {
         "seconds_per_step": float(loop_s) / int(timed_steps),
         "pe_step0_eV": first_thermo(out)["PotEng"],

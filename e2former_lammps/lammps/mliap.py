@@ -204,7 +204,9 @@ class E2FormerMLIAP(MLIAPUnified):
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)
             self._evaluate = GraphedEnergyForces(self.model)
             if dev.type == "cuda":  # which GPU each rank took (local rank -> GPU, rank_device)
-                where = f"rank {comm.Get_rank()} of {comm.Get_size()}" if comm else "this rank"
+                # no communicator: one rank (LAMMPS said so) or no LAMMPS handle to ask
+                where = (f"rank {comm.Get_rank()} of {comm.Get_size()}" if comm
+                         else "rank 0 of 1" if lmp is not None else "this rank")
                 gpu = dev.index if dev.index is not None else torch.cuda.current_device()
                 print(f"E2Former: {where} runs the model on cuda:{gpu} "
                       f"({torch.cuda.get_device_name(gpu)})", flush=True)
@@ -252,11 +254,8 @@ class E2FormerMLIAP(MLIAPUnified):
         work is done when the call's clock stops."""
         import json
 
-        if comm is None:  # no LAMMPS handle (ghost-shell mode): the world rank
-            from mpi4py import MPI
-
-            comm = MPI.COMM_WORLD
-        rank = comm.Get_rank()
+        # no communicator (one rank, or no LAMMPS handle in ghost-shell mode): the world rank
+        rank = comm.Get_rank() if comm is not None else _world_rank()
         plan = getattr(self._exchange, "plan", None)
         stats = dict(plan.stats) if plan is not None else {}
         # a re-neighbouring builds a new plan whose counters start from zero
