@@ -123,22 +123,43 @@ class PaddedGraph:
             self.spin[:1] = graph.spin.reshape(1)
 
 
+_capture_streams: dict[int, torch.cuda.Stream] = {}
+
+
+def _capture_stream() -> torch.cuda.Stream:
+    """One side stream per GPU, made on first use. torch.cuda.graph's own default is one
+    stream per process, on the GPU current at the first capture, so a later capture on
+    another GPU fails. A fresh stream per capture is no better: the allocator reuses a freed
+    block only on the stream that freed it, so every capture then took new memory for the
+    shared pool (training's graphs reached 132 GiB on an H200, 2338eff)."""
+    index = torch.cuda.current_device()
+    if index not in _capture_streams:
+        _capture_streams[index] = torch.cuda.Stream()
+    return _capture_streams[index]
+
+
 def capture(run: Callable[[], T], pool, warmups: int = 2) -> tuple[torch.cuda.CUDAGraph, T]:
-    """(graph, static outputs) of `run` captured in the memory pool `pool`. It first runs
-    `warmups` times on a side stream (Triton compiles, cached baselines, allocator state,
-    cuBLAS workspaces), as torch.cuda.graph requires."""
-    side = torch.cuda.Stream()
+    """(graph, static outputs) of `run` captured in the memory pool `pool` on the current
+    GPU. It first runs `warmups` times on the capture stream (Triton compiles, cached
+    baselines, allocator state, cuBLAS workspaces), as torch.cuda.graph requires."""
+    side = _capture_stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         for _ in range(warmups):
             run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
-    # on our own stream: torch.cuda.graph's default capture stream is made once per process,
-    # on the GPU current at the first capture, so a later capture on another GPU fails
     with torch.cuda.graph(graph, pool=pool, stream=side):
         outputs = run()
     return graph, outputs
+
+
+def release_graphs(graphs: OrderedDict) -> None:
+    """Drop captured graphs and give their pool back, so that an eager fallback after a
+    failed capture (often out of memory) has the memory they held."""
+    graphs.clear()
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
 
 
 class _Captured:
@@ -215,7 +236,8 @@ class GraphedEnergyForces:
                 warnings.warn(f"E2Former: CUDA graph capture failed ({exc}); running eagerly "
                               "from now on", RuntimeWarning, stacklevel=2)
                 self.enabled = False
-                torch.cuda.synchronize()
+                self._pool = None
+                release_graphs(self._graphs)
                 return energy_and_pair_gradient(self.model, graph)
         self._graphs.move_to_end(key)
         return entry.replay(graph, owner)

@@ -168,7 +168,11 @@ def test_gpu_graphed_training_matches_eager(tmp_path):
         runs[graphs] = [h["loss"] for h in train(cfg)["loss_history"] if "loss" in h]
     eager, graphed = np.array(runs[False]), np.array(runs[True])
     assert len(eager) == len(graphed) == 40
-    np.testing.assert_allclose(graphed[:5], eager[:5], rtol=1e-4)
+    # step 0 is the same parameters on the same batch: only the summation order differs
+    np.testing.assert_allclose(graphed[0], eager[0], rtol=1e-5)
+    # then Adam divides by sqrt(v): fp32 differences in small gradients grow per step
+    # (step 2 differed by 1.04e-4 relative at 2338eff, H200)
+    np.testing.assert_allclose(graphed[:5], eager[:5], rtol=5e-4)
     np.testing.assert_allclose(graphed, eager, rtol=2e-2)  # fp32 trajectories drift apart
     step = GraphedLossAndGradients(random_model(seed=0, dtype=torch.float32).cuda(),
                                    1.0, 1.0, None)

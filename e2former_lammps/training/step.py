@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..cuda_graphs import bucket, capture
+from ..cuda_graphs import bucket, capture, release_graphs
 from ..exchange import NoGhosts
 from ..model import AtomGraph, E2FormerV2
 from .batching import Batch, predict, predict_direct
@@ -218,7 +218,8 @@ class GraphedLossAndGradients(LossAndGradients):
                 warnings.warn(f"E2Former training: CUDA graph capture failed ({exc}); "
                               "training eagerly from now on", RuntimeWarning, stacklevel=2)
                 self.enabled = False
-                torch.cuda.synchronize()
+                self._pool = None
+                release_graphs(self._graphs)
                 return self._eager(batch, direct)
         self._graphs.move_to_end(key)
         return entry.replay(batch)
