@@ -11,7 +11,9 @@ recorded), and each rank's owned/ghost atoms, peak GPU memory, and its seconds p
 step in the model call and, within it, in the ghost-feature exchange (the Alltoallv, waiting
 for slower ranks included); the rest of the step (`outside_model_s_per_step`) is LAMMPS and
 the ML-IAP glue. `--share` adds the same R ranks all on GPU 0 (model exported for
-cuda:0): what several ranks per GPU give. Writes JSON and a PNG.
+cuda:0): what several ranks per GPU give. `--exchange mpi4py torch` runs each R > 1 with
+each transport of the ghost features (E2FORMER_EXCHANGE: pinned host buffers and mpi4py,
+or torch.distributed with NCCL on the GPU), side by side. Writes JSON and a PNG.
 
     python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \
         --out benchmarks/results/lammps_gpus.json
@@ -42,6 +44,7 @@ from lammps_scaling import write_data  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.lammps.export import export_lammps_model  # noqa: E402
+from e2former_lammps.parallel import EXCHANGE_ENV, TRANSPORTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # the user-facing throughput deck itself (its warm-up run, then the timed one)
@@ -59,7 +62,8 @@ def first_thermo(out: str) -> dict[str, float]:
 
 
 def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, steps: int,
-               timeout: float, profile_dir: Path | None = None) -> dict:
+               timeout: float, profile_dir: Path | None = None,
+               transport: str = "mpi4py") -> dict:
     stats = workdir / "stats"
     stats.mkdir(parents=True, exist_ok=True)
     cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh")]
@@ -69,6 +73,7 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
             "-var", "data", str(data), "-var", "steps", str(steps), "-var", "warmup", str(warmup)]
     env = dict(os.environ, E2FORMER_STATS_DIR=str(stats), PYTHONPATH=os.pathsep.join(
         [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env[EXCHANGE_ENV] = transport
     if profile_dir is not None:
         # the warm-up run calls the model warmup + 1 times, the timed run's set-up once:
         # trace the timed run's second step
@@ -116,19 +121,22 @@ def plot(out: dict, path: Path) -> None:
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
     sizes = sorted({r["n_atoms"] for r in out["results"]})
+    styles = {("one GPU per rank", "mpi4py"): "o-", ("one GPU per rank", "torch"): "D-.",
+              ("ranks share GPU 0", "mpi4py"): "s--", ("CPU", "mpi4py"): "^:",
+              ("CPU", "torch"): "v:"}
     for n in sizes:
-        for placement, style in (("one GPU per rank", "o-"), ("ranks share GPU 0", "s--"),
-                                 ("CPU", "^:")):
-            rows = sorted((r for r in out["results"] if r["n_atoms"] == n
-                           and "parallel_efficiency" in r and r["placement"] == placement),
-                          key=lambda r: r["ranks"])
-            if not rows:
+        done = [r for r in out["results"] if r["n_atoms"] == n and "parallel_efficiency" in r]
+        one = [r for r in done if r["ranks"] == 1]
+        for (placement, transport), style in styles.items():
+            rows = one + [r for r in done if r["ranks"] > 1 and r["placement"] == placement
+                          and r.get("exchange", "mpi4py") == transport]
+            if len(rows) <= len(one):
                 continue
+            rows.sort(key=lambda r: r["ranks"])
+            label = f"{n:,} atoms, {placement}, {transport}"
             ranks = [r["ranks"] for r in rows]
-            a.plot(ranks, [r["atom_steps_per_s"] for r in rows], style,
-                   label=f"{n:,} atoms, {placement}")
-            b.plot(ranks, [r["parallel_efficiency"] for r in rows], style,
-                   label=f"{n:,} atoms, {placement}")
+            a.plot(ranks, [r["atom_steps_per_s"] for r in rows], style, label=label)
+            b.plot(ranks, [r["parallel_efficiency"] for r in rows], style, label=label)
     a.set_xlabel("MPI ranks")
     a.set_ylabel("atom-steps / s")
     a.set_yscale("log")
@@ -150,6 +158,9 @@ def main() -> None:
     p.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     p.add_argument("--share", action="store_true",
                    help="also run each R > 1 with all ranks on GPU 0")
+    p.add_argument("--exchange", nargs="+", choices=TRANSPORTS, default=["mpi4py"],
+                   help="transports of the ghost features to run each R > 1 with (torch: "
+                        "NCCL, one GPU per rank, so not with --share)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--model", default="spice-xtb",
@@ -198,48 +209,54 @@ def main() -> None:
             data = tmp / f"water_{n}.data"
             write_data(data, pos.numpy(), species.numpy(), box)
             base = None
-            for name, _ in placements:
-                for ranks in sorted(args.ranks):
-                    if name == "ranks share GPU 0" and ranks == 1:
-                        continue  # one rank on GPU 0 is the first placement's run
-                    row = {"n_atoms": len(pos), "ranks": ranks, "placement": name}
-                    try:
-                        profile = (args.out.parent / f"{args.out.stem}_profiles" /
-                                   f"{n}_atoms_{ranks}_ranks_{name[:3]}") if args.profile else None
-                        r = run_lammps(tmp / f"{n}_{ranks}_{name[:3]}", data, files[name], ranks,
-                                       args.warmup, args.steps, args.timeout, profile)
-                    except (RuntimeError, subprocess.TimeoutExpired) as exc:
-                        row["error"] = str(exc)[-600:]
-                        results.append(row)
-                        print(f"{n} atoms, {ranks} ranks ({name}): {row['error']}", flush=True)
-                        continue
-                    base = r if ranks == 1 else base
-                    row.update(r, timesteps_per_s=1.0 / r["seconds_per_step"],
-                               atom_steps_per_s=len(pos) / r["seconds_per_step"])
-                    if base is not None:
-                        row["speedup_vs_1_rank"] = base["seconds_per_step"] / r["seconds_per_step"]
-                        row["parallel_efficiency"] = row["speedup_vs_1_rank"] / ranks
-                        row["pe_step0_minus_1_rank_eV"] = r["pe_step0_eV"] - base["pe_step0_eV"]
+            runs = [(name, ranks, None if ranks == 1 else transport)
+                    for name, _ in placements for ranks in sorted(args.ranks)
+                    for transport in (args.exchange[:1] if ranks == 1 else args.exchange)
+                    # one rank on GPU 0 is the first placement's run; NCCL needs a GPU per rank
+                    if not (name == "ranks share GPU 0" and (ranks == 1 or transport == "torch"))]
+            for name, ranks, transport in runs:
+                row = {"n_atoms": len(pos), "ranks": ranks, "placement": name,
+                       "exchange": transport}
+                tag = f"{n}_atoms_{ranks}_ranks_{name[:3]}" + (f"_{transport}" if transport else "")
+                try:
+                    profile = (args.out.parent / f"{args.out.stem}_profiles" / tag
+                               if args.profile else None)
+                    r = run_lammps(tmp / tag, data, files[name], ranks, args.warmup, args.steps,
+                                   args.timeout, profile, transport or "mpi4py")
+                except (RuntimeError, subprocess.TimeoutExpired) as exc:
+                    row["error"] = str(exc)[-600:]
                     results.append(row)
-                    print(json.dumps({k: v for k, v in row.items() if "per_rank" not in k}),
-                          flush=True)
+                    print(f"{tag}: {row['error']}", flush=True)
+                    continue
+                base = r if ranks == 1 else base
+                row.update(r, timesteps_per_s=1.0 / r["seconds_per_step"],
+                           atom_steps_per_s=len(pos) / r["seconds_per_step"])
+                if base is not None:
+                    row["speedup_vs_1_rank"] = base["seconds_per_step"] / r["seconds_per_step"]
+                    row["parallel_efficiency"] = row["speedup_vs_1_rank"] / ranks
+                    row["pe_step0_minus_1_rank_eV"] = r["pe_step0_eV"] - base["pe_step0_eV"]
+                results.append(row)
+                print(json.dumps({k: v for k, v in row.items() if "per_rank" not in k}),
+                      flush=True)
 
     out = {"device": torch.cuda.get_device_name(0) if n_gpus else "cpu", "n_gpus": n_gpus,
            "dtype": args.dtype, "commit": provenance.commit(), "model": label,
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, mpirun -np R, "
-                     "feature exchange (mpi4py) between ranks",
+                     "ghost features exchanged between ranks by the row's `exchange` transport",
            "command": " ".join(sys.argv), "warmup_steps": args.warmup, "timed_steps": args.steps,
            "results": results}
-    print(f"{'atoms':>8} {'ranks':>5} {'placement':>18} {'GPUs':>8} {'steps/s':>9} "
+    print(f"{'atoms':>8} {'ranks':>5} {'placement':>18} {'exchange':>8} {'GPUs':>8} {'steps/s':>9} "
           f"{'atom-steps/s':>13} {'speed-up':>8} {'eff.':>5} {'model s':>8} {'xchg s':>7} "
           f"{'other s':>7} {'dPE eV':>9} "
           f"{'peak GB':>7}")
     for r in results:
         if "error" in r:
-            print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18}  failed")
+            print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18} "
+                  f"{r['exchange'] or '-':>8}  failed")
             continue
         print(f"{r['n_atoms']:>8} {r['ranks']:>5} {r['placement']:>18} "
-              f"{','.join(map(str, r['gpu_of_rank'])) or 'cpu':>8} {r['timesteps_per_s']:>9.3f} "
+              f"{r['exchange'] or '-':>8} {','.join(map(str, r['gpu_of_rank'])) or 'cpu':>8} "
+              f"{r['timesteps_per_s']:>9.3f} "
               f"{r['atom_steps_per_s']:>13.0f} {r.get('speedup_vs_1_rank', float('nan')):>8.2f} "
               f"{r.get('parallel_efficiency', float('nan')):>5.2f} "
               f"{max(r['model_s_per_step_per_rank']):>8.4f} {r['exchange_s_per_step']:>7.4f} "

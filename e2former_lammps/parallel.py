@@ -5,10 +5,19 @@ nlocal..ntotal). A ghost is a copy (maybe a periodic image) of an atom owned by 
 possibly this one. The plan is built once per re-neighbouring (the ghost tag list is
 unchanged in between) with one Allgather of owned tags and one Alltoallv of requests:
 simple and independent of LAMMPS's processor layout (brick or tiled).
+
+The rows themselves travel by one of two transports (E2FORMER_EXCHANGE):
+- `mpi4py` (default): through host memory (pinned buffers for CUDA tensors), which waits
+  for the GPU at every exchange;
+- `torch`: torch.distributed's all_to_all_single, NCCL for CUDA tensors (device to device,
+  queued on the stream without stopping the host) and gloo for CPU ones. NCCL needs one
+  GPU per rank.
 """
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 
 import numpy as np
@@ -29,11 +38,65 @@ def owner_index(local_tags: np.ndarray, ghost_tags: np.ndarray) -> np.ndarray:
     return order[pos]
 
 
-class MPIExchangePlan:
-    """Who sends which owned rows to which rank, and where received rows go."""
+EXCHANGE_ENV = "E2FORMER_EXCHANGE"
+TRANSPORTS = ("mpi4py", "torch")
 
-    def __init__(self, comm, tags: np.ndarray, nlocal: int):
-        self.comm = comm
+
+def exchange_transport() -> str:
+    """The transport E2FORMER_EXCHANGE names (default mpi4py)."""
+    value = os.environ.get(EXCHANGE_ENV, "mpi4py")
+    if value not in TRANSPORTS:
+        raise ValueError(f"{EXCHANGE_ENV}={value!r}: expected one of {TRANSPORTS}")
+    return value
+
+
+def torch_process_group(comm) -> None:
+    """Make torch.distributed's default group over the ranks of `comm` (once per process):
+    gloo for CPU tensors, and NCCL for CUDA tensors where this torch has it. Rank 0 picks
+    the rendezvous port and tells the others through comm. Collective."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if dist.get_world_size() != comm.Get_size() or dist.get_rank() != comm.Get_rank():
+            raise RuntimeError("torch.distributed is already set up for another set of ranks "
+                               f"than LAMMPS's; unset {EXCHANGE_ENV} or use mpi4py")
+        return
+    hosts = comm.allgather(socket.gethostname())
+    port = None
+    if comm.Get_rank() == 0:
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+    port = comm.bcast(port, root=0)
+    address = "127.0.0.1" if len(set(hosts)) == 1 else hosts[0]
+    nccl = torch.cuda.is_available() and dist.is_nccl_available()
+    backend = "cpu:gloo,cuda:nccl" if nccl else "gloo"
+    dist.init_process_group(backend, init_method=f"tcp://{address}:{port}",
+                            rank=comm.Get_rank(), world_size=comm.Get_size())
+    if comm.Get_rank() == 0:
+        print(f"E2Former: ghost features exchanged by torch.distributed ({backend}) over "
+              f"{comm.Get_size()} ranks", flush=True)
+
+
+def _check_one_gpu_per_rank(comm, device: torch.device) -> None:
+    """NCCL refuses two ranks on one GPU: say so by name instead of NCCL's error. Collective."""
+    where = comm.allgather((socket.gethostname(), device.index))
+    mine = where[comm.Get_rank()]
+    sharing = [r for r, w in enumerate(where) if w == mine]
+    if len(sharing) > 1:
+        raise RuntimeError(f"{EXCHANGE_ENV}=torch exchanges CUDA features through NCCL, which "
+                           f"needs one GPU per rank, but ranks {sharing} share cuda:"
+                           f"{device.index}: use one rank per GPU or {EXCHANGE_ENV}=mpi4py")
+
+
+class MPIExchangePlan:
+    """Who sends which owned rows to which rank, and where received rows go; moves them by
+    `transport` (mpi4py or torch, see the module docstring)."""
+
+    def __init__(self, comm, tags: np.ndarray, nlocal: int, transport: str = "mpi4py"):
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport {transport!r}: expected one of {TRANSPORTS}")
+        self.comm, self.transport = comm, transport
         size = comm.Get_size()
         self.nlocal, self.ntotal = nlocal, len(tags)
         local_tags = np.ascontiguousarray(tags[:nlocal], dtype=np.int64)
@@ -63,6 +126,9 @@ class MPIExchangePlan:
         comm.Alltoallv([requests, self.recv_counts], [self.send_rows, self.send_counts])
         self._rows_on: dict[torch.device, tuple[Tensor, Tensor]] = {}
         self._pinned: dict[str, Tensor] = {}
+        self._devices_checked: set[torch.device] = set()
+        if transport == "torch":
+            torch_process_group(comm)
         # Traffic counters (bytes this rank sent, seconds inside Alltoallv), for benchmarks.
         self.stats = {"calls": 0, "bytes_sent": 0, "seconds": 0.0}
 
@@ -114,26 +180,54 @@ class MPIExchangePlan:
         self.stats["bytes_sent"] += send.numel() * send.element_size()
         return recv
 
+    def _torch_all_to_all(self, send: Tensor, send_counts: np.ndarray,
+                          recv_counts: np.ndarray) -> Tensor:
+        """Rows of `send` to the ranks through torch.distributed, on send's device."""
+        import torch.distributed as dist
+
+        if send.is_cuda and send.device not in self._devices_checked:
+            _check_one_gpu_per_rank(self.comm, send.device)
+            self._devices_checked.add(send.device)
+        recv = send.new_empty(int(recv_counts.sum()), send.shape[1])
+        t0 = time.perf_counter()
+        dist.all_to_all_single(recv, send.contiguous(), recv_counts.tolist(),
+                               send_counts.tolist())
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.stats["calls"] += 1
+        self.stats["bytes_sent"] += send.numel() * send.element_size()
+        return recv
+
+    def _move(self, rows: Tensor, send_counts: np.ndarray, recv_counts: np.ndarray,
+              direction: str) -> Tensor:
+        """rows [n_send, width] out to the ranks by send_counts; the rows received, by
+        recv_counts, on rows' device."""
+        rows = rows.detach()
+        if self.transport == "torch":
+            return self._torch_all_to_all(rows, send_counts, recv_counts)
+        send = self._to_host(rows, f"{direction}_send")
+        recv = self._alltoallv(send, send_counts, recv_counts, f"{direction}_recv")
+        return recv.to(rows.device, non_blocking=True)
+
     def forward(self, x: Tensor) -> Tensor:
         """x [nlocal, ...] -> [ntotal, ...]: owned rows to the ghosts of every rank."""
         flat = x.reshape(x.shape[0], math.prod(x.shape[1:]))
         width = flat.shape[1]
         send_rows, recv_rows = self.rows_on(x.device)
-        send = self._to_host(flat.detach().index_select(0, send_rows), "forward_send")
-        recv = self._alltoallv(send, self.send_counts, self.recv_counts, "forward_recv")
+        recv = self._move(flat.index_select(0, send_rows), self.send_counts, self.recv_counts,
+                          "forward")
         out = flat.new_empty(self.ntotal, width)
         out[: self.nlocal] = flat
-        out[recv_rows] = recv.to(x.device, non_blocking=True)
+        out[recv_rows] = recv
         return out.view(self.ntotal, *x.shape[1:])
 
     def reverse(self, grad: Tensor) -> Tensor:
         """grad [ntotal, ...] -> [nlocal, ...]: ghost gradients added back into owners."""
         flat = grad.reshape(grad.shape[0], math.prod(grad.shape[1:]))
         send_rows, recv_rows = self.rows_on(grad.device)
-        send = self._to_host(flat.index_select(0, recv_rows), "reverse_send")
-        recv = self._alltoallv(send, self.recv_counts, self.send_counts, "reverse_recv")
+        recv = self._move(flat.index_select(0, recv_rows), self.recv_counts, self.send_counts,
+                          "reverse")
         out = flat[: self.nlocal].clone()
-        out.index_add_(0, send_rows, recv.to(grad.device, non_blocking=True))
+        out.index_add_(0, send_rows, recv)
         return out.view(self.nlocal, *grad.shape[1:])
 
 
@@ -216,11 +310,12 @@ class MPIExchange(_RankReductions):
 
 
 def build_exchange(tags: np.ndarray, nlocal: int, comm=None) -> Exchange:
-    """LocalImages on one rank, MPIExchange across ranks. tags [ntotal] (owned then ghosts)."""
+    """LocalImages on one rank, MPIExchange across ranks (transport from E2FORMER_EXCHANGE).
+    tags [ntotal] (owned then ghosts)."""
     if comm is None or comm.Get_size() == 1:
         owner = owner_index(np.asarray(tags[:nlocal]), np.asarray(tags[nlocal:]))
         return LocalImages(torch.as_tensor(owner, dtype=torch.long), nlocal)
-    return MPIExchange(MPIExchangePlan(comm, np.asarray(tags), nlocal))
+    return MPIExchange(MPIExchangePlan(comm, np.asarray(tags), nlocal, exchange_transport()))
 
 
 class _KokkosExchangeFunction(torch.autograd.Function):

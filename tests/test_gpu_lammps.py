@@ -99,12 +99,15 @@ def test_gpu_lammps_cuda_graphs_match_eager(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (one per rank)")
-def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("transport", ["mpi4py", "torch"])
+def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch, transport):
     """float32 (fused Triton attention and rotations): two ranks on GPUs 0 and 1 give the
-    one-rank energy and forces. Rank 1's kernels once ran on GPU 0 with GPU 1's data (a
+    one-rank energy and forces, with the features exchanged through pinned host buffers
+    (mpi4py) or NCCL (torch). Rank 1's kernels once ran on GPU 0 with GPU 1's data (a
     non-finite energy at 10k atoms), which the fp64 test above, on the reference path,
     could not see."""
     monkeypatch.setenv("HWLOC_COMPONENTS", "-gl,-opencl")  # keep Triton's LLVM (lmp_gpu.sh)
+    monkeypatch.setenv("E2FORMER_EXCHANGE", transport)
     model = random_model(seed=35, dtype=torch.float32)
     path = tmp_path / "gpus32.pt"
     export_lammps_model(model, path, device="cuda")
@@ -116,3 +119,17 @@ def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch
     assert "WARNING (E2Former)" not in two.log  # the fused kernels, not the fallback
     assert abs(two.energy - one.energy) < 1e-5 * abs(one.energy)
     assert np.abs(two.forces - one.forces).max() < 1e-4 * np.abs(one.forces).max()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 1, reason="needs a GPU")
+def test_gpu_nccl_exchange_with_two_ranks_on_one_gpu_says_why(tmp_path, monkeypatch):
+    """E2FORMER_EXCHANGE=torch with two ranks on one GPU: NCCL cannot, and the run stops
+    with an error naming the setting and the shared GPU."""
+    monkeypatch.setenv("HWLOC_COMPONENTS", "-gl,-opencl")
+    monkeypatch.setenv("E2FORMER_EXCHANGE", "torch")
+    model = random_model(seed=36, dtype=torch.float32)
+    path = tmp_path / "shared.pt"
+    export_lammps_model(model, path, device="cuda:0")
+    out = run_lammps(tmp_path / "np2", water_box(4, seed=7), path, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1", expect_fail=True)
+    assert "needs one GPU per rank, but ranks [0, 1] share cuda:0" in out, out[-3000:]

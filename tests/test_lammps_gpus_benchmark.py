@@ -21,13 +21,19 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/lammps_gpus.py"), "--device", "cpu",
          "--dtype", "float64", "--config", "small", "--sizes", "192", "--ranks", "1", "2",
-         "--steps", "2", "--warmup", "1", "--out", str(out), "--profile"],
+         "--steps", "2", "--warmup", "1", "--out", str(out), "--profile",
+         "--exchange", "mpi4py", "torch"],
         capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads(out.read_text())
     assert result["dtype"] == "float64" and result["n_gpus"] == 0
-    one, two = result["results"]
-    assert (one["ranks"], two["ranks"]) == (1, 2) and "error" not in two
+    one, two, two_torch = result["results"]
+    assert (one["ranks"], two["ranks"], two_torch["ranks"]) == (1, 2, 2)
+    assert (one["exchange"], two["exchange"], two_torch["exchange"]) == (None, "mpi4py", "torch")
+    assert "error" not in two and "error" not in two_torch
+    # torch.distributed (gloo here, NCCL on GPUs) moves the same rows: the same energy
+    assert abs(two_torch["pe_step0_minus_1_rank_eV"]) < 1e-8
+    assert two_torch["exchange_s_per_step"] > 0
     assert one["n_atoms"] == two["n_atoms"] == 192
     # the same physics on 1 and 2 ranks (fp64, printed to 1e-10 eV)
     assert abs(two["pe_step0_minus_1_rank_eV"]) < 1e-8
@@ -49,8 +55,8 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     assert two["atom_steps_per_s"] == pytest.approx(192 * two["timesteps_per_s"])
     assert out.with_suffix(".png").stat().st_size > 10_000
     # --profile: each rank's second timed step (model call warmup + 4 = 5) under torch.profiler
-    for ranks in (1, 2):
-        traced = tmp_path / "lammps_gpus_profiles" / f"192_atoms_{ranks}_ranks_CPU"
+    for ranks, suffix in ((1, ""), (2, "_mpi4py"), (2, "_torch")):
+        traced = tmp_path / "lammps_gpus_profiles" / f"192_atoms_{ranks}_ranks_CPU{suffix}"
         assert sorted(p.name for p in traced.iterdir()) == sorted(
             f"rank{r}_call5.{ext}" for r in range(ranks) for ext in ("json", "txt"))
         table = (traced / "rank0_call5.txt").read_text()

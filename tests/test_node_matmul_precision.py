@@ -83,7 +83,10 @@ def test_gpu_tf32_and_bf16_node_products(monkeypatch):
     ref = degree_matmul(x64, w64)
     ref_dx = torch.bmm(up.transpose(0, 1), w64.transpose(1, 2)).transpose(0, 1)
     before = torch.backends.cuda.matmul.fp32_precision
-    rel = lambda a, b: (torch.linalg.norm(a.double().cpu() - b) / torch.linalg.norm(b)).item()  # noqa: E731
+
+    def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+        return (torch.linalg.norm(a.double().cpu() - b) / torch.linalg.norm(b)).item()
+
     err, err_dx = {}, {}
     for value in ("fp32", "tf32", "bf16"):
         monkeypatch.setenv(NODE_MATMUL_ENV, value)

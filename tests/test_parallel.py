@@ -48,6 +48,28 @@ def test_ranks_and_grids_match_one_rank(tmp_path, models, mode):
         _same(res, ref)
 
 
+def test_torch_distributed_transport_matches_one_rank(tmp_path, models, monkeypatch):
+    """E2FORMER_EXCHANGE=torch (gloo on the CPU: the code path NCCL takes on GPUs) on 2 and
+    4 ranks gives the one-rank energies, forces and virial."""
+    model, _, _ = models["exchange"]
+    atoms = water_box(2, seed=10)
+    ref = run_lammps(tmp_path / "np1", atoms, model, ELEMENTS)
+    monkeypatch.setenv("E2FORMER_EXCHANGE", "torch")
+    for nprocs, grid in [(2, "2 1 1"), (4, "2 2 1")]:
+        res = run_lammps(tmp_path / f"np{nprocs}", atoms, model, ELEMENTS, nprocs=nprocs,
+                         settings=f"processors {grid}")
+        assert f"exchanged by torch.distributed (gloo) over {nprocs} ranks" in res.log
+        _same(res, ref)
+
+
+def test_unknown_transport_stops_the_run_by_name(tmp_path, models, monkeypatch):
+    model, _, _ = models["exchange"]
+    monkeypatch.setenv("E2FORMER_EXCHANGE", "nccl")
+    out = run_lammps(tmp_path / "np2", water_box(2, seed=10), model, ELEMENTS, nprocs=2,
+                     settings="processors 2 1 1", expect_fail=True)
+    assert "E2FORMER_EXCHANGE='nccl': expected one of ('mpi4py', 'torch')" in out, out[-3000:]
+
+
 def test_nve_trajectory_with_migration_matches_one_rank(tmp_path, models):
     """100 NVE steps with a drift of 20 Å/ps along x: atoms cross rank boundaries."""
     model, _, _ = models["exchange"]
