@@ -44,6 +44,7 @@ from lammps_scaling import write_data  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.lammps.export import export_lammps_model  # noqa: E402
+from e2former_lammps.lammps.log import thermo_runs  # noqa: E402
 from e2former_lammps.parallel import EXCHANGE_ENV, TRANSPORTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,14 +52,6 @@ REPO = Path(__file__).resolve().parents[1]
 DECK = REPO / "lammps_examples/gpu_water_benchmark/in.water_bench"
 SMALL = dict(channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
 GPU_LINE = re.compile(r"E2Former: rank (\d+) of \d+ runs the model on cuda:(\d+)")
-LOOP_LINE = re.compile(r"Loop time of ([0-9.eE+-]+) on (\d+) procs for (\d+) steps")
-
-
-def first_thermo(out: str) -> dict[str, float]:
-    """The first thermo row (step 0) of a LAMMPS log: {column: value}."""
-    lines = out.splitlines()
-    k = next(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
-    return dict(zip(lines[k].split(), map(float, lines[k + 1].split())))
 
 
 def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, steps: int,
@@ -85,10 +78,10 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
     out = proc.stdout + proc.stderr
     if proc.returncode != 0:
         raise RuntimeError(f"LAMMPS failed (exit {proc.returncode}): {out[-2000:]}")
-    loops = LOOP_LINE.findall(out)
-    if len(loops) != 2:
+    runs = thermo_runs(out)
+    if len(runs) != 2 or runs[-1].loop_s is None:
         raise RuntimeError(f"expected two runs' loop times in the LAMMPS output: {out[-2000:]}")
-    loop_s, _, timed_steps = loops[-1]
+    loop_s, timed_steps = runs[-1].loop_s, runs[-1].steps
     per_rank = [json.loads(p.read_text()) for p in sorted(stats.glob("rank*.json"))]
     # the timed run's steps: the last `steps` model calls of each rank (a run of N steps
     # calls the model N + 1 times, the first at set-up, outside LAMMPS's loop time)
@@ -98,7 +91,7 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
     gpus = {int(r): int(g) for r, g in GPU_LINE.findall(out)}
     return {
         "seconds_per_step": float(loop_s) / int(timed_steps),
-        "pe_step0_eV": first_thermo(out)["PotEng"],
+        "pe_step0_eV": runs[0].row(0)["PotEng"],
         "gpu_of_rank": [gpus[r] for r in sorted(gpus)],
         "owned_per_rank": [r["nlocal"] for r in per_rank],
         "ghosts_per_rank": [r["ntotal"] - r["nlocal"] for r in per_rank],

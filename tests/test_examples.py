@@ -14,6 +14,7 @@ from conftest import REPO, water_box
 from e2former_lammps import E2FormerCalculator, E2FormerV2
 from e2former_lammps.lammps.data_file import write_lammps_data
 from e2former_lammps.lammps.export import export_lammps_model
+from e2former_lammps.lammps.log import thermo_runs
 from lammps_harness import launch
 
 EXAMPLES = REPO / "lammps_examples"
@@ -28,16 +29,7 @@ def run_deck(folder: Path, deck: str, variables: dict[str, str], nprocs: int = 1
 
 def thermo_rows(log: str) -> list[dict[str, float]]:
     """Every thermo row of every run in a LAMMPS log, as {column: value}."""
-    rows, header = [], None
-    for line in log.splitlines():
-        words = line.split()
-        if words[:1] == ["Step"]:
-            header = words
-        elif header and words[:2] == ["Loop", "time"]:
-            header = None
-        elif header and len(words) == len(header):
-            rows.append(dict(zip(header, map(float, words))))
-    return rows
+    return [run.row(k) for run in thermo_runs(log) for k in range(len(run.rows))]
 
 
 def copy_example(name: str, tmp_path: Path) -> Path:
