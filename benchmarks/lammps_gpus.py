@@ -13,7 +13,9 @@ for slower ranks included); the rest of the step (`outside_model_s_per_step`) is
 the ML-IAP glue. `--share` adds the same R ranks all on GPU 0 (model exported for
 cuda:0): what several ranks per GPU give. `--exchange mpi4py torch` runs each R > 1 with
 each transport of the ghost features (E2FORMER_EXCHANGE: pinned host buffers and mpi4py,
-or torch.distributed with NCCL on the GPU), side by side. Writes JSON and a PNG.
+or torch.distributed with NCCL on the GPU), side by side; NCCL runs on the GPU's stream,
+so its exchange seconds are only the host's launch time, and the model seconds hold the
+rest. Writes JSON and a PNG.
 
     python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \
         --out benchmarks/results/lammps_gpus.json
