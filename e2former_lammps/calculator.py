@@ -49,12 +49,13 @@ class E2FormerCalculator(Calculator):
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         cfg = self.model.config
-        graph = atoms_to_graph(self.atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
-                                  self.dtype, self.device)
+        charge = float(self.atoms.info.get("charge", 0.0))
+        graph = atoms_to_graph(self.atoms, cfg.elements, cfg.atomic_numbers,
+                               cfg.pair_cutoff(charge != 0), self.dtype, self.device,
+                               mp_cutoff=cfg.cutoff)
         check_pairs(graph.rij, graph.pair_i, graph.pair_j)
         if cfg.charge_spin:
-            graph.charge = torch.tensor([float(self.atoms.info.get("charge", 0.0))],
-                                        device=self.device)
+            graph.charge = torch.tensor([charge], device=self.device)
             graph.spin = torch.tensor([float(self.atoms.info.get("spin", 1.0))],
                                       device=self.device)
         eatoms, grad = self._evaluate(graph)

@@ -55,6 +55,13 @@ class E2FormerConfig:
     # PyTorch for now (no fused kernel; beside the Triton path, the reference's sum): for
     # training experiments and small systems, not for large MD.
     identity_paths: bool = False
+    # Electrostatics of charged structures ("distributed" charge_spin_mode): a damped,
+    # shifted-force Coulomb sum over pairs within coulomb_cutoff (Å, >= cutoff) on charges
+    # spread from each structure's total charge (nn/coulomb.py); erf damping width in Å.
+    # None: no such term. A charged structure's pair list then reaches coulomb_cutoff and
+    # message passing uses the rows within cutoff (AtomGraph.mp_index).
+    coulomb_cutoff: float | None = None
+    coulomb_width: float = 1.0
     reference_energies: dict[str, float] = field(default_factory=dict)
     # eV per structure by total charge ("1": E(Q = +1), ...; Q = 0 is 0), "distributed" only
     charge_energies: dict[str, float] = field(default_factory=dict)
@@ -82,6 +89,15 @@ class E2FormerConfig:
                              "charge and spin as inputs); without it the model is neutral")
         if self.charge_energies and self.charge_spin_mode != "distributed":
             raise ValueError("charge_energies need charge_spin_mode 'distributed'")
+        if self.coulomb_cutoff is not None:
+            if self.charge_spin_mode != "distributed":
+                raise ValueError("coulomb_cutoff needs charge_spin_mode 'distributed' (the "
+                                 "charges are spread from the total charge)")
+            if self.coulomb_cutoff < self.cutoff:
+                raise ValueError(f"coulomb_cutoff ({self.coulomb_cutoff} Å) must be at least "
+                                 f"the cutoff ({self.cutoff} Å)")
+            if self.coulomb_width <= 0:
+                raise ValueError(f"coulomb_width must be positive, got {self.coulomb_width} Å")
         self.charge_energies = normalize_charge_energies(self.charge_energies)
         extra = set(self.reference_energies) - set(self.elements)
         if extra:
@@ -90,6 +106,12 @@ class E2FormerConfig:
     @property
     def atomic_numbers(self) -> list[int]:
         return [atomic_numbers[e] for e in self.elements]
+
+    def pair_cutoff(self, charged: bool) -> float:
+        """Å: how far a structure's pair list reaches (charged ones: to the Coulomb cutoff)."""
+        if charged and self.coulomb_cutoff is not None:
+            return self.coulomb_cutoff
+        return self.cutoff
 
     @property
     def distributed_charge(self) -> bool:

@@ -187,7 +187,8 @@ class GraphedEnergyForces:
 
     Uses CUDA graphs for frozen-weight models on CUDA when every atom of the graph is computed
     here or is a periodic image of a local atom (one LAMMPS rank, ASE) and the pair list is at
-    most `max_edges`; otherwise, or with E2FORMER_CUDA_GRAPHS=0, runs eagerly. The returned
+    most `max_edges` and all of it is message passing (no Coulomb-range rows); otherwise, or
+    with E2FORMER_CUDA_GRAPHS=0, runs eagerly. The returned
     tensors are overwritten by the next call: copy what you keep.
     """
 
@@ -219,7 +220,7 @@ class GraphedEnergyForces:
         n_edges = graph.pair_i.numel()
         usable = (self.enabled and graph.rij.is_cuda and owner is not False
                   and 0 < n_edges <= self.max_edges and graph.batch is None
-                  and self.model.weights_frozen)
+                  and graph.mp_index is None and self.model.weights_frozen)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
         # capture and replay on the model's GPU, whichever is current (LAMMPS rank on cuda:1)

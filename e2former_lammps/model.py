@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -10,9 +10,10 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import E2FormerConfig, normalize_charge_energies
-from .exchange import Exchange, NoGhosts
+from .exchange import Exchange, LocalImages, NoGhosts
 from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
+from .nn.coulomb import CoulombEnergy
 from .nn.embedding import ChargeSpinEmbedding, DistributedChargeSpin, EdgeDegreeEmbedding
 from .nn.ffn import GatedFeedForward
 from .nn.norm import EquivariantRMSNorm
@@ -35,7 +36,9 @@ class AtomGraph:
     species [n_total] element indices in config.elements order; pair_i [E] receivers
     (< exchange.n_recv, sorted ascending), pair_j [E] senders (< n_total); rij [E, 3] Å;
     the first n_local atoms are those whose energies are returned. batch [n_local] maps
-    atoms to structures (for charge/spin), charge/spin [n_structures].
+    atoms to structures (for charge/spin), charge/spin [n_structures]. mp_index [E_mp]: the
+    rows of the pair list within the model's cutoff, when the list reaches further (to the
+    Coulomb cutoff of a charged structure); None: every row.
     """
 
     species: Tensor
@@ -47,6 +50,7 @@ class AtomGraph:
     batch: Tensor | None = None
     charge: Tensor | None = None
     spin: Tensor | None = None
+    mp_index: Tensor | None = None
 
 
 class TransformerBlock(nn.Module):
@@ -79,6 +83,16 @@ class TransformerBlock(nn.Module):
         return x_recv + self.ffn(self.norm_ffn(x_recv))
 
 
+def _message_passing_graph(graph: AtomGraph) -> AtomGraph:
+    """The graph of the pairs within the model's cutoff (graph itself without mp_index)."""
+    if graph.mp_index is None:
+        return graph
+    i = graph.mp_index
+    return replace(graph, pair_i=graph.pair_i.index_select(0, i),
+                   pair_j=graph.pair_j.index_select(0, i), rij=graph.rij.index_select(0, i),
+                   mp_index=None)
+
+
 class E2FormerV2(nn.Module):
     """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
 
@@ -99,6 +113,8 @@ class E2FormerV2(nn.Module):
         if cfg.charge_spin:
             self.charge_spin = (DistributedChargeSpin if cfg.charge_spin_mode == "distributed"
                                 else ChargeSpinEmbedding)(cfg.channels)
+        self.coulomb = (CoulombEnergy(cfg.channels, cfg.coulomb_cutoff, cfg.coulomb_width)
+                        if cfg.coulomb_cutoff is not None else None)
         self.blocks = nn.ModuleList(TransformerBlock(cfg, basis) for _ in range(cfg.num_layers))
         self.final_norm = EquivariantRMSNorm(cfg.channels, cfg.lmax)
         self.energy_head = nn.Sequential(
@@ -273,13 +289,19 @@ class E2FormerV2(nn.Module):
         Each atom's energy is measured from the same element with no neighbours, so an
         isolated atom has exactly its reference energy.
         """
-        return self._atom_energies(self.final_norm(self._features(graph)[:graph.n_local]), graph)
+        return self._atom_energies(self._final_features(graph), graph)
+
+    def _final_features(self, graph: AtomGraph) -> Tensor:
+        """Final-normed features of the receivers [n_recv, rows, C] (of the local atoms only,
+        [n_local, ...], without a Coulomb term: nothing else reads the others)."""
+        x = self._features(_message_passing_graph(graph))
+        return self.final_norm(x if self.coulomb is not None else x[:graph.n_local])
 
     def _atom_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
-        """eatoms from the final-normed features of the local atoms [n_local, rows, C]."""
+        """eatoms from the final-normed features of the receivers (_final_features)."""
         species = graph.species[:graph.n_local]
         baseline = self._baseline()
-        e_node = self._node_energy(x_normed)
+        e_node = self._node_energy(x_normed[:graph.n_local])
         eatoms = e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
         if graph.charge is not None and self.config.distributed_charge:
@@ -294,7 +316,21 @@ class E2FormerV2(nn.Module):
                                          device=eatoms.device))).detach()
             per_atom = self.charge_energy(graph.charge) / n_atoms.clamp(min=1)
             eatoms = eatoms + per_atom[structure].to(eatoms.dtype)
+        if self.coulomb is not None and graph.charge is not None:
+            eatoms = eatoms + self._coulomb_energies(x_normed, graph).to(eatoms.dtype)
         return eatoms
+
+    def _coulomb_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
+        """Electrostatic eatoms [n_local] (eV) over the whole pair list (nn/coulomb.py)."""
+        if not isinstance(graph.exchange, (NoGhosts, LocalImages)):
+            raise ValueError("the Coulomb term of this model runs on one rank (or an ASE "
+                             "calculator); run a charged system on one MPI rank")
+        n_recv = x_normed.shape[0]
+        structure = self._structure_of_atom(graph, n_recv, x_normed.device)
+        q = self.coulomb.charges(x_normed[:, 0], structure, graph.charge, n_recv,
+                                 graph.exchange)
+        return self.coulomb(q, graph.pair_i, graph.pair_j, graph.rij, graph.exchange,
+                            graph.n_local)
 
     def energy_and_direct_forces(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
         """(eatoms [n_local] eV, forces [n_local, 3] eV/Å read from the l = 1 features).
@@ -305,8 +341,8 @@ class E2FormerV2(nn.Module):
         if self.force_head is None:
             raise ValueError("this model has no direct force head "
                              "(E2FormerConfig.direct_force_head=False)")
-        x_normed = self.final_norm(self._features(graph)[:graph.n_local])
-        forces = self.force_head(x_normed[:, 1:4]).squeeze(-1)
+        x_normed = self._final_features(graph)
+        forces = self.force_head(x_normed[:graph.n_local, 1:4]).squeeze(-1)
         return self._atom_energies(x_normed, graph), forces
 
     # --- persistence -------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 from ase import Atoms
+from torch import Tensor
 from ase.neighborlist import neighbor_list
 
 from .exchange import NoGhosts
@@ -13,8 +14,10 @@ from .validation import check_positions, species_index
 
 def atoms_to_graph(atoms: Atoms, elements: list[str], atomic_numbers: list[int],
                    cutoff: float, dtype: torch.dtype = torch.float64,
-                   device: str | torch.device = "cpu") -> AtomGraph:
-    """AtomGraph of one structure.
+                   device: str | torch.device = "cpu",
+                   mp_cutoff: float | None = None) -> AtomGraph:
+    """AtomGraph of one structure: the pairs within `cutoff` (Å); where mp_cutoff is
+    shorter, the rows within it as the graph's mp_index (message passing).
 
     rij = x_j - x_i + S . cell (S the integer image shift), so ghosts are never made: an
     image of atom j is atom j itself, reached with another displacement.
@@ -38,4 +41,11 @@ def atoms_to_graph(atoms: Atoms, elements: list[str], atomic_numbers: list[int],
         species=species.to(device), pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=n,
         exchange=NoGhosts(n),
     )
+    if mp_cutoff is not None and mp_cutoff < cutoff:
+        graph.mp_index = message_passing_index(graph.rij, mp_cutoff)
     return graph
+
+
+def message_passing_index(rij: Tensor, cutoff: float) -> Tensor:
+    """Rows of rij [E, 3] (Å) shorter than cutoff, in order."""
+    return torch.nonzero((rij * rij).sum(-1) < cutoff * cutoff).squeeze(1)

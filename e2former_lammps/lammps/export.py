@@ -39,5 +39,7 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
         raise ValueError(f"LAMMPS reads a torch file only if it ends in .pt or .pth: {output}")
     unified = E2FormerMLIAP(model, device=device)
     unified.charge, unified.spin = float(charge), float(spin)
+    # a charged system's pairs reach the Coulomb cutoff of a model with that term
+    unified.rcutfac = 0.5 * model.config.pair_cutoff(charge != 0.0)
     torch.save(unified, output)
     return output

@@ -19,6 +19,7 @@ from ..cuda_graphs import GraphedEnergyForces
 from ..exchange import NoGhosts
 from ..forces import pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
+from ..neighbors import message_passing_index
 from ..parallel import GhostShell, KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
@@ -199,6 +200,14 @@ class E2FormerMLIAP(MLIAPUnified):
                     + DECK_LINES)
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
+            if cfg.coulomb_cutoff is not None and self.charge != 0:
+                if multi_rank or ghost_shell:
+                    raise InputError(
+                        f"charge {self.charge}: the Coulomb term of this model runs on one MPI "
+                        f"rank in feature-exchange mode; run this charged system on one rank")
+                # LAMMPS lists pairs to the Coulomb cutoff (export set rcutfac): message
+                # passing takes those within the model's cutoff
+                graph.mp_index = message_passing_index(graph.rij, cfg.cutoff)
         if self.profiler is not None:
             self.profiler.mark("inputs", graph)
         if self._evaluate is None:  # small systems replay CUDA graphs (launch-bound otherwise)

@@ -97,6 +97,25 @@ class ChargeSpinEmbedding(nn.Module):
         return self.mlp(torch.stack([charge, spin - 1.0], dim=-1))
 
 
+def structure_softmax(logits: Tensor, structure: Tensor, n_structures: int,
+                      n_owned: int | None = None, exchange: Exchange | None = None) -> Tensor:
+    """Softmax of logits [n, k] over the atoms of each structure (structure [n]): weights
+    that sum to one per structure and column. It runs over the first n_owned rows (default
+    all; the rest are ghost copies, which get their owners' weights) and, through
+    `exchange`, over the atoms other ranks own."""
+    ranks = exchange if exchange is not None else Exchange()  # base: one rank
+    n_owned = logits.shape[0] if n_owned is None else n_owned
+    own_logits, own_structure = logits[:n_owned], structure[:n_owned]
+    # shift by the structure's max over all ranks (no gradient through it); gathers by
+    # index_select (its backward is an index_add, not a sort)
+    top = scatter_max(own_logits.detach(), own_structure, n_structures,
+                      across=ranks.max_over_ranks)
+    a = torch.exp(logits - top.index_select(0, structure))
+    total = ranks.sum_over_ranks(torch.zeros_like(top).index_add(0, own_structure,
+                                                                 a[:n_owned]))
+    return a / total.index_select(0, structure)
+
+
 class DistributedChargeSpin(nn.Module):
     """Total charge Q (e) and unpaired electrons S - 1 of each structure, spread over its
     atoms: atom i of structure b gets (Q_b w_i, (S_b - 1) u_i) @ value, with w, u a softmax
@@ -124,17 +143,7 @@ class DistributedChargeSpin(nn.Module):
         [n, C] added to the l = 0 rows. The softmax runs over the first n_owned rows (default
         all; the rest are ghost copies) and, through `exchange`, over the atoms other ranks
         own."""
-        ranks = exchange if exchange is not None else Exchange()  # base: one rank
-        logits = self.logits(scalars)  # [n, 2]
-        n_owned = logits.shape[0] if n_owned is None else n_owned
-        own_logits, own_structure = logits[:n_owned], structure[:n_owned]
-        # softmax per structure: shift by the structure's max over all ranks (no gradient
-        # through it); gathers by index_select (its backward is an index_add, not a sort)
-        top = scatter_max(own_logits.detach(), own_structure, charge.shape[0],
-                          across=ranks.max_over_ranks)
-        a = torch.exp(logits - top.index_select(0, structure))
-        total = ranks.sum_over_ranks(torch.zeros_like(top).index_add(0, own_structure,
-                                                                     a[:n_owned]))
-        weights = a / total.index_select(0, structure)
+        weights = structure_softmax(self.logits(scalars), structure, charge.shape[0], n_owned,
+                                    exchange)
         amount = torch.stack([charge, spin - 1.0], dim=-1).index_select(0, structure) * weights
         return self.neutral + amount @ self.value

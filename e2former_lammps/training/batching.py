@@ -11,6 +11,7 @@ from ..data.frame import Frame, check_elements
 from ..exchange import NoGhosts
 from ..forces import energy_and_pair_gradient, pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
+from ..neighbors import message_passing_index
 from ..validation import species_index
 
 
@@ -34,11 +35,14 @@ class PackedFrames:
 
     Pairs of non-periodic frames are found per batch on the device (all pairs within each
     structure, filtered by the cutoff); periodic frames get ASE neighbour lists up front.
+    With coulomb_cutoff (a model with the Coulomb term), charged frames' pairs reach it, and
+    batches that hold such pairs say which rows are within cutoff (AtomGraph.mp_index).
     """
 
     def __init__(self, frames: list[Frame], elements: list[str], atomic_numbers: list[int],
                  cutoff: float, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, where: str = "data"):
+                 dtype: torch.dtype = torch.float32, where: str = "data",
+                 coulomb_cutoff: float | None = None):
         if not frames:
             raise ValueError(f"{where}: no frames")
         check_elements(frames, elements, where)
@@ -46,6 +50,7 @@ class PackedFrames:
         if missing:
             raise ValueError(f"{where}: frames without energy/forces labels, e.g. {missing[0]}")
         self.device, self.dtype, self.cutoff = torch.device(device), dtype, cutoff
+        self.coulomb_cutoff = coulomb_cutoff
         self.n_frames = len(frames)
         natoms = np.array([len(f) for f in frames], dtype=np.int64)
         numbers = np.concatenate([f.numbers for f in frames])
@@ -80,7 +85,9 @@ class PackedFrames:
         from ase.neighborlist import neighbor_list
 
         atoms = frame.to_atoms()
-        i, j, S = neighbor_list("ijS", atoms, self.cutoff)
+        cutoff = (self.coulomb_cutoff if self.coulomb_cutoff is not None and frame.charge != 0
+                  else self.cutoff)
+        i, j, S = neighbor_list("ijS", atoms, cutoff)
         order = np.argsort(i, kind="stable")
         i, j, S = i[order], j[order], S[order]
         cell = np.asarray(atoms.get_cell()) if atoms.cell.rank == 3 else np.zeros((3, 3))
@@ -96,6 +103,8 @@ class PackedFrames:
         n = self.natoms[idx]
         n_batch = int(idx.numel())
         total = int(n.sum())
+        charged = self.charge[idx] != 0
+        long_range = self.coulomb_cutoff is not None and bool(charged.any())
         frame_of_atom = torch.repeat_interleave(torch.arange(n_batch, device=dev), n,
                                                 output_size=total)
         start_b = torch.cumsum(n, 0) - n  # batch row of each frame's first atom
@@ -113,7 +122,10 @@ class PackedFrames:
             gi = start_b[cf] + torch.div(lc, nf, rounding_mode="floor")
             gj = start_b[cf] + lc % nf
             rij = pos[gj] - pos[gi]
-            keep = (gi != gj) & ((rij * rij).sum(-1) < self.cutoff ** 2)
+            reach = torch.full((n_batch,), self.cutoff ** 2, dtype=rij.dtype, device=dev)
+            if long_range:
+                reach[charged] = self.coulomb_cutoff ** 2
+            keep = (gi != gj) & ((rij * rij).sum(-1) < reach[cf])
             pair_i, pair_j, rij = gi[keep], gj[keep], rij[keep]
         else:
             pi, pj, off = [], [], []
@@ -129,6 +141,8 @@ class PackedFrames:
         graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij, n_local=total,
                           exchange=NoGhosts(total), batch=frame_of_atom,
                           charge=self.charge[idx], spin=self.spin[idx])
+        if long_range:
+            graph.mp_index = message_passing_index(rij, self.cutoff)
         return Batch(graph=graph, frame_index=idx, n_atoms=n, energy=self.energy[idx],
                      forces=self.forces[rows], subset=self.subset[idx])
 

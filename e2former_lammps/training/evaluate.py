@@ -90,7 +90,8 @@ def evaluate_frames(model: E2FormerV2, frames: list[Frame], batch_size: int = 32
     model = model.to(dev)
     dtype = next(model.parameters()).dtype
     cfg = model.config
-    packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dev, dtype)
+    packed = PackedFrames(frames, cfg.elements, cfg.atomic_numbers, cfg.cutoff, dev, dtype,
+                          coulomb_cutoff=cfg.coulomb_cutoff)
     return evaluate_packed(model, packed, batch_size, progress, by_molecule=by_molecule,
                            plot=plot)
 

@@ -89,14 +89,20 @@ class BatchKey:
     n_structures: int
     n_atoms_pad: int
     n_pairs_pad: int
+    n_mp_pad: int | None = None  # message-passing rows (graph.mp_index), if it has them
 
 
 def batch_key(batch: Batch) -> BatchKey:
     """The bucket of a batch: at least one padding atom, so the padding structure is never
-    empty."""
+    empty; with an mp_index also at least one padding pair, which its padding rows name."""
+    g = batch.graph
+    mp = g.mp_index
     return BatchKey(n_structures=batch.n_atoms.numel(),
-                    n_atoms_pad=bucket(batch.graph.n_local + 1, ATOM_QUANTUM, BUCKET_PARTS),
-                    n_pairs_pad=bucket(batch.graph.pair_i.numel(), PAIR_QUANTUM, BUCKET_PARTS))
+                    n_atoms_pad=bucket(g.n_local + 1, ATOM_QUANTUM, BUCKET_PARTS),
+                    n_pairs_pad=bucket(g.pair_i.numel() + (mp is not None), PAIR_QUANTUM,
+                                       BUCKET_PARTS),
+                    n_mp_pad=None if mp is None else bucket(mp.numel(), PAIR_QUANTUM,
+                                                            BUCKET_PARTS))
 
 
 class PaddedBatch:
@@ -114,6 +120,8 @@ class PaddedBatch:
         if charge_spin:
             graph.charge = torch.zeros(b + 1, dtype=dtype, device=device)
             graph.spin = torch.ones(b + 1, dtype=dtype, device=device)
+        if key.n_mp_pad is not None:
+            graph.mp_index = torch.zeros(key.n_mp_pad, **long)
         self.rij = graph.rij
         # padding atoms' force labels are 1 eV/Å, not 0: |0 - 0| has no gradient (NaN)
         self.batch = Batch(graph=graph, frame_index=torch.zeros(b, **long),
@@ -140,6 +148,12 @@ class PaddedBatch:
         pg.pair_i[n_pairs:] = pad
         pg.pair_j[n_pairs:] = pad
         self.rij[n_pairs:] = self.far
+        if pg.mp_index is not None:
+            # message passing: the real rows, then the last padding pair again (a far
+            # self-pair of a padding atom: nothing), which keeps the rows' pair_i sorted
+            n_mp = g.mp_index.numel()
+            pg.mp_index[:n_mp] = g.mp_index
+            pg.mp_index[n_mp:] = self.key.n_pairs_pad - 1
         if pg.charge is not None:
             pg.charge[:n_structures] = g.charge
             pg.spin[:n_structures] = g.spin

@@ -93,7 +93,7 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     switched). charge_spin_mode: the charge/spin embedding starts afresh, every other weight
     is taken over; from the uniform embedding, its neutral-singlet vector is kept, so neutral
     structures keep their predictions. Asking for the mode it already has changes nothing."""
-    base = E2FormerV2.load(cfg.init_model)
+    base = _with_coulomb_settings(E2FormerV2.load(cfg.init_model), cfg)
     if cfg.model.get("charge_spin_mode", base.config.charge_spin_mode) == \
             base.config.charge_spin_mode:
         return base, False
@@ -122,6 +122,20 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
             e: base.config.reference_energies.get(e, 0.0) + float(iso_new[k] - iso_base[k])
             for k, e in enumerate(model.elements)})
     return model, True
+
+
+def _with_coulomb_settings(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
+    """base with the Coulomb term of cfg.model (coulomb_cutoff, coulomb_width): added (its
+    charge head starts even, the offsets are refitted by the caller), changed, or as it is.
+    Every other weight is taken over."""
+    changes = {k: cfg.model[k] for k in ("coulomb_cutoff", "coulomb_width") if k in cfg.model}
+    if all(getattr(base.config, k) == v for k, v in changes.items()):
+        return base
+    mcfg = E2FormerConfig.from_dict({**base.config.to_dict(), **changes})
+    model = E2FormerV2(mcfg)
+    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
+    assert all(k.startswith("coulomb.") for k in missing + unexpected), (missing, unexpected)
+    return model.to(next(base.parameters()).dtype)
 
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -197,9 +211,11 @@ def train(cfg: TrainConfig, stop_after_steps: int | None = None,
         if cfg.direct_force_steps:
             mcfg.direct_force_head = True
     train_set = PackedFrames(train_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
-                             device, dtype, where="training data")
+                             device, dtype, where="training data",
+                             coulomb_cutoff=mcfg.coulomb_cutoff)
     val_set = PackedFrames(val_frames, mcfg.elements, mcfg.atomic_numbers, mcfg.cutoff,
-                           device, dtype, where="validation data") if val_frames else None
+                           device, dtype, where="validation data",
+                           coulomb_cutoff=mcfg.coulomb_cutoff) if val_frames else None
     _warn_if_charges_are_ignored(train_set, mcfg)
 
     if not resumed:
