@@ -252,3 +252,28 @@ def test_training_from_the_shipped_model_adds_the_term(tmp_path):
     e_new, _ = energy(trained.double(), neutral, 0.0)
     e_old, _ = energy(shipped.double(), neutral, 0.0)
     assert abs(e_new - e_old) < 0.05
+
+
+@pytest.mark.gpu
+def test_gpu_graphed_training_step_with_coulomb_rows():
+    """On CUDA (fp32): a batch with charged frames (mp_index) is captured and replayed as a
+    CUDA graph and gives the eager step's loss terms."""
+    from e2former_lammps.training.step import GraphedLossAndGradients
+
+    if not torch.cuda.is_available():
+        pytest.fail("needs a CUDA GPU: run with -m gpu on the GPU machine")
+    model = coulomb_model(seed=9).float().cuda()
+    hcno = [f for f in read_dataset(SHARED_DATA / "train.hdf5")
+            if set(f.numbers.tolist()) <= {1, 6, 7, 8}]
+    frames = ([f for f in hcno if f.charge == 0][:6]
+              + [f for f in hcno if f.charge != 0 and len(f) > 80][:2])
+    packed = PackedFrames(frames, model.elements, model.config.atomic_numbers, CUTOFF,
+                          device="cuda", coulomb_cutoff=COULOMB_CUTOFF)
+    batch = packed.batch(list(range(len(frames))))
+    assert batch.graph.mp_index is not None
+    step = GraphedLossAndGradients(model, 1.0, 1.0, None)
+    want = [float(x) for x in vars(LossAndGradients._eager(step, batch, False)).values()]
+    for _ in range(3):
+        got = [float(x) for x in vars(step(batch)).values()]
+        np.testing.assert_allclose(got, want, rtol=1e-4)
+    assert step.n_graphs == 1 and step.enabled
