@@ -201,10 +201,11 @@ class E2FormerMLIAP(MLIAPUnified):
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
             if cfg.coulomb_cutoff is not None and self.charge != 0:
-                if multi_rank or ghost_shell:
+                if multi_rank or ghost_shell or isinstance(arrays, KokkosArrays):
                     raise InputError(
                         f"charge {self.charge}: the Coulomb term of this model runs on one MPI "
-                        f"rank in feature-exchange mode; run this charged system on one rank")
+                        f"rank of LAMMPS's CPU build in feature-exchange mode; run this charged "
+                        f"system on one rank without Kokkos")
                 # LAMMPS lists pairs to the Coulomb cutoff (export set rcutfac): message
                 # passing takes those within the model's cutoff
                 graph.mp_index = message_passing_index(graph.rij, cfg.cutoff)
