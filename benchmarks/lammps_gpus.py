@@ -20,9 +20,10 @@ rest. Writes JSON and a PNG.
     python benchmarks/lammps_gpus.py --sizes 10000 100000 --ranks 1 2 --share \
         --out benchmarks/results/lammps_gpus.json
 
-`--profile` also traces one timed step of every rank with torch.profiler (operator table and
-Chrome trace per rank under OUT_profiles/; the adapter's E2FORMER_PROFILE_DIR and
-E2FORMER_PROFILE_CALL, usable with any deck). `--model spice-xtb` (default; a packaged name
+`--profile` also traces one timed step of every rank with torch.profiler (operator table per
+rank under OUT_profiles/, and with `--trace` a Chrome trace, ~10 MB a rank at 100k atoms; the
+adapter's E2FORMER_PROFILE_DIR, E2FORMER_PROFILE_CALL and E2FORMER_PROFILE_TRACE, usable
+with any deck). `--model spice-xtb` (default; a packaged name
 or a .pt file) or `--config paper|small` (random weights of that size). `--device cpu
 --dtype float64` runs the same harness on the CPU (the tests do, with a few hundred atoms).
 """
@@ -58,7 +59,7 @@ GPU_LINE = re.compile(r"E2Former: rank (\d+) of \d+ runs the model on cuda:(\d+)
 
 def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, steps: int,
                timeout: float, profile_dir: Path | None = None,
-               transport: str = "mpi4py") -> dict:
+               transport: str = "mpi4py", chrome_trace: bool = False) -> dict:
     stats = workdir / "stats"
     stats.mkdir(parents=True, exist_ok=True)
     cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh")]
@@ -72,7 +73,8 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
     if profile_dir is not None:
         # the warm-up run calls the model warmup + 1 times, the timed run's set-up once:
         # trace the timed run's second step
-        env.update(E2FORMER_PROFILE_DIR=str(profile_dir), E2FORMER_PROFILE_CALL=str(warmup + 4))
+        env.update(E2FORMER_PROFILE_DIR=str(profile_dir), E2FORMER_PROFILE_CALL=str(warmup + 4),
+                   E2FORMER_PROFILE_TRACE=str(int(chrome_trace)))
     if ranks > 1 and os.geteuid() == 0:  # Open MPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, env=env,
@@ -166,7 +168,9 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=540, help="seconds per LAMMPS run")
     p.add_argument("--profile", action="store_true",
                    help="trace the second timed step of every rank with torch.profiler: "
-                        "tables and Chrome traces in OUT_profiles/ (the trace slows that step)")
+                        "tables in OUT_profiles/ (the trace slows that step)")
+    p.add_argument("--trace", action="store_true",
+                   help="with --profile, also a Chrome trace per rank (large)")
     provenance.add_result_arguments(p, "benchmarks/results/lammps_gpus.json")
     args = p.parse_args()
     if provenance.replot(args, plot):
@@ -217,7 +221,7 @@ def main() -> None:
                     profile = (args.out.parent / f"{args.out.stem}_profiles" / tag
                                if args.profile else None)
                     r = run_lammps(tmp / tag, data, files[name], ranks, args.warmup, args.steps,
-                                   args.timeout, profile, transport or "mpi4py")
+                                   args.timeout, profile, transport or "mpi4py", args.trace)
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     row["error"] = str(exc)[-600:]
                     results.append(row)

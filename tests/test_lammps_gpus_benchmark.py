@@ -21,7 +21,7 @@ def test_lammps_gpus_harness_on_the_cpu(tmp_path):
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks/lammps_gpus.py"), "--device", "cpu",
          "--dtype", "float64", "--config", "small", "--sizes", "192", "--ranks", "1", "2",
-         "--steps", "2", "--warmup", "1", "--out", str(out), "--profile",
+         "--steps", "2", "--warmup", "1", "--out", str(out), "--profile", "--trace",
          "--exchange", "mpi4py", "torch"],
         capture_output=True, text=True, env=env, timeout=600, stdin=subprocess.DEVNULL)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
@@ -79,3 +79,10 @@ def test_profile_settings_are_checked(monkeypatch, tmp_path):
         monkeypatch.setenv("E2FORMER_PROFILE_CALL", bad)
         with pytest.raises(InputError, match="E2FORMER_PROFILE_CALL"):
             _trace_from_env()
+    monkeypatch.setenv("E2FORMER_PROFILE_CALL", "3")
+    assert _trace_from_env().chrome_trace
+    monkeypatch.setenv("E2FORMER_PROFILE_TRACE", "0")
+    assert not _trace_from_env().chrome_trace
+    monkeypatch.setenv("E2FORMER_PROFILE_TRACE", "yes")
+    with pytest.raises(InputError, match="E2FORMER_PROFILE_TRACE must be 0 or 1"):
+        _trace_from_env()

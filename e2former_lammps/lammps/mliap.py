@@ -365,15 +365,19 @@ LOCAL_RANK_VARS = ("OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "MV2_COMM_WO
 
 
 def _trace_from_env() -> TraceOneCall | None:
-    """E2FORMER_PROFILE_DIR=DIR [E2FORMER_PROFILE_CALL=N, default 5]: profile model call N."""
+    """E2FORMER_PROFILE_DIR=DIR [E2FORMER_PROFILE_CALL=N, default 5] [E2FORMER_PROFILE_TRACE=0|1,
+    default 1: also the Chrome trace]: profile model call N."""
     directory = os.environ.get("E2FORMER_PROFILE_DIR")
     if not directory:
         return None
     call = os.environ.get("E2FORMER_PROFILE_CALL", "5")
     if not call.isdigit() or int(call) < 1:
         raise InputError(f"E2FORMER_PROFILE_CALL must be a model call number >= 1, got {call!r}")
+    trace = os.environ.get("E2FORMER_PROFILE_TRACE", "1")
+    if trace not in ("0", "1"):
+        raise InputError(f"E2FORMER_PROFILE_TRACE must be 0 or 1, got {trace!r}")
     os.makedirs(directory, exist_ok=True)
-    return TraceOneCall(directory, int(call))
+    return TraceOneCall(directory, int(call), chrome_trace=trace == "1")
 
 
 def _world_rank() -> int:

@@ -43,13 +43,15 @@ class TraceOneCall:
     """Runs one chosen model call of this rank under torch.profiler and writes, into
     `directory`, `rank{r}_call{n}.txt` (operators by self device time on CUDA, by self CPU
     time otherwise, plus the call's wall time) and `rank{r}_call{n}.json` (a Chrome trace:
-    on several ranks it shows where each one waits). Set up by the adapter from
-    E2FORMER_PROFILE_DIR and E2FORMER_PROFILE_CALL (benchmarks/lammps_gpus.py --profile)."""
+    on several ranks it shows where each one waits; ~10 MB a step at 100k atoms, so
+    optional). Set up by the adapter from E2FORMER_PROFILE_DIR, E2FORMER_PROFILE_CALL and
+    E2FORMER_PROFILE_TRACE (benchmarks/lammps_gpus.py --profile [--trace])."""
 
-    def __init__(self, directory: str, call: int = 5):
+    def __init__(self, directory: str, call: int = 5, chrome_trace: bool = True):
         if call < 1:
             raise ValueError(f"E2FORMER_PROFILE_CALL must be >= 1, got {call}")
         self.directory, self.call, self.calls = directory, call, 0
+        self.chrome_trace = chrome_trace
 
     @contextmanager
     def __call__(self, rank: int, cuda: bool):
@@ -71,4 +73,5 @@ class TraceOneCall:
         with open(stem + ".txt", "w") as fh:
             fh.write(f"rank {rank}, model call {self.call}: {wall:.4f} s wall\n")
             fh.write(prof.key_averages().table(sort_by=sort, row_limit=40))
-        prof.export_chrome_trace(stem + ".json")
+        if self.chrome_trace:
+            prof.export_chrome_trace(stem + ".json")
