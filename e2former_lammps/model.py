@@ -18,6 +18,7 @@ from .nn.embedding import ChargeSpinEmbedding, DistributedChargeSpin, EdgeDegree
 from .nn.ffn import GatedFeedForward
 from .nn.norm import EquivariantRMSNorm
 from .nn.radial import GaussianBasis
+from .validation import InputError
 
 FORMAT_VERSION = 1
 # Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
@@ -323,7 +324,7 @@ class E2FormerV2(nn.Module):
     def _coulomb_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
         """Electrostatic eatoms [n_local] (eV) over the whole pair list (nn/coulomb.py)."""
         if not isinstance(graph.exchange, (NoGhosts, LocalImages)):
-            raise ValueError("the Coulomb term of this model runs on one rank (or an ASE "
+            raise InputError("the Coulomb term of this model runs on one rank (or an ASE "
                              "calculator); run a charged system on one MPI rank")
         n_recv = x_normed.shape[0]
         structure = self._structure_of_atom(graph, n_recv, x_normed.device)

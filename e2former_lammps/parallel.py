@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .exchange import Exchange, LocalImages
+from .validation import InputError
 
 
 def owner_index(local_tags: np.ndarray, ghost_tags: np.ndarray) -> np.ndarray:
@@ -46,7 +47,7 @@ def exchange_transport() -> str:
     """The transport E2FORMER_EXCHANGE names (default mpi4py)."""
     value = os.environ.get(EXCHANGE_ENV, "mpi4py")
     if value not in TRANSPORTS:
-        raise ValueError(f"{EXCHANGE_ENV}={value!r}: expected one of {TRANSPORTS}")
+        raise InputError(f"{EXCHANGE_ENV}={value!r}: expected one of {TRANSPORTS}")
     return value
 
 
@@ -58,7 +59,7 @@ def torch_process_group(comm) -> None:
 
     if dist.is_initialized():
         if dist.get_world_size() != comm.Get_size() or dist.get_rank() != comm.Get_rank():
-            raise RuntimeError("torch.distributed is already set up for another set of ranks "
+            raise InputError("torch.distributed is already set up for another set of ranks "
                                f"than LAMMPS's; unset {EXCHANGE_ENV} or use mpi4py")
         return
     hosts = comm.allgather(socket.gethostname())
@@ -84,7 +85,7 @@ def _check_one_gpu_per_rank(comm, device: torch.device) -> None:
     mine = where[comm.Get_rank()]
     sharing = [r for r, w in enumerate(where) if w == mine]
     if len(sharing) > 1:
-        raise RuntimeError(f"{EXCHANGE_ENV}=torch exchanges CUDA features through NCCL, which "
+        raise InputError(f"{EXCHANGE_ENV}=torch exchanges CUDA features through NCCL, which "
                            f"needs one GPU per rank, but ranks {sharing} share cuda:"
                            f"{device.index}: use one rank per GPU or {EXCHANGE_ENV}=mpi4py")
 
