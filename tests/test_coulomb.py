@@ -11,13 +11,13 @@ import torch
 from ase import Atoms
 
 from conftest import SHARED_DATA, distributed_charge_model, spice_molecules
-from e2former_lammps.data import read_dataset
 from e2former_lammps import E2FormerCalculator, E2FormerV2
 from e2former_lammps.config import E2FormerConfig
+from e2former_lammps.data import read_dataset
 from e2former_lammps.neighbors import atoms_to_graph
+from e2former_lammps.nn.coulomb import COULOMB_EV_ANGSTROM, damped_shifted_force
 from e2former_lammps.training.batching import PackedFrames, predict
 from e2former_lammps.training.step import LossAndGradients, PaddedBatch, batch_key
-from e2former_lammps.nn.coulomb import COULOMB_EV_ANGSTROM, damped_shifted_force
 
 CUTOFF, COULOMB_CUTOFF = 5.0, 9.0
 
@@ -69,8 +69,9 @@ def test_kernel_is_coulomb_shifted_to_zero_value_and_slope_at_the_cutoff():
 
 
 def test_two_ions_beyond_the_cutoff_feel_each_other():
-    """Two ions 7 Å apart (no message passing between them): the energy above the same
-    model without the term is k_e q1 q2 phi(7) with q = Q w from the charge head."""
+    """Two ions (+2 e in all) 3, 7 and 8.5 Å apart, the last two beyond message passing: the
+    energy above the same model without the term is k_e q1 q2 phi(r) with q = Q w from the
+    charge head, and beyond r_c the term alone makes the forces."""
     model = coulomb_model(seed=1)
     plain = without_coulomb(model)
     for d in (3.0, 7.0, 8.5):
