@@ -229,6 +229,8 @@ def main() -> None:
             exported[charge] = path.resolve()
         return exported[charge]
 
+    # the code the runs load: read now, not after hours of MD (commits may land meanwhile)
+    commit = provenance.commit()
     specs = [prepare(job, args.workdir, model_for_charge, args.every, args.timeout,
                      args.minimize) for job in args.job]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
@@ -244,7 +246,6 @@ def main() -> None:
         rc = proc.wait()
         err.close()
         results.append(analyse(spec, time.perf_counter() - t0, rc))
-    commit = provenance.commit()
     try:
         import torch
 
