@@ -24,7 +24,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from .exchange import LocalImages, NoGhosts
+from .exchange import LocalImages, NoGhosts, computed_here
 from .forces import energy_and_pair_gradient
 from .model import AtomGraph, E2FormerV2
 
@@ -209,11 +209,9 @@ class GraphedEnergyForces:
     def _owner(self, graph: AtomGraph) -> Tensor | None | bool:
         """Ghost owners (LocalImages), None (no ghosts), False (an exchange graphs can't hold)."""
         ex = graph.exchange
-        if type(ex) is NoGhosts and ex.n_total == graph.n_local:
-            return None
-        if type(ex) is LocalImages and ex.n_recv == graph.n_local:
-            return ex.owner
-        return False
+        if not computed_here(ex, graph.n_local):
+            return False
+        return ex.owner if type(ex) is LocalImages else None
 
     def __call__(self, graph: AtomGraph) -> tuple[Tensor, Tensor]:
         owner = self._owner(graph)

@@ -54,3 +54,10 @@ class LocalImages(Exchange):
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.cat([x, x[self.owner]], dim=0)
+
+
+def computed_here(exchange: Exchange, n_local: int) -> bool:
+    """Is every row an atom computed here (NoGhosts without a ghost shell) or a periodic image
+    of one (LocalImages): one rank, ghosts only as images of local atoms?"""
+    return ((type(exchange) is NoGhosts and exchange.n_total == n_local)
+            or (type(exchange) is LocalImages and exchange.n_recv == n_local))

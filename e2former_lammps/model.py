@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import E2FormerConfig, normalize_charge_energies
-from .exchange import Exchange, LocalImages, NoGhosts
+from .exchange import Exchange, NoGhosts, computed_here
 from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
 from .nn.coulomb import CoulombEnergy
@@ -323,9 +323,12 @@ class E2FormerV2(nn.Module):
 
     def _coulomb_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
         """Electrostatic eatoms [n_local] (eV) over the whole pair list (nn/coulomb.py)."""
-        if not isinstance(graph.exchange, (NoGhosts, LocalImages)):
-            raise InputError("the Coulomb term of this model runs on one rank (or an ASE "
-                             "calculator); run a charged system on one MPI rank")
+        if not computed_here(graph.exchange, graph.n_local):
+            # ghost rows from other ranks or a ghost shell: their charges are not this
+            # structure's softmax over its own atoms
+            raise InputError("the Coulomb term of this model runs on one rank without a ghost "
+                             "shell (or an ASE calculator); run a charged system on one MPI "
+                             "rank in feature-exchange mode")
         n_recv = x_normed.shape[0]
         structure = self._structure_of_atom(graph, n_recv, x_normed.device)
         q = self.coulomb.charges(x_normed[:, 0], structure, graph.charge, n_recv,

@@ -121,6 +121,22 @@ def test_neutral_structures_see_no_term_and_no_longer_pair_list():
     assert model.config.pair_cutoff(True) == COULOMB_CUTOFF
 
 
+def test_rows_not_computed_from_this_structure_alone_are_refused():
+    """A ghost shell (every row computed, only the first n_local owned, as in LAMMPS's
+    ghost-shell mode) would put copies into the charge softmax: the model refuses it by name
+    instead of returning other charges."""
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.validation import InputError
+
+    model = coulomb_model(seed=10)
+    ions = Atoms("NO", positions=[[0, 0, 0], [6.0, 0, 0]])
+    graph = atoms_to_graph(ions, model.elements, model.config.atomic_numbers, COULOMB_CUTOFF)
+    graph.charge, graph.spin = torch.tensor([2.0]), torch.tensor([1.0])
+    graph.n_local, graph.exchange = 1, NoGhosts(2)
+    with pytest.raises(InputError, match="runs on one rank without a ghost shell"):
+        model(graph)
+
+
 def test_saved_and_loaded(tmp_path):
     model = coulomb_model(seed=4)
     model.save(tmp_path / "m.pt")
