@@ -1,11 +1,10 @@
 """Equivariant attention + first-order EAAS convolution: reference and fused implementations."""
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch import Tensor
 
+from ..launch import on_device_of
 from .common import EdgeRadialWeights
 
 IMPLEMENTATIONS = ("reference", "triton", "auto")
@@ -59,9 +58,7 @@ def equivariant_attention(
     if impl == "triton":
         from .autograd import equivariant_attention_triton
 
-        # Triton launches on the current CUDA device, not the tensors' (cuda:1 data on a
-        # current cuda:0 reads the wrong memory)
-        with torch.cuda.device(q.device) if q.is_cuda else nullcontext():
+        with on_device_of(q):
             msg = equivariant_attention_triton(
                 q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
             )

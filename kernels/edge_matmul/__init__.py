@@ -9,11 +9,10 @@ is set, and the reference on the CPU.
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 
-import torch
 from torch import Tensor
 
+from ..launch import on_device_of
 from .reference import edge_matmul_reference, edge_outer_reference
 
 IMPLEMENTATIONS = ("reference", "triton", "auto")
@@ -31,17 +30,12 @@ def resolve_impl(impl: str, x: Tensor) -> str:
     return impl
 
 
-def _on(x: Tensor):
-    """Triton launches on the current CUDA device: make it the tensors' one."""
-    return torch.cuda.device(x.device) if x.is_cuda else nullcontext()
-
-
 def edge_matmul(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
     """[E, M, K] @ [E, K, C] -> [E, M, C], differentiable to any order."""
     if resolve_impl(impl, b) == "triton":
         from .triton_edge_matmul import EdgeProduct
 
-        with _on(a):
+        with on_device_of(a):
             return EdgeProduct.apply(a, b, False)
     return edge_matmul_reference(a, b)
 
@@ -51,6 +45,6 @@ def edge_outer(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:
     if resolve_impl(impl, a) == "triton":
         from .triton_edge_matmul import EdgeProduct
 
-        with _on(a):
+        with on_device_of(a):
             return EdgeProduct.apply(a, b, True)
     return edge_outer_reference(a, b)
