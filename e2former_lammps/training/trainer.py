@@ -104,12 +104,8 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     mcfg.charge_spin_mode = cfg.model["charge_spin_mode"]
     mcfg.charge_energies = {}  # fitted again from the training data
     mcfg.__post_init__()
-    model = E2FormerV2(mcfg)
-    state = {k: v for k, v in base.state_dict().items() if not k.startswith("charge_spin.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    assert not unexpected and all(k.startswith("charge_spin.") for k in missing), \
-        (missing, unexpected)
-    model = model.to(next(base.parameters()).dtype)
+    # the embedding is another module under the same name: its weights start afresh
+    model = _taking_over(base, mcfg, fresh="charge_spin.", keep_fresh=False)
     if base.config.charge_spin_mode == "uniform" and mcfg.charge_spin_mode == "distributed":
         with torch.no_grad():
             zero = torch.zeros(1, dtype=next(base.parameters()).dtype)
@@ -132,9 +128,21 @@ def _with_coulomb_settings(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
     if all(getattr(base.config, k) == v for k, v in changes.items()):
         return base
     mcfg = E2FormerConfig.from_dict({**base.config.to_dict(), **changes})
-    model = E2FormerV2(mcfg)
-    missing, unexpected = model.load_state_dict(base.state_dict(), strict=False)
-    assert all(k.startswith("coulomb.") for k in missing + unexpected), (missing, unexpected)
+    # a new cutoff or width keeps the charge head
+    return _taking_over(base, mcfg, fresh="coulomb.", keep_fresh=True)
+
+
+def _taking_over(base: E2FormerV2, config: E2FormerConfig, fresh: str,
+                 keep_fresh: bool) -> E2FormerV2:
+    """A model of `config` (base's with a changed entry) holding every weight of base, in its
+    dtype, except those under the `fresh` prefix: the new model may lack them or have new
+    ones there, which start as initialised; keep_fresh takes over base's where both have
+    them."""
+    model = E2FormerV2(config)
+    state = {k: v for k, v in base.state_dict().items()
+             if keep_fresh or not k.startswith(fresh)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    assert all(k.startswith(fresh) for k in missing + unexpected), (missing, unexpected)
     return model.to(next(base.parameters()).dtype)
 
 
