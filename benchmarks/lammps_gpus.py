@@ -85,16 +85,16 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
     runs = thermo_runs(out)
     if len(runs) != 2 or runs[-1].loop_s is None:
         raise RuntimeError(f"expected two runs' loop times in the LAMMPS output: {out[-2000:]}")
-    loop_s, timed_steps = runs[-1].loop_s, runs[-1].steps
+    step_s, timed_steps = runs[-1].loop_s / runs[-1].steps, runs[-1].steps
     per_rank = [json.loads(p.read_text()) for p in sorted(stats.glob("rank*.json"))]
     # the timed run's steps: the last `steps` model calls of each rank (a run of N steps
     # calls the model N + 1 times, the first at set-up, outside LAMMPS's loop time)
-    timed = [r["call_log"][-int(timed_steps):] for r in per_rank]
+    timed = [r["call_log"][-timed_steps:] for r in per_rank]
     model_s = [sum(c["call_s"] for c in log) / len(log) for log in timed]
     exchange_s = [sum(c["exchange_s"] for c in log) / len(log) for log in timed]
     gpus = {int(r): int(g) for r, g in GPU_LINE.findall(out)}
     return {
-        "seconds_per_step": float(loop_s) / int(timed_steps),
+        "seconds_per_step": step_s,
         "pe_step0_eV": runs[0].row(0)["PotEng"],
         "gpu_of_rank": [gpus[r] for r in sorted(gpus)],
         "owned_per_rank": [r["nlocal"] for r in per_rank],
@@ -106,7 +106,7 @@ def run_lammps(workdir: Path, data: Path, model: Path, ranks: int, warmup: int, 
         "exchange_s_per_step": max(exchange_s),
         # the rest of the step: LAMMPS (integration, neighbour lists, its own ghost
         # communication) and the ML-IAP glue before the model is called
-        "outside_model_s_per_step": float(loop_s) / int(timed_steps) - max(model_s),
+        "outside_model_s_per_step": step_s - max(model_s),
     }
 
 

@@ -60,7 +60,7 @@ def torch_process_group(comm) -> None:
     if dist.is_initialized():
         if dist.get_world_size() != comm.Get_size() or dist.get_rank() != comm.Get_rank():
             raise InputError("torch.distributed is already set up for another set of ranks "
-                               f"than LAMMPS's; unset {EXCHANGE_ENV} or use mpi4py")
+                             f"than LAMMPS's; unset {EXCHANGE_ENV} or use mpi4py")
         return
     hosts = comm.allgather(socket.gethostname())
     port = None
@@ -86,8 +86,8 @@ def _check_one_gpu_per_rank(comm, device: torch.device) -> None:
     sharing = [r for r, w in enumerate(where) if w == mine]
     if len(sharing) > 1:
         raise InputError(f"{EXCHANGE_ENV}=torch exchanges CUDA features through NCCL, which "
-                           f"needs one GPU per rank, but ranks {sharing} share cuda:"
-                           f"{device.index}: use one rank per GPU or {EXCHANGE_ENV}=mpi4py")
+                         f"needs one GPU per rank, but ranks {sharing} share cuda:"
+                         f"{device.index}: use one rank per GPU or {EXCHANGE_ENV}=mpi4py")
 
 
 class MPIExchangePlan:
