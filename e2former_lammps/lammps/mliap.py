@@ -8,6 +8,7 @@ with no communication. Exact when `comm_modify cutoff` >= (num_layers + 1) * r_c
 """
 from __future__ import annotations
 
+import atexit
 import os
 import time
 
@@ -73,6 +74,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self.model.to(self.device)
         if str(self.device).startswith("cuda"):
             _avoid_foreign_llvm(self.model)
+            _let_autograd_threads_finish_at_exit()
 
     def compute_descriptors(self, data) -> None:
         install_excepthook()
@@ -418,6 +420,27 @@ def _avoid_foreign_llvm(model: E2FormerV2) -> None:
               "Start LAMMPS with HWLOC_COMPONENTS=-gl,-opencl (deploy/lmp_gpu.sh) for the "
               "fused kernels.", file=sys.stderr, flush=True)
         model.set_attention_impl("reference")
+
+
+_EXIT_HOOK_REGISTERED = False
+
+
+def _let_autograd_threads_finish_at_exit() -> None:
+    """Give the GIL up for a moment when Python exits. LAMMPS's embedded interpreter holds
+    the GIL between pair calls, so a CUDA autograd thread that frees a Python-owned tensor
+    after the last backward waits for it until finalisation; Python then ends that thread
+    inside C++ code and the process aborts ('terminate called without an active exception',
+    pytorch/pytorch#38228; seen on two GPUs with the mpi4py transport)."""
+    global _EXIT_HOOK_REGISTERED
+    if not _EXIT_HOOK_REGISTERED:
+        atexit.register(_release_gil_briefly)
+        _EXIT_HOOK_REGISTERED = True
+
+
+def _release_gil_briefly() -> None:
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    time.sleep(0.05)  # sleeping releases the GIL; a waiting thread takes it and finishes
 
 
 def _check_units(lmp) -> None:
