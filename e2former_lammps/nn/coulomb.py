@@ -33,13 +33,14 @@ def _erf_over_r(r: Tensor, width: float) -> Tensor:
 
 def damped_shifted_force(r: Tensor, cutoff: float, width: float) -> Tensor:
     """phi(r) of the module docstring (1/Å) for distances r > 0 (Å); 0 at and beyond cutoff."""
-    rc = torch.as_tensor(cutoff, dtype=r.dtype, device=r.device)
-    f_c = _erf_over_r(rc, width)
+    # f(r_c) and f'(r_c) as Python floats (fp64): a tensor made from the cutoff would be a
+    # host-to-device copy, which CUDA-graph capture of the training step refuses
+    f_c = math.erf(cutoff / width) / cutoff
     # f'(r) = (2 / sqrt(pi)) exp(-(r/w)^2) / (w r) - erf(r/w) / r^2
-    df_c = (2.0 / math.sqrt(math.pi)) * torch.exp(-(rc / width) ** 2) / (width * rc) \
-        - f_c / rc
+    df_c = (2.0 / math.sqrt(math.pi)) * math.exp(-(cutoff / width) ** 2) / (width * cutoff) \
+        - f_c / cutoff
     r_in = r.clamp(max=cutoff)  # beyond the cutoff phi is 0 with a zero gradient
-    return _erf_over_r(r_in, width) - f_c - (r_in - rc) * df_c
+    return _erf_over_r(r_in, width) - f_c - (r_in - cutoff) * df_c
 
 
 class CoulombEnergy(nn.Module):
