@@ -6,6 +6,7 @@ import pytest
 from ase import Atoms
 
 from e2former_lammps.lammps.export import export_lammps_model
+from e2former_lammps.parallel import auto_transport
 
 from conftest import distributed_charge_model, random_model, water_box
 from lammps_harness import run_lammps
@@ -62,12 +63,21 @@ def test_torch_distributed_transport_matches_one_rank(tmp_path, models, monkeypa
         _same(res, ref)
 
 
+def test_auto_transport_takes_nccl_only_when_every_rank_has_its_own_gpu():
+    own = [("node0", 0), ("node0", 1), ("node1", 0), ("node1", 1)]
+    assert auto_transport(own, nccl=True) == "torch"
+    assert auto_transport(own, nccl=False) == "mpi4py"  # a torch built without NCCL
+    assert auto_transport([("node0", 0), ("node0", 0)], nccl=True) == "mpi4py"  # shared GPU
+    assert auto_transport([("node0", None), ("node0", None)], nccl=True) == "mpi4py"  # CPU
+    assert auto_transport([("node0", 0), ("node0", None)], nccl=True) == "mpi4py"
+
+
 def test_unknown_transport_stops_the_run_by_name(tmp_path, models, monkeypatch):
     model, _, _ = models["exchange"]
     monkeypatch.setenv("E2FORMER_EXCHANGE", "nccl")
     out = run_lammps(tmp_path / "np2", water_box(2, seed=10), model, ELEMENTS, nprocs=2,
                      settings="processors 2 1 1", expect_fail=True)
-    assert "E2FORMER_EXCHANGE='nccl': expected one of ('mpi4py', 'torch')" in out, out[-3000:]
+    assert "E2FORMER_EXCHANGE='nccl': expected one of ('auto', 'mpi4py', 'torch')" in out, out[-3000:]
     assert "Traceback" not in out  # a named setting, not a stack from inside
 
 

@@ -128,7 +128,7 @@ class E2FormerMLIAP(MLIAPUnified):
         tags = np.array(lmp.numpy.extract_atom("id", nelem=ntotal), dtype=np.int64, copy=True)
         key = (nlocal, ntotal, tags.tobytes())
         if key != self._exchange_key:
-            self._exchange = build_exchange(tags, nlocal, comm)
+            self._exchange = build_exchange(tags, nlocal, comm, torch.device(self.device))
             self._exchange_key = key
         return self._exchange
 
