@@ -1,7 +1,7 @@
 """How smoothly a model's energy of an isolated pair goes to zero at the cutoff: two atoms
 in vacuum scanned from r_c - 0.6 Å to r_c + 0.02 Å, energy and the force on the second atom
-along the axis (CPU, fp64; a finer grid over the last 0.02 Å). Per model and pair: the largest |force| over the last 0.5 Å and
-the energy change over the last 0.02 Å.
+along the axis (CPU, fp64; a finer grid over the last 0.02 Å). Per model and pair: the
+largest |force| over the last 0.5 Å and the energy change over the last 0.02 Å.
 
 A steep fall just inside r_c means the attention weight of a lone neighbour stays near 1
 until its envelope is tiny (p e^s against eps when the score s is large; training/NOTES.md
@@ -90,7 +90,8 @@ def main() -> None:
     # the last 0.02 Å ten times finer: the steep part is narrower than the coarse step
     r = np.unique(np.round(np.concatenate([
         np.arange(rc - 0.6, rc - 0.02, args.step),
-        np.arange(rc - 0.02, rc, args.step / 10), np.arange(rc, rc + 0.02 + 1e-9, args.step)]),
+        np.arange(rc - 0.02, rc, args.step / 10),
+        np.arange(rc, rc + 0.02 + 1e-9, min(args.step, 0.005))]),  # a few points beyond r_c
         10))
     inside = (r > rc - 0.5) & (r < rc)
     last = int(np.argmin(np.abs(r - (rc - 0.02))))
