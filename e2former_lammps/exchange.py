@@ -23,6 +23,9 @@ class Exchange:
 
     n_recv: int
     n_total: int
+    # the receivers are the atoms this rank owns (each atom of the system on one rank) and
+    # every other row a copy of an owned atom on some rank: set by the MPI feature exchange
+    receivers_are_owned_atoms: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -54,6 +57,14 @@ class LocalImages(Exchange):
 
     def __call__(self, x: Tensor) -> Tensor:
         return torch.cat([x, x[self.owner]], dim=0)
+
+
+def atoms_owned_once(exchange: Exchange, n_local: int) -> bool:
+    """Is each atom of the system a receiver row on exactly one rank, every other row a copy
+    of one (one rank: computed_here; several: the MPI feature exchange)? What a softmax over
+    a structure's atoms needs; a ghost shell computes copies as receivers too."""
+    return computed_here(exchange, n_local) or (exchange.receivers_are_owned_atoms
+                                                and exchange.n_recv == n_local)
 
 
 def computed_here(exchange: Exchange, n_local: int) -> bool:

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import E2FormerConfig, normalize_charge_energies
-from .exchange import Exchange, NoGhosts, computed_here
+from .exchange import Exchange, NoGhosts, atoms_owned_once
 from .host_offload import keep_on_host
 from .nn.attention import EquivariantAttention
 from .nn.coulomb import CoulombEnergy
@@ -323,12 +323,11 @@ class E2FormerV2(nn.Module):
 
     def _coulomb_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
         """Electrostatic eatoms [n_local] (eV) over the whole pair list (nn/coulomb.py)."""
-        if not computed_here(graph.exchange, graph.n_local):
-            # ghost rows from other ranks or a ghost shell: their charges are not this
-            # structure's softmax over its own atoms
-            raise InputError("the Coulomb term of this model runs on one rank without a ghost "
-                             "shell (or an ASE calculator); run a charged system on one MPI "
-                             "rank in feature-exchange mode")
+        if not atoms_owned_once(graph.exchange, graph.n_local):
+            # a ghost shell computes copies as receivers: they would enter the charge softmax
+            raise InputError("the Coulomb term of this model needs each atom computed on one "
+                             "rank (an ASE calculator, or LAMMPS in feature-exchange mode: "
+                             "pair_style mliap unified FILE 0), not a ghost shell")
         n_recv = x_normed.shape[0]
         structure = self._structure_of_atom(graph, n_recv, x_normed.device)
         q = self.coulomb.charges(x_normed[:, 0], structure, graph.charge, n_recv,

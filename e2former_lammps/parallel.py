@@ -322,6 +322,8 @@ class MPIExchange(_RankReductions):
     every rank, also of ranks whose own atoms have no pairs, so no rank skips a collective:
     differentiate with respect to it as well (see forces.energy_and_pair_gradient)."""
 
+    receivers_are_owned_atoms = True
+
     def __init__(self, plan: MPIExchangePlan):
         super().__init__(plan.comm)
         self.plan = plan

@@ -133,7 +133,7 @@ def test_rows_not_computed_from_this_structure_alone_are_refused():
     graph = atoms_to_graph(ions, model.elements, model.config.atomic_numbers, COULOMB_CUTOFF)
     graph.charge, graph.spin = torch.tensor([2.0]), torch.tensor([1.0])
     graph.n_local, graph.exchange = 1, NoGhosts(2)
-    with pytest.raises(InputError, match="runs on one rank without a ghost shell"):
+    with pytest.raises(InputError, match="not a ghost shell"):
         model(graph)
 
 
@@ -210,10 +210,11 @@ def test_training_batches_reach_the_coulomb_cutoff_for_charged_frames():
 
 
 @pytest.mark.mpi
-def test_lammps_one_rank_matches_the_calculator_and_two_ranks_say_why(tmp_path):
+def test_lammps_on_one_two_and_four_ranks_matches_the_calculator(tmp_path):
     """A periodic cation (water box, 6.2 Å, so the 9 Å Coulomb pairs reach periodic images)
-    in LAMMPS: the export lists pairs to the Coulomb cutoff and the energies and forces equal
-    the calculator's; on two ranks the run stops with an error naming the term."""
+    in LAMMPS: the export lists pairs to the Coulomb cutoff, and on 1, 2 and 4 ranks (charges
+    spread over the atoms of all ranks, ghosts given their owners' charges) the energies and
+    forces equal the calculator's; ghost-shell mode stops with an error naming the term."""
     from conftest import water_box
     from e2former_lammps.lammps.export import export_lammps_model
     from lammps_harness import run_lammps
@@ -223,15 +224,17 @@ def test_lammps_one_rank_matches_the_calculator_and_two_ranks_say_why(tmp_path):
     export_lammps_model(model, path, device="cpu", charge=1.0, spin=1.0)
     assert torch.load(path, weights_only=False).rcutfac == COULOMB_CUTOFF / 2
     atoms = water_box(2, seed=12)
-    res = run_lammps(tmp_path / "np1", atoms, path, model.elements)
     e, f = energy(model, atoms, 1.0)
-    assert abs(res.energy - e) <= 1e-10 * max(1.0, abs(e))
-    assert np.abs(res.forces - f).max() <= 1e-10 * max(1.0, np.abs(f).max())
     e0, _ = energy(without_coulomb(coulomb_model(seed=7)), atoms, 1.0)
     assert abs(e - e0) > 1e-3  # the term is there: the comparison can fail
-    out = run_lammps(tmp_path / "np2", atoms, path, model.elements, nprocs=2,
-                     settings="processors 2 1 1", expect_fail=True)
-    assert "the Coulomb term of this model runs on one MPI rank of LAMMPS" in out, out[-3000:]
+    for nprocs, grid in [(1, "1 1 1"), (2, "2 1 1"), (4, "2 2 1")]:
+        res = run_lammps(tmp_path / f"np{nprocs}", atoms, path, model.elements, nprocs=nprocs,
+                         settings=f"processors {grid}")
+        assert abs(res.energy - e) <= 1e-10 * max(1.0, abs(e)), nprocs
+        assert np.abs(res.forces - f).max() <= 1e-10 * max(1.0, np.abs(f).max()), nprocs
+    out = run_lammps(tmp_path / "shell", atoms, path, model.elements, flag=1,
+                     settings="comm_modify cutoff 40", expect_fail=True)
+    assert "not with a ghost shell" in out, out[-3000:]
     assert "Traceback" not in out
 
 

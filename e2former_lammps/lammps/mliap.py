@@ -203,11 +203,12 @@ class E2FormerMLIAP(MLIAPUnified):
             graph.charge = torch.tensor([self.charge], device=dev)
             graph.spin = torch.tensor([self.spin], device=dev)
             if cfg.coulomb_cutoff is not None and self.charge != 0:
-                if multi_rank or ghost_shell or isinstance(arrays, KokkosArrays):
+                if ghost_shell or isinstance(arrays, KokkosArrays):
                     raise InputError(
-                        f"charge {self.charge}: the Coulomb term of this model runs on one MPI "
-                        f"rank of LAMMPS's CPU build in feature-exchange mode; run this charged "
-                        f"system on one rank without Kokkos")
+                        f"charge {self.charge}: the Coulomb term of this model runs in "
+                        f"LAMMPS's CPU build in feature-exchange mode (pair_style mliap "
+                        f"unified FILE 0, any number of ranks), not with a ghost shell or "
+                        f"Kokkos")
                 # LAMMPS lists pairs to the Coulomb cutoff (export set rcutfac): message
                 # passing takes those within the model's cutoff
                 graph.mp_index = message_passing_index(graph.rij, cfg.cutoff)
