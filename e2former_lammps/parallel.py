@@ -60,8 +60,11 @@ def exchange_transport(comm, device: torch.device) -> str:
     index = None
     if device.type == "cuda":
         index = torch.cuda.current_device() if device.index is None else device.index
-    gpus = comm.allgather((socket.gethostname(), index))
-    return auto_transport(gpus, dist.is_available() and dist.is_nccl_available())
+    # each rank's NCCL too: every rank must pick the same transport
+    where = comm.allgather((socket.gethostname(), index,
+                            dist.is_available() and dist.is_nccl_available()))
+    return auto_transport([(host, gpu) for host, gpu, _ in where],
+                          all(nccl for _, _, nccl in where))
 
 
 def auto_transport(gpus: list[tuple[str, int | None]], nccl: bool) -> str:
