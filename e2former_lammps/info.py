@@ -56,6 +56,7 @@ def describe(path_or_name: str | os.PathLike) -> dict:
         "charge_spin": cfg.charge_spin_mode if cfg.charge_spin else None,
         "charges_with_an_energy_e": (sorted([0] + [int(q) for q in cfg.charge_energies])
                                      if cfg.distributed_charge else None),
+        "coulomb_cutoff_A": cfg.coulomb_cutoff,
         "export": export,
     }
     metrics = getattr(model, "metadata", {}).get("metrics") or {}
@@ -82,6 +83,9 @@ def format_description(info: dict) -> str:
         states = info["charges_with_an_energy_e"]
         lines.append(f"charge/spin: inputs ({info['charge_spin']})"
                      + (f"; total charges it has an energy for: {states} e" if states else ""))
+    if info.get("coulomb_cutoff_A") is not None:
+        lines.append(f"Coulomb term for charged systems: pairs to {info['coulomb_cutoff_A']:g} Å "
+                     f"(LAMMPS pair cutoff of a charged export)")
     if info["export"]:
         e = info["export"]
         lines.append(f"exported for LAMMPS: total charge {e['charge_e']:g} e, spin "

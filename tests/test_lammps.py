@@ -295,12 +295,14 @@ def test_info_describes_checkpoints_and_exports(tmp_path, capsys):
     assert info["cutoff_A"] == model.config.cutoff and info["export"] is None
     assert info["charges_with_an_energy_e"] == sorted(
         [0] + [int(q) for q in model.config.charge_energies])
+    assert info["coulomb_cutoff_A"] == model.config.coulomb_cutoff == 12.0
     val = model.metadata["metrics"]["val"]["overall"]
     assert info["validation"]["force_mae_meV_per_A"] == val["force_mae_meV_per_A"]
     export_lammps_model(model, tmp_path / "q.pt", device="cpu", charge=-1.0)
     assert cli_main(["info", str(tmp_path / "q.pt")]) == 0
     text = capsys.readouterr().out
     assert "LAMMPS export" in text and "total charge -1 e" in text
+    assert "Coulomb term for charged systems: pairs to 12 Å" in text
     assert "pair_coeff * * " + " ".join(model.elements) in text
     (tmp_path / "notes.txt").write_text("not a model")
     assert cli_main(["info", str(tmp_path / "notes.txt")]) == 2

@@ -393,18 +393,23 @@ def test_shipped_configs_load_and_chain():
                for p in (Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")}
     stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge",
               "spice-xtb-charge-continue", "spice-xtb-stage6", "spice-xtb-stage7",
-              "spice-xtb-stage8", "spice-xtb-stage9", "spice-xtb-stage10"]
+              "spice-xtb-stage8", "spice-xtb-stage9", "spice-xtb-stage10",
+              "spice-xtb-stage12-coulomb"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
             E2FormerConfig(elements=["H", "O"], **cfg.model)
     for before, after in zip(stages, stages[1:]):
         first, second = configs[before], configs[after]
-        assert Path(second.init_model) == Path(first.output_dir) / first.model_name
-        # the architecture comes from the first stage (the charge embedding may switch)
-        assert set(second.model) <= {"charge_spin_mode"}
-    assert E2FormerV2.load("spice-xtb").config.charge_spin_mode == \
-        configs["spice-xtb-charge"].model["charge_spin_mode"]
+        # from the stage before's output, or from the package it was shipped as
+        assert (Path(second.init_model) == Path(first.output_dir) / first.model_name
+                or second.init_model == "spice-xtb")
+        # the architecture comes from the first stage (the charge embedding may switch, the
+        # Coulomb term be added)
+        assert set(second.model) <= {"charge_spin_mode", "coulomb_cutoff", "coulomb_width"}
+    shipped = E2FormerV2.load("spice-xtb").config
+    assert shipped.charge_spin_mode == configs["spice-xtb-charge"].model["charge_spin_mode"]
+    assert shipped.coulomb_cutoff == configs["spice-xtb-stage12-coulomb"].model["coulomb_cutoff"]
 
 
 def test_init_model_refits_only_the_offsets_its_network_misses(tmp_path):
