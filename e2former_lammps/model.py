@@ -293,16 +293,16 @@ class E2FormerV2(nn.Module):
         return self._atom_energies(self._final_features(graph), graph)
 
     def _final_features(self, graph: AtomGraph) -> Tensor:
-        """Final-normed features of the receivers [n_recv, rows, C] (of the local atoms only,
-        [n_local, ...], without a Coulomb term: nothing else reads the others)."""
+        """Final-normed features of the local atoms [n_local, rows, C] (the Coulomb term runs
+        only where the receivers are exactly the local atoms, exchange.atoms_owned_once)."""
         x = self._features(_message_passing_graph(graph))
-        return self.final_norm(x if self.coulomb is not None else x[:graph.n_local])
+        return self.final_norm(x[:graph.n_local])
 
     def _atom_energies(self, x_normed: Tensor, graph: AtomGraph) -> Tensor:
-        """eatoms from the final-normed features of the receivers (_final_features)."""
+        """eatoms from the final-normed features of the local atoms (_final_features)."""
         species = graph.species[:graph.n_local]
         baseline = self._baseline()
-        e_node = self._node_energy(x_normed[:graph.n_local])
+        e_node = self._node_energy(x_normed)
         eatoms = e_node - baseline[species].to(e_node.dtype) + self.reference_energies[
             species].to(e_node.dtype)
         if graph.charge is not None and self.config.distributed_charge:
@@ -328,9 +328,8 @@ class E2FormerV2(nn.Module):
             raise InputError("the Coulomb term of this model needs each atom computed on one "
                              "rank (an ASE calculator, or LAMMPS in feature-exchange mode: "
                              "pair_style mliap unified FILE 0), not a ghost shell")
-        n_recv = x_normed.shape[0]
-        structure = self._structure_of_atom(graph, n_recv, x_normed.device)
-        q = self.coulomb.charges(x_normed[:, 0], structure, graph.charge, n_recv,
+        structure = self._structure_of_atom(graph, graph.n_local, x_normed.device)
+        q = self.coulomb.charges(x_normed[:, 0], structure, graph.charge, graph.n_local,
                                  graph.exchange)
         return self.coulomb(q, graph.pair_i, graph.pair_j, graph.rij, graph.exchange,
                             graph.n_local)
@@ -345,7 +344,7 @@ class E2FormerV2(nn.Module):
             raise ValueError("this model has no direct force head "
                              "(E2FormerConfig.direct_force_head=False)")
         x_normed = self._final_features(graph)
-        forces = self.force_head(x_normed[:graph.n_local, 1:4]).squeeze(-1)
+        forces = self.force_head(x_normed[:, 1:4]).squeeze(-1)
         return self._atom_energies(x_normed, graph), forces
 
     # --- persistence -------------------------------------------------------------------
