@@ -34,6 +34,13 @@ class E2FormerConfig:
     # few neighbours, a / (sum a + eps) ~ a / eps grows smoothly instead of jumping to 1 the
     # moment the first neighbour crosses the cutoff (steep forces would break NVE).
     softmax_eps: float = 1.0
+    # Width (Å) of a second envelope on the attention weight: w * a / (sum a + eps) times
+    # g(d), 1 up to cutoff - width, then smoothly to 0 at the cutoff (= cutoff: g = p). Without
+    # it a lone neighbour's a / (a + eps) stays ~1 until ~0.01 Å before the cutoff when its
+    # learned score is large, then drops: steep forces on isolated ion pairs
+    # (kernels.attention.reference's docstring; benchmarks/cutoff_smoothness.py).
+    # None: no second envelope (the models trained before it).
+    weight_envelope: float | None = None
     charge_spin: bool = False
     # How the total charge Q (e) and spin multiplicity S of a structure enter (charge_spin on):
     # "uniform": every atom's scalars get MLP(Q, S - 1), the same vector, so the network must
@@ -98,6 +105,11 @@ class E2FormerConfig:
                                  f"the cutoff ({self.cutoff} Å)")
             if self.coulomb_width <= 0:
                 raise ValueError(f"coulomb_width must be positive, got {self.coulomb_width} Å")
+        if self.weight_envelope is not None:
+            self.weight_envelope = float(self.weight_envelope)
+            if not 0.0 < self.weight_envelope <= self.cutoff:
+                raise ValueError(f"weight_envelope {self.weight_envelope} Å: expected a width "
+                                 f"in (0, cutoff = {self.cutoff} Å], or null")
         self.charge_energies = normalize_charge_energies(self.charge_energies)
         extra = set(self.reference_energies) - set(self.elements)
         if extra:

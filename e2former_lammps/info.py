@@ -15,7 +15,8 @@ import torch
 from .model import E2FormerV2, read_checkpoint, resolve_model_path
 
 ARCHITECTURE_KEYS = ("channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",
-                     "radial_hidden", "ffn_channels", "identity_paths", "direct_force_head")
+                     "radial_hidden", "ffn_channels", "identity_paths", "direct_force_head",
+                     "weight_envelope")
 
 
 def _load(path: Path) -> tuple[E2FormerV2, dict | None]:

@@ -63,7 +63,7 @@ class TransformerBlock(nn.Module):
         self.norm_attn = EquivariantRMSNorm(c, lmax)
         self.attention = EquivariantAttention(
             basis, len(cfg.elements), c, lmax, cfg.num_heads, cfg.head_dim, cfg.radial_hidden,
-            cfg.cutoff, cfg.softmax_eps, cfg.identity_paths,
+            cfg.cutoff, cfg.softmax_eps, cfg.identity_paths, cfg.weight_envelope,
         )
         self.norm_ffn = EquivariantRMSNorm(c, lmax)
         self.ffn = GatedFeedForward(c, cfg.ffn_channels, lmax)

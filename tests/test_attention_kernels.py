@@ -60,14 +60,14 @@ def make_inputs(seed, degrees, n_total, heads=4, d_k=8, channels=8, n_rbf=48, hi
             species.to(device), radial)
 
 
-def call(impl, inputs, leaves=None):
+def call(impl, inputs, leaves=None, weight_envelope=None):
     q, k, v, rij, pair_i, pair_j, species, radial = inputs
     if leaves is not None:
         q, k, v, rij = leaves[:4]
         radial = dataclasses.replace(radial, w_rbf=leaves[4], emb_recv=leaves[5],
                                      emb_send=leaves[6], w_out=leaves[7], b_out=leaves[8])
     return equivariant_attention(q, k, v, rij, pair_i, pair_j, species, radial, CUTOFF, EPS, 2,
-                                 impl=impl)
+                                 impl=impl, weight_envelope=weight_envelope)
 
 
 def make_leaves(inputs):
@@ -88,14 +88,17 @@ def rel(a, b):
 DEGREES = [0, 3, 40, 17, 1, 0, 16]
 
 
-@pytest.mark.parametrize("dtype,tol,variant,uniform_rbf", [
-    (torch.float64, 1e-12, {}, True),
-    (torch.float64, 1e-12, {}, False),  # all Gaussians, by tl.dot
-    (torch.float64, 1e-12, {"DEFER": True}, True),
-    (torch.float64, 1e-12, {"PRE": True}, True),
-    (torch.float64, 1e-12, {"PRE": True}, False),
-    (torch.float32, 2e-5, {}, True)])
-def test_forward_matches_reference(interpreter, dtype, tol, variant, uniform_rbf, monkeypatch):
+@pytest.mark.parametrize("dtype,tol,variant,uniform_rbf,weight_envelope", [
+    (torch.float64, 1e-12, {}, True, None),
+    (torch.float64, 1e-12, {}, False, None),  # all Gaussians, by tl.dot
+    (torch.float64, 1e-12, {"DEFER": True}, True, None),
+    (torch.float64, 1e-12, {"PRE": True}, True, None),
+    (torch.float64, 1e-12, {"PRE": True}, False, None),
+    (torch.float32, 2e-5, {}, True, None),
+    (torch.float64, 1e-12, {}, True, 1.5),  # alpha's weight w g(d): fused and PRE paths
+    (torch.float64, 1e-12, {"PRE": True}, True, CUTOFF)])
+def test_forward_matches_reference(interpreter, dtype, tol, variant, uniform_rbf,
+                                   weight_envelope, monkeypatch):
     """Kernel variants (see triton_forward.default_blocks); PRE in chunks of <= 20 edges."""
     import kernels.attention.triton_forward as tf
 
@@ -106,8 +109,10 @@ def test_forward_matches_reference(interpreter, dtype, tol, variant, uniform_rbf
     seed = fresh_seed()
     inputs = make_inputs(seed, DEGREES, n_total=9, dtype=dtype, uniform_rbf=uniform_rbf)
     ref_inputs = make_inputs(seed, DEGREES, n_total=9, dtype=torch.float64)
-    out = call("triton", inputs)
-    ref = call("reference", ref_inputs)
+    out = call("triton", inputs, weight_envelope=weight_envelope)
+    ref = call("reference", ref_inputs, weight_envelope=weight_envelope)
+    if weight_envelope is not None:  # it changes the result (else the test proves nothing)
+        assert rel(call("reference", ref_inputs), ref) > 1e-3
     assert out.shape == ref.shape and out.dtype == dtype
     assert torch.isfinite(out).all()
     assert rel(out.double(), ref) < tol, f"seed {seed}"
@@ -123,10 +128,13 @@ def test_forward_paper_heads(interpreter):
     assert rel(call("triton", inputs), call("reference", inputs)) < 1e-12, f"seed {seed}"
 
 
-@pytest.mark.parametrize("backward,reduce,uniform_rbf", [
-    ("triton", "sorted", True), ("triton", "atomic", True), ("triton", "atomic", False),
-    ("chunked", None, True)])
-def test_first_derivatives(interpreter, backward, reduce, uniform_rbf, monkeypatch):
+@pytest.mark.parametrize("backward,reduce,uniform_rbf,weight_envelope", [
+    ("triton", "sorted", True, None), ("triton", "atomic", True, None),
+    ("triton", "atomic", False, None), ("chunked", None, True, None),
+    ("triton", "sorted", True, 1.5), ("triton", "atomic", True, CUTOFF),
+    ("chunked", None, True, 1.5)])
+def test_first_derivatives(interpreter, backward, reduce, uniform_rbf, weight_envelope,
+                           monkeypatch):
     import kernels.attention.autograd as ag
 
     if backward == "triton":
@@ -140,7 +148,7 @@ def test_first_derivatives(interpreter, backward, reduce, uniform_rbf, monkeypat
     grads = {}
     for impl in ("reference", "triton"):
         leaves = make_leaves(inputs)
-        out = call(impl, inputs, leaves)
+        out = call(impl, inputs, leaves, weight_envelope)
         g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
                             dtype=out.dtype)
         grads[impl] = torch.autograd.grad(out, leaves, g_out)
@@ -178,14 +186,15 @@ def test_forces_only_derivatives(interpreter, heads, d_k, channels, hidden, degr
         assert rel(a, b) < 1e-10, f"d/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
 
 
-def test_double_backward(interpreter):
+@pytest.mark.parametrize("weight_envelope", [None, 1.5])
+def test_double_backward(interpreter, weight_envelope):
     """Gradient of a force-like loss (|dL/d inputs|^2) matches the reference."""
     seed = fresh_seed()
     inputs = make_inputs(seed, [0, 4, 19, 2], n_total=5)
     res = {}
     for impl in ("reference", "triton"):
         leaves = make_leaves(inputs)
-        out = call(impl, inputs, leaves)
+        out = call(impl, inputs, leaves, weight_envelope)
         g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
                             dtype=out.dtype)
         first = torch.autograd.grad(out, leaves, g_out, create_graph=True)
@@ -218,6 +227,53 @@ def test_double_backward_inputs_depend_on_rij(interpreter):
         res[impl] = (force.detach(), g2)
     for a, b, what in zip(res["triton"], res["reference"], ("dE/drij", "d|F|^2/drij")):
         assert rel(a, b) < 1e-10, f"{what}: rel err {rel(a, b):.2e} (seed {seed})"
+
+
+@pytest.mark.parametrize("width", [CUTOFF, 0.5])
+def test_weight_envelope_bounds_a_lone_neighbours_slope(width):
+    """A receiver with one neighbour and a large score (s = 20): without weight_envelope its
+    alpha = w a / (a + eps) stays ~w until p ~ eps e^-s, then drops within ~0.01 Å of r_c
+    (steep forces); with it, alpha <= |w| g and, for width = r_c (g = p),
+    |d alpha / dd| <= 1.25 |w p'(d)| (reference docstring); a narrower width keeps the slope
+    of order |w| / width. The radial MLP is constant in d here, so w and s are too."""
+    from kernels.attention.common import weight_envelope_factor
+    from kernels.attention.reference import attention_weights
+
+    heads, d_k, n_rbf, hidden = 2, 4, 8, 4
+    dist = torch.cat([torch.linspace(CUTOFF - 0.6, CUTOFF - 0.05, 200, dtype=torch.float64),
+                      torch.linspace(CUTOFF - 0.05, CUTOFF - 1e-6, 1000, dtype=torch.float64)])
+    n = dist.numel()
+    dist.requires_grad_()
+    rij = torch.stack([dist, torch.zeros_like(dist), torch.zeros_like(dist)], dim=-1)
+    pair_i, pair_j = torch.arange(n), n + torch.arange(n)
+    c = (20.0 / d_k**0.5) ** 0.5  # <q, k> / sqrt(d_k) = 20 with q = k = c
+    q = torch.full((n, heads, d_k), c, dtype=torch.float64)
+    k = torch.full((2 * n, heads, d_k), c, dtype=torch.float64)
+    weight = torch.tensor([0.7, -1.3], dtype=torch.float64)
+    zeros = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+    radial = EdgeRadialWeights(
+        torch.linspace(0.0, CUTOFF, n_rbf, dtype=torch.float64), CUTOFF / (n_rbf - 1),
+        zeros(n_rbf, hidden), zeros(1, hidden), zeros(1, hidden), zeros(hidden, 2 * heads),
+        torch.cat([torch.full((heads,), 30.0, dtype=torch.float64), weight]),  # gate ~ 1
+        CUTOFF / (n_rbf - 1))
+    species = torch.zeros(2 * n, dtype=torch.long)
+    slopes = {}
+    for on in (None, width):
+        alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, CUTOFF, EPS,
+                                  weight_envelope=on)
+        slopes[on] = torch.stack([torch.autograd.grad(
+            alpha[:, h].sum(), dist, retain_graph=True)[0].abs() for h in range(heads)], -1)
+        if on is not None:
+            g = weight_envelope_factor(dist.detach(), CUTOFF, width)[:, None]
+            assert (alpha.detach().abs() <= weight.abs() * g + 1e-15).all()
+    x = dist.detach() / CUTOFF
+    if width == CUTOFF:
+        bound = 1.25 * (30.0 * x**2 * (x - 1.0) ** 2 / CUTOFF)[:, None] * weight.abs()
+        assert (slopes[width] <= bound + 1e-12).all()
+    else:
+        bound = 4.0 / width * weight.abs()  # measured: 1.875 / width, g's steepest slope
+        assert (slopes[width] <= bound).all(), float(slopes[width].max())
+    assert slopes[None].max() > 20 * bound.max()  # the defect it removes
 
 
 def test_no_edges(interpreter):

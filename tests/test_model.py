@@ -298,6 +298,26 @@ def test_identity_paths_model_is_equivariant_conservative_and_differs():
     assert abs(e_off - e) > 1e-6
 
 
+def test_weight_envelope_model_is_equivariant_conservative_and_saved(tmp_path):
+    """weight_envelope (alpha's weight w g(d), here over the outer 2 Å): energy invariant, forces = -dE/dx, fp64; the same
+    weights give another energy without it (it is used); a saved model reloads with it."""
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    rng = np.random.default_rng(seed)
+    model = random_model(seed, weight_envelope=2.0)
+    atoms = spice_molecules(1, min_atoms=10, seed=seed)[0]
+    e = _assert_invariant_and_conservative(E2FormerCalculator(model), atoms, rng)
+    plain = random_model(seed)
+    plain.load_state_dict(model.state_dict())
+    e_plain, _ = _energy_forces(E2FormerCalculator(plain), atoms)
+    assert abs(e_plain - e) > 1e-6
+    model.save(tmp_path / "m.pt")
+    back = E2FormerV2.load(tmp_path / "m.pt").double()
+    assert back.config.weight_envelope == 2.0
+    e_back, _ = _energy_forces(E2FormerCalculator(back), atoms)
+    assert abs(e_back - e) < 1e-10
+
+
 def test_identity_paths_model_saves_and_loads(tmp_path):
     model = random_model(3, identity_paths=True)
     model.save(tmp_path / "m.pt")

@@ -412,6 +412,23 @@ def test_shipped_configs_load_and_chain():
     assert shipped.coulomb_cutoff == configs["spice-xtb-stage12-coulomb"].model["coulomb_cutoff"]
 
 
+def test_init_model_switches_on_the_weight_envelope(tmp_path):
+    """init_model + model.weight_envelope: every weight is taken over unchanged under the
+    other attention-weight formula, and the trained model is saved with it."""
+    from e2former_lammps.training.trainer import _init_model
+
+    data = _write(tmp_path / "m.xyz", _molecules(6))
+    base = E2FormerV2(E2FormerConfig(elements=["H", "C", "O"], **TINY)).double()
+    base.save(tmp_path / "base.pt")
+    cfg = _cfg(tmp_path, data, max_steps=1, init_model=str(tmp_path / "base.pt"),
+               model={"weight_envelope": 1.0})
+    switched, _ = _init_model(cfg)
+    assert switched.config.weight_envelope == 1.0 and base.config.weight_envelope is None
+    assert all(torch.equal(v, base.state_dict()[k]) for k, v in switched.state_dict().items())
+    assert all(b.attention.weight_envelope == 1.0 for b in switched.blocks)
+    assert E2FormerV2.load(train(cfg)["model"]).config.weight_envelope == 1.0
+
+
 def test_init_model_refits_only_the_offsets_its_network_misses(tmp_path):
     """A trained init_model keeps its network's energies: refit_energy_offsets fits the
     least-squares offsets of its residuals and adds them, so labels equal to the model's

@@ -46,9 +46,10 @@ class _InvariantProducts(torch.autograd.Function):
 class EquivariantAttention(nn.Module):
     def __init__(self, basis: GaussianBasis, n_elements: int, channels: int, lmax: int,
                  num_heads: int, head_dim: int, radial_hidden: int, cutoff: float,
-                 softmax_eps: float, identity_paths: bool = False):
+                 softmax_eps: float, identity_paths: bool = False,
+                 weight_envelope: float | None = None):
         super().__init__()
-        self.identity_paths = identity_paths
+        self.identity_paths, self.weight_envelope = identity_paths, weight_envelope
         self.lmax, self.num_heads, self.head_dim = lmax, num_heads, head_dim
         self.cutoff, self.softmax_eps = cutoff, softmax_eps
         self.impl = "auto"
@@ -92,6 +93,7 @@ class EquivariantAttention(nn.Module):
             q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
             self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
             identity_paths=self.identity_paths, shared=shared,
+            weight_envelope=self.weight_envelope,
         )
         # the identity rows (sum_j alpha_ij v_j, all degrees) follow the path rows
         values = msg[:, n_path_rows(self.lmax):] if self.identity_paths else None

@@ -9,11 +9,11 @@ import yaml
 MODEL_KEYS = ("cutoff", "channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",
               "radial_hidden", "ffn_channels", "softmax_eps", "charge_spin", "charge_spin_mode",
               "avg_degree", "direct_force_head", "identity_paths", "coulomb_cutoff",
-              "coulomb_width")
+              "coulomb_width", "weight_envelope")
 
 # model entries that may change when training starts from init_model: the weights they touch
-# start afresh, all others are taken over
-INIT_MODEL_CHANGES = ("charge_spin_mode", "coulomb_cutoff", "coulomb_width")
+# start afresh, all others are taken over (weight_envelope touches none: a change of formula)
+INIT_MODEL_CHANGES = ("charge_spin_mode", "coulomb_cutoff", "coulomb_width", "weight_envelope")
 
 # annotation (as written, postponed) -> the number type the entry must hold
 _NUMERIC_FIELDS = {"float": float, "float | None": float, "int": int, "int | None": int}

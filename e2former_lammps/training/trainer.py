@@ -93,7 +93,8 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     switched). charge_spin_mode: the charge/spin embedding starts afresh, every other weight
     is taken over; from the uniform embedding, its neutral-singlet vector is kept, so neutral
     structures keep their predictions. Asking for the mode it already has changes nothing."""
-    base = _with_coulomb_settings(E2FormerV2.load(cfg.init_model), cfg)
+    base = _with_coulomb_settings(_with_weight_envelope(E2FormerV2.load(cfg.init_model), cfg),
+                                  cfg)
     if cfg.model.get("charge_spin_mode", base.config.charge_spin_mode) == \
             base.config.charge_spin_mode:
         return base, False
@@ -118,6 +119,16 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
             e: base.config.reference_energies.get(e, 0.0) + float(iso_new[k] - iso_base[k])
             for k, e in enumerate(model.elements)})
     return model, True
+
+
+def _with_weight_envelope(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
+    """base with cfg.model's weight_envelope, if given: the same weights under the other
+    attention-weight formula (E2FormerConfig.weight_envelope)."""
+    wanted = cfg.model.get("weight_envelope", base.config.weight_envelope)
+    if wanted == base.config.weight_envelope:
+        return base
+    mcfg = E2FormerConfig.from_dict({**base.config.to_dict(), "weight_envelope": wanted})
+    return _taking_over(base, mcfg, fresh="", keep_fresh=True)
 
 
 def _with_coulomb_settings(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:

@@ -32,6 +32,7 @@ def equivariant_attention(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
     impl: str = "reference", identity_paths: bool = False, shared: dict | None = None,
+    weight_envelope: float | None = None,
 ) -> Tensor:
     """Messages of the receiving atoms, per tensor-product path.
 
@@ -45,7 +46,8 @@ def equivariant_attention(
     lmax 2; runs on CPU only under TRITON_INTERPRET=1) or "auto" (triton on CUDA when
     available and lmax == 2, else reference). shared: a dict that lives for one forward of
     the model, through which the reference's layers share the edge geometry and Wigner
-    matrices of rij (the kernels compute theirs on the fly).
+    matrices of rij (the kernels compute theirs on the fly). weight_envelope: width (Å) of a
+    second envelope on the signed weight, or None (kernels.attention.reference's docstring).
     """
     impl = resolve_impl(impl, q, lmax)
     if impl == "reference":
@@ -53,14 +55,15 @@ def equivariant_attention(
 
         return equivariant_attention_reference(
             q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
-            identity_paths=identity_paths, shared=shared,
+            identity_paths=identity_paths, shared=shared, weight_envelope=weight_envelope,
         )
     if impl == "triton":
         from .autograd import equivariant_attention_triton
 
         with on_device_of(q):
             msg = equivariant_attention_triton(
-                q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax
+                q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
+                weight_envelope=weight_envelope,
             )
         if not identity_paths:
             return msg
@@ -68,7 +71,8 @@ def equivariant_attention(
 
         # no fused kernel for the identity rows yet: the edge-materialising reference
         return torch.cat([msg, attention_value_sum(
-            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)], dim=1)
+            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
+            weight_envelope)], dim=1)
     raise ValueError(f"unknown attention implementation {impl!r}; have {IMPLEMENTATIONS}")
 
 

@@ -48,6 +48,15 @@ def _envelope(d, cutoff):
 
 
 @triton.jit
+def _weight_envelope(d, start, width):
+    """g(d) = p((d - start) / width) for d >= start, 1 below (start = r_c - width, Å), as
+    kernels.attention.common.weight_envelope_factor, and its slope g'(d)."""
+    xg = tl.minimum(tl.maximum(d - start, 0.0) / width, 1.0)
+    g = 1.0 + xg * xg * xg * (-10.0 + xg * (15.0 - 6.0 * xg))
+    return g, -30.0 * xg * xg * (xg - 1.0) * (xg - 1.0) / width
+
+
+@triton.jit
 def _rotation_to_pole(x, y, z):
     """Entries of R with R r_hat = y_hat, the same branches as o3.rotation_to_pole."""
     s = tl.where(y >= 0, 1.0, -1.0).to(x.dtype)

@@ -22,16 +22,17 @@ BACKWARD_IMPL = "triton"  # "triton" or "chunked"
 
 
 def _reference(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j,
-               species, centers, width, cutoff, eps):
+               species, centers, width, cutoff, eps, weight_envelope):
     from .reference import equivariant_attention_reference
 
     radial = EdgeRadialWeights(centers, width, w_rbf, emb_recv, emb_send, w_out, b_out)
     return equivariant_attention_reference(
-        q, k, v, rij, pair_i, pair_j, species, radial, cutoff, eps, 2)
+        q, k, v, rij, pair_i, pair_j, species, radial, cutoff, eps, 2,
+        weight_envelope=weight_envelope)
 
 
 def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, species,
-                             centers, width, cutoff, eps, rowptr, needs):
+                             centers, width, cutoff, eps, weight_envelope, rowptr, needs):
     """Gradients of <grad_out, reference(...)> by recomputation over receiver chunks."""
     grads = [torch.zeros_like(t) if need else None
              for t, need in zip((q, k, v, rij, *weights), needs)]
@@ -45,7 +46,7 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
             leaves = [t.detach().requires_grad_(need) for t, need in zip(leaves, needs)]
             with torch.enable_grad():
                 out = _reference(*leaves, pair_i[e0:e1] - r0, nr + inv, species[nodes],
-                                 centers, width, cutoff, eps)
+                                 centers, width, cutoff, eps, weight_envelope)
                 req = [t for t in leaves if t.requires_grad]
                 got = torch.autograd.grad(out, req, grad_out[r0:r1], allow_unused=True)
             got = iter(got)
@@ -69,26 +70,27 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
 class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
-                pair_i, pair_j, species, rowptr, centers, width, spacing, cutoff, eps):
+                pair_i, pair_j, species, rowptr, centers, width, spacing, cutoff, eps,
+                weight_envelope):
         from .triton_forward import attention_forward
 
         out, m, den = attention_forward(
             q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
-            emb_recv, emb_send, w_out, b_out, cutoff, eps)
+            emb_recv, emb_send, w_out, b_out, cutoff, eps, weight_envelope=weight_envelope)
         # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
                               pair_i, pair_j, species, rowptr, centers, m, den)
-        ctx.consts = (width, spacing, cutoff, eps)
+        ctx.consts = (width, spacing, cutoff, eps, weight_envelope)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j, species,
          rowptr, centers, m, den) = ctx.saved_tensors
-        width, spacing, cutoff, eps = ctx.consts
+        width, spacing, cutoff, eps, weight_envelope = ctx.consts
         needs = list(ctx.needs_input_grad[:9])
         diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
-        tail = [None] * 9
+        tail = [None] * 10
         if not any(needs):
             return (None,) * 9 + tuple(tail)
         if torch.is_grad_enabled():
@@ -97,7 +99,8 @@ class TritonAttention(torch.autograd.Function):
             # respect to the tensors would count those paths here and again upstream.
             with torch.enable_grad():
                 alias = [t.view_as(t) for t in diff]
-                ref = _reference(*alias, pair_i, pair_j, species, centers, width, cutoff, eps)
+                ref = _reference(*alias, pair_i, pair_j, species, centers, width, cutoff, eps,
+                                 weight_envelope)
                 req = [t for t, need in zip(alias, needs) if need]
                 got = iter(torch.autograd.grad(ref, req, grad_out, create_graph=True,
                                                allow_unused=True))
@@ -113,17 +116,18 @@ class TritonAttention(torch.autograd.Function):
                 grads = attention_backward(
                     grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
                     spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
-                    weight_grads=any(needs[4:]))
+                    weight_grads=any(needs[4:]), weight_envelope=weight_envelope)
                 return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
         grads = _chunked_reference_grads(
             grad_out, q, k, v, rij, (w_rbf, emb_recv, emb_send, w_out, b_out), pair_i, pair_j,
-            species, centers, width, cutoff, eps, rowptr, needs)
+            species, centers, width, cutoff, eps, weight_envelope, rowptr, needs)
         return tuple(grads) + tuple(tail)
 
 
 def equivariant_attention_triton(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
+    weight_envelope: float | None = None,
 ) -> Tensor:
     """Fused Triton attention (lmax 2). Same interface and result as the reference."""
     from .triton_forward import receiver_rowptr
@@ -141,4 +145,5 @@ def equivariant_attention_triton(
         c(radial.w_out), c(radial.b_out), pair_i.contiguous(), pair_j.contiguous(),
         species.contiguous(), rowptr, c(radial.rbf_centers), float(radial.rbf_width),
         float(radial.rbf_spacing), float(cutoff), float(softmax_eps),
+        None if weight_envelope is None else float(weight_envelope),
     )

@@ -15,6 +15,12 @@ def polynomial_envelope(x: Tensor) -> Tensor:
     return 1.0 + x3 * (-10.0 + x * (15.0 - 6.0 * x))
 
 
+def weight_envelope_factor(dist: Tensor, cutoff: float, width: float) -> Tensor:
+    """g(d) = p((d - (r_c - width)) / width): 1 up to r_c - width (Å), then smoothly to 0 at
+    r_c; width = r_c gives p(d / r_c) itself. The attention weight's second envelope."""
+    return polynomial_envelope(((dist - (cutoff - width)) / width).clamp(min=0.0))
+
+
 def edge_geometry(rij: Tensor, cutoff: float) -> tuple[Tensor, Tensor, Tensor]:
     """(d [E] in Å, r_hat [E, 3], envelope p(d / r_c) [E])."""
     dist = rij.norm(dim=-1)

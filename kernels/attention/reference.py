@@ -6,11 +6,19 @@ For each edge i <- j (pair_i receives) and head h:
     (gate_raw, weight) = hidden @ w_out + b_out              # [2H]
     s_ijh = sigmoid(gate_raw) * <q_ih, k_jh> / sqrt(d_k)
     a_ijh = p * exp(s_ijh)
-    alpha_ijh = weight_ijh * a_ijh / (sum_j a_ijh + eps)
+    alpha_ijh = weight_ijh * a_ijh / (sum_j a_ijh + eps)           (weight_envelope None)
+    alpha_ijh = weight_ijh * g * a_ijh / (sum_j a_ijh + eps)       (weight_envelope width w)
+with g = p((d - (r_c - w)) / w): 1 up to r_c - w, then to 0 at r_c (w = r_c: g = p).
     out_i = sum_j alpha_ijh TP(v_j, r_hat_ij)                 # per path, channels split by head
 exp(s) is evaluated as exp(s - m_i) with m_i = max_j s_ijh and eps * exp(-m_i) in the
 denominator: the same number, without overflow, and independent of m (so m carries no
 gradient and the energy stays smooth when neighbours enter the cutoff).
+weight_envelope: a lone neighbour's a / (a + eps) stays near 1 until p ~ eps exp(-s), then
+falls to 0 within ~0.01 Å of r_c when the learned score s is large (steep forces on isolated
+ion pairs, benchmarks/cutoff_smoothness.py). The factor g bounds alpha by |weight| g; with
+w = r_c its slope is bounded by 1.25 |weight p'| (x / (1 + x)^2 <= 1/4, x = a / eps) whatever
+s is; a narrower w leaves the inner neighbours' weights as they were (a trained model keeps
+its numbers there) at a steeper |g'| <= 1.875 / w.
 TP is the EAAS product (pole-frame gather, one rotation per edge; see e2former_lammps.o3).
 """
 from __future__ import annotations
@@ -24,7 +32,7 @@ from torch import Tensor
 from e2former_lammps.o3 import rotation_to_pole, tp_eaas, wigner_d
 
 from ..edge_matmul import edge_matmul
-from .common import EdgeRadialWeights, edge_geometry, scatter_max
+from .common import EdgeRadialWeights, edge_geometry, scatter_max, weight_envelope_factor
 
 
 @dataclass
@@ -70,7 +78,7 @@ def edge_gate_weight(
 def attention_weights(
     q: Tensor, k: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor, species: Tensor,
     radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
-    frame: EdgeFrame | None = None,
+    frame: EdgeFrame | None = None, weight_envelope: float | None = None,
 ) -> Tensor:
     """alpha_ijh [E, H] as in the module docstring (frame: rij's, if already made)."""
     n_recv, _, d_k = q.shape
@@ -83,17 +91,19 @@ def attention_weights(
     smax = scatter_max(score.detach(), pair_i, n_recv)  # [n_recv, H]
     a = torch.exp(score - smax.index_select(0, pair_i)) * env[:, None]
     denom = torch.zeros_like(smax).index_add_(0, pair_i, a) + softmax_eps * torch.exp(-smax)
+    if weight_envelope is not None:
+        weight = weight * weight_envelope_factor(dist, cutoff, weight_envelope)[:, None]
     return weight * a / denom.index_select(0, pair_i)
 
 
 def _weighted_values(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
-    frame: EdgeFrame | None = None,
+    frame: EdgeFrame | None = None, weight_envelope: float | None = None,
 ) -> Tensor:
     """alpha_ijh v_j per edge, channels split by head: [E, rows, C]."""
     alpha = attention_weights(q, k, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
-                              frame)
+                              frame, weight_envelope)
     alpha_c = alpha.repeat_interleave(v.shape[-1] // q.shape[1], dim=-1)  # [E, C]
     return v.index_select(0, pair_j) * alpha_c[:, None, :]
 
@@ -107,10 +117,12 @@ def _sum_per_receiver(edge_values: Tensor, pair_i: Tensor, n_recv: int) -> Tenso
 def attention_value_sum(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float,
+    weight_envelope: float | None = None,
 ) -> Tensor:
     """sum_j alpha_ijh v_j, channels split by head (the l_f = 0 paths: no rotation, since
     D^T D = 1): [n_recv, rows, C]. Edge-materialising, like the rest of this module."""
-    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps)
+    vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
+                          weight_envelope=weight_envelope)
     return _sum_per_receiver(vj, pair_i, q.shape[0])
 
 
@@ -118,6 +130,7 @@ def equivariant_attention_reference(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
     identity_paths: bool = False, shared: dict | None = None,
+    weight_envelope: float | None = None,
 ) -> Tensor:
     """See `kernels.attention.equivariant_attention` for shapes. Returns [n_recv, rows, C].
     shared: a dict living for one forward, through which the layers share rij's EdgeFrame."""
@@ -127,7 +140,7 @@ def equivariant_attention_reference(
     frame = edge_frame(rij, cutoff, lmax, shared)
     # the product is linear in v: weight first
     vj = _weighted_values(q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps,
-                          frame)
+                          frame, weight_envelope)
     v_rows = {l: vj[:, l * l:(l + 1) * (l + 1)] for l in range(lmax + 1)}
     out = [_sum_per_receiver(t, pair_i, n_recv)
            for t in tp_eaas(v_rows, frame.wigner, lmax, matmul=edge_matmul)]

@@ -153,6 +153,7 @@ def _attention_bwd_kernel(
         le = offs_e - e_base  # chunk-local edge index
         amask = emask[:, None] & hmask[None, :]
         # alpha = w p(d) exp(s - m_i) / den_i from the prepass's (s, w) and the forward's stats
+        # (with weight_envelope the prepass's w is already w g)
         e2 = offs_e[:, None]
         env = _edge_envelope(rij_ptr, e2, emask[:, None], cutoff)
         swp = sw_ptr + le.to(tl.int64)[:, None] * (2 * H) + offs_h[None, :]
@@ -286,7 +287,7 @@ def default_bwd_blocks(n_heads: int, ch: int) -> dict[str, int]:
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
                        spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
-                       weight_grads: bool = True):
+                       weight_grads: bool = True, weight_envelope: float | None = None):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
     Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (g =
@@ -322,7 +323,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         if e1 <= e0:
             continue
         edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing, w_rbf,
-                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1)
+                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
+                    weight_envelope=weight_envelope)
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
         drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
@@ -333,7 +335,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         dd, d_o, d_pre = head_backward(
             q, k, rij, pair_j, species, rowptr, centers, width, spacing, w_rbf, emb_recv,
             emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1,
-            weight_grads, atomic_dk=atomic)
+            weight_grads, atomic_dk=atomic, weight_envelope=weight_envelope)
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
                             cutoff, e0, e1, consts)

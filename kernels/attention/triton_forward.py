@@ -12,7 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
+from ._triton_geometry import (_envelope, _load_rij, _rotation_to_pole, _weight_envelope,
+                               _wigner2)
 from .common import receiver_chunks
 
 N_ROWS_IN = 9
@@ -165,13 +166,14 @@ def _b(t):
 def _edge_scores_kernel(
     q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
-    e_base, e_end, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale,
-    H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
+    e_base, e_end, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale, wenv_start,
+    wenv_width, H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, WIN: tl.constexpr,
-    DOT: tl.constexpr,
+    DOT: tl.constexpr, WENV: tl.constexpr,
 ):
     """Edge-parallel prepass (PRE mode): radial MLP once per edge (all heads), score s and
-    signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk."""
+    signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk (WENV: w
+    times the weight envelope g(d); every consumer of sw then has it)."""
     offs_e = e_base + tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < e_end
     ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
@@ -188,6 +190,8 @@ def _edge_scores_kernel(
     pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing,
                       offs_k, kmask, BLOCK_R, WIN, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
+    if WENV:
+        g_env, _ = _weight_envelope(d, wenv_start, wenv_width)
     offs_d = tl.arange(0, DK_P)
     dmask = offs_d < DK
     out = sw_ptr + (offs_e - e_base).to(tl.int64)[:, None] * (2 * H)
@@ -202,6 +206,8 @@ def _edge_scores_kernel(
         kj = tl.load(k_ptr + j.to(tl.int64)[:, None, None] * (H * DK) + hd, mask=m3, other=0.0)
         s = gate * tl.sum(qi * kj, axis=2) * qk_scale
         m2h = emask[:, None] & hmask[None, :]
+        if WENV:
+            wt = wt * g_env[:, None]
         tl.store(out + offs_h[None, :], s, mask=m2h)
         tl.store(out + H + offs_h[None, :], wt, mask=m2h)
 
@@ -221,11 +227,11 @@ def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
     out_ptr, m_ptr, den_ptr, sw_ptr, r_base, e_base,
-    n_rbf, n_hid, inv_width, inv_spacing, cutoff, eps, qk_scale,
+    n_rbf, n_hid, inv_width, inv_spacing, cutoff, eps, qk_scale, wenv_start, wenv_width,
     H: tl.constexpr, DK: tl.constexpr, CH: tl.constexpr,
     DK_P: tl.constexpr, CH_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, DEFER: tl.constexpr,
-    WIN: tl.constexpr, DOT: tl.constexpr, PRE: tl.constexpr,
+    WIN: tl.constexpr, DOT: tl.constexpr, PRE: tl.constexpr, WENV: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
     S12B: tl.constexpr, S12C: tl.constexpr, S12D: tl.constexpr,
     S21A: tl.constexpr, S21B: tl.constexpr, S21C: tl.constexpr,
@@ -289,6 +295,9 @@ def _attention_fwd_kernel(
                 BLOCK_R, WIN, DOT)
             qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
             s = gate * qk * qk_scale
+            if WENV:
+                g_env, _ = _weight_envelope(d, wenv_start, wenv_width)
+                wt = wt * g_env[:, None]
         s = tl.where(emask[:, None], s, -1.0e30)
         m_new = tl.maximum(m, tl.max(s, axis=0))
         corr = tl.exp(m - m_new)
@@ -418,6 +427,11 @@ def dot_precision(dtype: torch.dtype) -> str:
     return value if dtype == torch.float32 else "ieee"
 
 
+def weight_envelope_args(cutoff: float, width: float | None) -> tuple[float, float]:
+    """(start, width) in Å of the weight envelope g for the kernels (unused when None)."""
+    return (0.0, 1.0) if width is None else (float(cutoff) - float(width), float(width))
+
+
 def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
@@ -470,8 +484,9 @@ def rbf_window(n_rbf: int, width: float, spacing: float) -> tuple[int, float]:
 
 def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing, w_rbf,
                 emb_recv, emb_send, w_out, b_out, cutoff, e0: int, e1: int,
-                blocks=None) -> None:
-    """The PRE prepass for edges [e0, e1): sw[e - e0] = [s (H), w (H)] (score, signed weight)."""
+                blocks=None, weight_envelope: float | None = None) -> None:
+    """The PRE prepass for edges [e0, e1): sw[e - e0] = [s (H), w (H)] (score, signed weight;
+    with weight_envelope, w g)."""
     if e1 <= e0:
         return
     n_heads, d_k = q.shape[1], q.shape[2]
@@ -482,16 +497,18 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_
     _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
         q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
         w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff),
-        1.0 / math.sqrt(d_k), H=n_heads, DK=d_k, DK_P=_pow2(d_k),
+        1.0 / math.sqrt(d_k), *weight_envelope_args(cutoff, weight_envelope), H=n_heads,
+        DK=d_k, DK_P=_pow2(d_k),
         HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 32),
         BLOCK_R=bl["BLOCK_R"], WIN=win, DOT=dot_precision(q.dtype),
-        num_warps=bl.get("PRE_NUM_WARPS", 8))
+        WENV=weight_envelope is not None, num_warps=bl.get("PRE_NUM_WARPS", 8))
 
 
 def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,
                       rbf_spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps,
-                      blocks=None):
-    """Run the fused forward. All float tensors one dtype, contiguous. See module docstring."""
+                      blocks=None, weight_envelope: float | None = None):
+    """Run the fused forward. All float tensors one dtype, contiguous. See module docstring;
+    weight_envelope: kernels.attention.reference's."""
     n_recv, n_heads, d_k = q.shape
     channels = v.shape[-1]
     ch = channels // n_heads
@@ -507,10 +524,10 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
     common = dict(H=n_heads, DK=d_k, CH=ch, DK_P=_pow2(d_k), CH_P=_pow2(ch), WIN=win,
                   HID_P=_pow2(n_hid, 16), BLOCK_E=bl["BLOCK_E"], BLOCK_H=bl["BLOCK_H"],
                   BLOCK_R=bl["BLOCK_R"], DEFER=bl.get("DEFER", False),
-                  DOT=dot_precision(q.dtype), **consts,
+                  DOT=dot_precision(q.dtype), WENV=weight_envelope is not None, **consts,
                   num_warps=bl.get("num_warps", 4))
     scal = (n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff), float(softmax_eps),
-            1.0 / math.sqrt(d_k))
+            1.0 / math.sqrt(d_k), *weight_envelope_args(cutoff, weight_envelope))
     n_hb = triton.cdiv(n_heads, bl["BLOCK_H"])
     if not bl.get("PRE", False):
         _attention_fwd_kernel[(n_recv, n_hb)](
@@ -523,7 +540,8 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
                      dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:
         edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing,
-                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl)
+                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl,
+                    weight_envelope)
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,

@@ -24,8 +24,10 @@ import torch
 import triton
 import triton.language as tl
 
+from ._triton_geometry import _weight_envelope
 from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_at,
-                             _rbf_chunk, _window_start, dot_precision, rbf_window)
+                             _rbf_chunk, _window_start, dot_precision, rbf_window,
+                             weight_envelope_args)
 
 
 @triton.jit
@@ -34,10 +36,11 @@ def _head_bwd_kernel(
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,
     m_ptr, den_ptr, galpha_ptr, dsum_ptr,
     dq_ptr, dk_ptr, ddist_ptr, do_ptr, dpre_ptr,
-    r_base, e_base, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale,
-    H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
+    r_base, e_base, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale, wenv_start,
+    wenv_width, H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, WIN: tl.constexpr,
     WEIGHT_GRADS: tl.constexpr, ATOMIC_DK: tl.constexpr, DOT: tl.constexpr,
+    WENV: tl.constexpr,
 ):
     i = r_base + tl.program_id(0)
     zi = tl.load(species_ptr + i)
@@ -56,6 +59,8 @@ def _head_bwd_kernel(
         xc = tl.minimum(d / cutoff, 1.0)
         # p'(d): the envelope's slope, 0 at and beyond the cutoff (p is clamped there)
         denv = tl.where(d < cutoff, -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff, 0.0)
+        if WENV:  # the weight envelope g(d) and its slope
+            g_env, dg_env = _weight_envelope(d, wenv_start, wenv_width)
         # radial MLP forward, recomputed once per edge for all heads
         zj = tl.load(species_ptr + j, mask=emask, other=0)
         m2 = emask[:, None] & kmask[None, :]
@@ -67,6 +72,7 @@ def _head_bwd_kernel(
         hidden = pre * sig
         dpre = tl.zeros([BLOCK_E, HID_P], dtype=pre.dtype)
         denv_acc = tl.zeros([BLOCK_E], dtype=pre.dtype)
+        dg_acc = tl.zeros([BLOCK_E], dtype=pre.dtype)
         for h0 in range(0, H, BLOCK_H):
             offs_h = h0 + tl.arange(0, BLOCK_H)
             hmask = offs_h < H
@@ -88,6 +94,10 @@ def _head_bwd_kernel(
             a = env[:, None] * expo
             g = tl.load(galpha_ptr + le[:, None] * H + offs_h[None, :], mask=m2h, other=0.0)
             d_wt = g * a * inv_den[None, :]
+            if WENV:  # alpha = (w g) a / den: w g is the weight, g(d) a factor of its own
+                dg_acc += tl.sum(tl.where(m2h, d_wt * wt, 0.0), axis=1)
+                d_wt = d_wt * g_env[:, None]
+                wt = wt * g_env[:, None]
             d_a = tl.where(m2h, (g * wt - d_i[None, :]) * inv_den[None, :], 0.0)
             d_s = d_a * a
             denv_acc += tl.sum(d_a * expo, axis=1)
@@ -112,6 +122,8 @@ def _head_bwd_kernel(
             tl.store(dpre_ptr + le.to(tl.int64)[:, None] * n_hid + offs_k[None, :], dpre,
                      mask=m2)
         dd = denv_acc * denv
+        if WENV:
+            dd += dg_acc * dg_env
         if WIN > 0:  # the Gaussians the forward visited (triton_forward.rbf_window)
             lo = _window_start(d, centers_ptr, inv_spacing, WIN)
             for t in tl.static_range(WIN):
@@ -139,13 +151,13 @@ def default_head_blocks() -> dict[str, int]:
 def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, rbf_spacing, w_rbf,
                   emb_recv, emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk,
                   r0: int, r1: int, e0: int, e1: int, weight_grads: bool,
-                  atomic_dk: bool = True):
+                  atomic_dk: bool = True, weight_envelope: float | None = None):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); accumulates into dq, dk.
 
     Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelope, d_o [e1 - e0, 2H] or
     None, d_pre [e1 - e0, hidden] or None); galpha is chunk-local [e1 - e0, H], dsum [n, H].
     atomic_dk False: dk is left to the sender kernel, and galpha is overwritten with
-    dL/d<q_i, k_j> (what that kernel needs).
+    dL/d<q_i, k_j> (what that kernel needs). weight_envelope: alpha's weight is w g(d).
     """
     n_heads, d_k = q.shape[1], q.shape[2]
     n_rbf, n_hid = w_rbf.shape
@@ -159,10 +171,11 @@ def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, rbf_sp
         q, k, rij, pair_j, species, rowptr, centers, w_rbf, emb_recv, emb_send, w_out, b_out,
         m, den, galpha, dsum, dq, dk, dd, d_o, d_pre,
         r0, e0, n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff), 1.0 / math.sqrt(d_k),
+        *weight_envelope_args(cutoff, weight_envelope),
         H=n_heads, DK=d_k, DK_P=_pow2(d_k), HID_P=_pow2(n_hid, 16),
         BLOCK_E=bl["BLOCK_E"], BLOCK_H=min(bl["BLOCK_H"], _pow2(n_heads, 16)),
         BLOCK_R=bl["BLOCK_R"], WIN=win, WEIGHT_GRADS=weight_grads, ATOMIC_DK=atomic_dk,
-        DOT=dot_precision(q.dtype), num_warps=bl["num_warps"])
+        DOT=dot_precision(q.dtype), WENV=weight_envelope is not None, num_warps=bl["num_warps"])
     if not weight_grads:
         return dd, None, None
     return dd, d_o, d_pre
