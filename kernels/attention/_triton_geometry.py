@@ -50,10 +50,16 @@ def _envelope(d, cutoff):
 @triton.jit
 def _weight_envelope(d, start, width):
     """g(d) = p((d - start) / width) for d >= start, 1 below (start = r_c - width, Å), as
-    kernels.attention.common.weight_envelope_factor, and its slope g'(d)."""
+    kernels.attention.common.weight_envelope_factor."""
     xg = tl.minimum(tl.maximum(d - start, 0.0) / width, 1.0)
-    g = 1.0 + xg * xg * xg * (-10.0 + xg * (15.0 - 6.0 * xg))
-    return g, -30.0 * xg * xg * (xg - 1.0) * (xg - 1.0) / width
+    return 1.0 + xg * xg * xg * (-10.0 + xg * (15.0 - 6.0 * xg))
+
+
+@triton.jit
+def _weight_envelope_slope(d, start, width):
+    """g'(d) (1/Å), 0 below start and beyond the cutoff."""
+    xg = tl.minimum(tl.maximum(d - start, 0.0) / width, 1.0)
+    return -30.0 * xg * xg * (xg - 1.0) * (xg - 1.0) / width
 
 
 @triton.jit

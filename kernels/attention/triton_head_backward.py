@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _weight_envelope
+from ._triton_geometry import _weight_envelope, _weight_envelope_slope
 from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_at,
                              _rbf_chunk, _window_start, dot_precision, rbf_window,
                              weight_envelope_args)
@@ -60,7 +60,8 @@ def _head_bwd_kernel(
         # p'(d): the envelope's slope, 0 at and beyond the cutoff (p is clamped there)
         denv = tl.where(d < cutoff, -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff, 0.0)
         if WENV:  # the weight envelope g(d) and its slope
-            g_env, dg_env = _weight_envelope(d, wenv_start, wenv_width)
+            g_env = _weight_envelope(d, wenv_start, wenv_width)
+            dg_env = _weight_envelope_slope(d, wenv_start, wenv_width)
         # radial MLP forward, recomputed once per edge for all heads
         zj = tl.load(species_ptr + j, mask=emask, other=0)
         m2 = emask[:, None] & kmask[None, :]
