@@ -94,15 +94,17 @@ class BatchKey:
 
 def batch_key(batch: Batch) -> BatchKey:
     """The bucket of a batch: at least one padding atom, so the padding structure is never
-    empty; with an mp_index also at least one padding pair, which its padding rows name."""
+    empty; with an mp_index also at least one padding pair, which its padding rows name.
+    The mp_index is padded to the pairs' bucket, not one of its own: a bucket per (pairs,
+    message-passing rows) made nearly every batch with a charged frame a new graph (641
+    captures in 1,704 steps, slower than eager: training/NOTES.md T23), while the rows beyond
+    the model's cutoff are ~1% of a batch's pairs, so the extra padding is small."""
     g = batch.graph
     mp = g.mp_index
+    n_pairs_pad = bucket(g.pair_i.numel() + (mp is not None), PAIR_QUANTUM, BUCKET_PARTS)
     return BatchKey(n_structures=batch.n_atoms.numel(),
                     n_atoms_pad=bucket(g.n_local + 1, ATOM_QUANTUM, BUCKET_PARTS),
-                    n_pairs_pad=bucket(g.pair_i.numel() + (mp is not None), PAIR_QUANTUM,
-                                       BUCKET_PARTS),
-                    n_mp_pad=None if mp is None else bucket(mp.numel(), PAIR_QUANTUM,
-                                                            BUCKET_PARTS))
+                    n_pairs_pad=n_pairs_pad, n_mp_pad=None if mp is None else n_pairs_pad)
 
 
 class PaddedBatch:
@@ -199,7 +201,7 @@ class GraphedLossAndGradients(LossAndGradients):
     direct-force steps, on the CPU, or after a failed capture (with a warning)."""
 
     def __init__(self, model: E2FormerV2, w_energy: float, w_force: float,
-                 grad_clip: float | None, max_graphs: int = 32):
+                 grad_clip: float | None, max_graphs: int = 64):
         super().__init__(model, w_energy, w_force, grad_clip)
         self.max_graphs = max_graphs
         self.enabled = True
@@ -257,6 +259,9 @@ class GraphedLossAndGradients(LossAndGradients):
                 p.grad = torch.zeros_like(p)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
+        # least recently used out first. spice-xtb at batch 128 with the Coulomb term visits
+        # ~35 buckets in two epochs: at 32 graphs the LRU kept evicting ones it needed again
+        # (T23); the graphs share one pool, so more of them cost only their padded inputs
         while len(self._graphs) >= self.max_graphs:
             self._graphs.popitem(last=False)
         entry = _Captured(key, self, batch, self._pool)
