@@ -99,11 +99,11 @@ def test_gpu_lammps_cuda_graphs_match_eager(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (one per rank)")
-@pytest.mark.parametrize("transport", ["mpi4py", "torch"])
+@pytest.mark.parametrize("transport", ["mpi4py", "torch", "auto"])
 def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch, transport):
     """float32 (fused Triton attention and rotations): two ranks on GPUs 0 and 1 give the
     one-rank energy and forces, with the features exchanged through pinned host buffers
-    (mpi4py) or NCCL (torch). Rank 1's kernels once ran on GPU 0 with GPU 1's data (a
+    (mpi4py) or NCCL (torch, and auto, which picks it here). Rank 1's kernels once ran on GPU 0 with GPU 1's data (a
     non-finite energy at 10k atoms), which the fp64 test above, on the reference path,
     could not see."""
     monkeypatch.setenv("HWLOC_COMPONENTS", "-gl,-opencl")  # keep Triton's LLVM (lmp_gpu.sh)
@@ -116,6 +116,9 @@ def test_gpu_lammps_float32_triton_on_two_gpus_matches_one(tmp_path, monkeypatch
     two = run_lammps(tmp_path / "np2", atoms, path, ELEMENTS, nprocs=2,
                      settings="processors 2 1 1")
     assert "rank 1 of 2 runs the model on cuda:1" in two.log, two.log[-3000:]
+    # auto (the default) picks NCCL when every rank has a GPU of its own
+    by_nccl = "exchanged by torch.distributed (cpu:gloo,cuda:nccl)" in two.log
+    assert by_nccl == (transport != "mpi4py"), two.log[-3000:]
     assert "WARNING (E2Former)" not in two.log  # the fused kernels, not the fallback
     assert abs(two.energy - one.energy) < 1e-5 * abs(one.energy)
     assert np.abs(two.forces - one.forces).max() < 1e-4 * np.abs(one.forces).max()
