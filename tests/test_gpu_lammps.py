@@ -56,12 +56,16 @@ def test_gpu_lammps_two_ranks_on_two_gpus_match_cpu_calculator(tmp_path):
     assert np.abs(two.pressure_virial - p_ref).max() < 1e-9 * np.abs(p_ref).max()
 
 
-def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path):
+@pytest.mark.parametrize("coulomb_cutoff", [None, 9.0])
+def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path,
+                                                                       coulomb_cutoff):
     """A cation with the distributed charge embedding, the model on the GPU (fp64): one and
     two ranks sharing the GPU (the charge softmax summed across ranks through host memory)
     give the CPU calculator's numbers; the one-rank run replays CUDA graphs, whose padding
-    atoms must take no share of the charge."""
-    model = distributed_charge_model(33)
+    atoms must take no share of the charge. With the Coulomb term (pairs to 9 Å, periodic
+    images included) the run is eager (no MD graphs for it) and two ranks exchange the
+    ghosts' charges."""
+    model = distributed_charge_model(33, coulomb_cutoff=coulomb_cutoff)
     path = tmp_path / "cation.pt"
     export_lammps_model(model, path, device="cuda:0", charge=1.0, spin=2.0)
     atoms = water_box(3, seed=5)
@@ -71,7 +75,7 @@ def test_gpu_lammps_charged_system_on_two_ranks_matches_cpu_calculator(tmp_path)
     atoms.info.update(charge=1, spin=2)
     atoms.calc = E2FormerCalculator(model)
     f_ref = atoms.get_forces()
-    assert "replayed from CUDA graphs" in one.log
+    assert ("replayed from CUDA graphs" in one.log) == (coulomb_cutoff is None)
     for res in (one, two):
         assert abs(res.energy - atoms.get_potential_energy()) < 1e-10 * len(atoms)
         assert np.abs(res.forces - f_ref).max() < 1e-10 * max(1.0, np.abs(f_ref).max())
