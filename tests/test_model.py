@@ -318,6 +318,12 @@ def test_weight_envelope_model_is_equivariant_conservative_and_saved(tmp_path):
     assert abs(e_back - e) < 1e-10
 
 
+@pytest.mark.parametrize("width", [0.0, -1.0, 5.5, float("nan")])
+def test_weight_envelope_outside_the_cutoff_is_refused(width):
+    with pytest.raises(ValueError, match=r"weight_envelope .* expected a width in \(0, cutoff"):
+        E2FormerConfig(elements=["H", "O"], cutoff=5.0, weight_envelope=width)
+
+
 def test_identity_paths_model_saves_and_loads(tmp_path):
     model = random_model(3, identity_paths=True)
     model.save(tmp_path / "m.pt")
