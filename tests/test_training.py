@@ -394,7 +394,7 @@ def test_shipped_configs_load_and_chain():
     stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge",
               "spice-xtb-charge-continue", "spice-xtb-stage6", "spice-xtb-stage7",
               "spice-xtb-stage8", "spice-xtb-stage9", "spice-xtb-stage10",
-              "spice-xtb-stage12-coulomb"]
+              "spice-xtb-stage12-coulomb", "spice-xtb-stage13-envelope-w2", "spice-xtb-stage14"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
@@ -405,11 +405,14 @@ def test_shipped_configs_load_and_chain():
         assert (Path(second.init_model) == Path(first.output_dir) / first.model_name
                 or second.init_model == "spice-xtb")
         # the architecture comes from the first stage (the charge embedding may switch, the
-        # Coulomb term be added)
-        assert set(second.model) <= {"charge_spin_mode", "coulomb_cutoff", "coulomb_width"}
+        # Coulomb term be added, the attention weight's envelope switched on)
+        assert set(second.model) <= {"charge_spin_mode", "coulomb_cutoff", "coulomb_width",
+                                     "weight_envelope"}
     shipped = E2FormerV2.load("spice-xtb").config
     assert shipped.charge_spin_mode == configs["spice-xtb-charge"].model["charge_spin_mode"]
     assert shipped.coulomb_cutoff == configs["spice-xtb-stage12-coulomb"].model["coulomb_cutoff"]
+    assert shipped.weight_envelope == \
+        configs["spice-xtb-stage13-envelope-w2"].model["weight_envelope"]
 
 
 def test_init_model_switches_on_the_weight_envelope(tmp_path):
