@@ -93,8 +93,7 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     switched). charge_spin_mode: the charge/spin embedding starts afresh, every other weight
     is taken over; from the uniform embedding, its neutral-singlet vector is kept, so neutral
     structures keep their predictions. Asking for the mode it already has changes nothing."""
-    base = _with_coulomb_settings(_with_weight_envelope(E2FormerV2.load(cfg.init_model), cfg),
-                                  cfg)
+    base = _with_formula_settings(E2FormerV2.load(cfg.init_model), cfg)
     if cfg.model.get("charge_spin_mode", base.config.charge_spin_mode) == \
             base.config.charge_spin_mode:
         return base, False
@@ -121,21 +120,13 @@ def _init_model(cfg: TrainConfig) -> tuple[E2FormerV2, bool]:
     return model, True
 
 
-def _with_weight_envelope(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
-    """base with cfg.model's weight_envelope, if given: the same weights under the other
-    attention-weight formula (E2FormerConfig.weight_envelope)."""
-    wanted = cfg.model.get("weight_envelope", base.config.weight_envelope)
-    if wanted == base.config.weight_envelope:
-        return base
-    mcfg = E2FormerConfig.from_dict({**base.config.to_dict(), "weight_envelope": wanted})
-    return _taking_over(base, mcfg, fresh="", keep_fresh=True)
-
-
-def _with_coulomb_settings(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
-    """base with the Coulomb term of cfg.model (coulomb_cutoff, coulomb_width): added (its
-    charge head starts even, the offsets are refitted by the caller), changed, or as it is.
+def _with_formula_settings(base: E2FormerV2, cfg: TrainConfig) -> E2FormerV2:
+    """base with cfg.model's Coulomb term (coulomb_cutoff, coulomb_width: added, its charge
+    head starting even, the offsets refitted by the caller; or changed) and attention-weight
+    envelope (weight_envelope: the same weights under the other formula), or as it is.
     Every other weight is taken over."""
-    changes = {k: cfg.model[k] for k in ("coulomb_cutoff", "coulomb_width") if k in cfg.model}
+    changes = {k: cfg.model[k] for k in ("coulomb_cutoff", "coulomb_width", "weight_envelope")
+               if k in cfg.model}
     if all(getattr(base.config, k) == v for k, v in changes.items()):
         return base
     mcfg = E2FormerConfig.from_dict({**base.config.to_dict(), **changes})

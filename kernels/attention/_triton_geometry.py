@@ -48,18 +48,12 @@ def _envelope(d, cutoff):
 
 
 @triton.jit
-def _weight_envelope(d, start, width):
-    """g(d) = p((d - start) / width) for d >= start, 1 below (start = r_c - width, Å), as
-    kernels.attention.common.weight_envelope_factor."""
-    xg = tl.minimum(tl.maximum(d - start, 0.0) / width, 1.0)
-    return 1.0 + xg * xg * xg * (-10.0 + xg * (15.0 - 6.0 * xg))
-
-
-@triton.jit
-def _weight_envelope_slope(d, start, width):
-    """g'(d) (1/Å), 0 below start and beyond the cutoff."""
-    xg = tl.minimum(tl.maximum(d - start, 0.0) / width, 1.0)
-    return -30.0 * xg * xg * (xg - 1.0) * (xg - 1.0) / width
+def _envelope_slope(d, cutoff):
+    """p'(d) (1/Å) of _envelope: 0 at and beyond the cutoff (p is clamped there). The weight
+    envelope g(d) = p((d - start) / width) of kernels.attention.common.weight_envelope_factor
+    is _envelope(max(d - start, 0), width), its slope _envelope_slope of the same."""
+    xc = tl.minimum(d / cutoff, 1.0)
+    return -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff
 
 
 @triton.jit

@@ -12,8 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import (_envelope, _load_rij, _rotation_to_pole, _weight_envelope,
-                               _wigner2)
+from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
 from .common import receiver_chunks
 
 N_ROWS_IN = 9
@@ -191,7 +190,7 @@ def _edge_scores_kernel(
                       offs_k, kmask, BLOCK_R, WIN, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))
     if WENV:
-        g_env = _weight_envelope(d, wenv_start, wenv_width)
+        g_env = _envelope(tl.maximum(d - wenv_start, 0.0), wenv_width)
     offs_d = tl.arange(0, DK_P)
     dmask = offs_d < DK
     out = sw_ptr + (offs_e - e_base).to(tl.int64)[:, None] * (2 * H)
@@ -296,7 +295,7 @@ def _attention_fwd_kernel(
             qk, kj = _score(q, k_ptr, j, emask, offs_h, hmask, offs_d, DK, H)
             s = gate * qk * qk_scale
             if WENV:
-                g_env = _weight_envelope(d, wenv_start, wenv_width)
+                g_env = _envelope(tl.maximum(d - wenv_start, 0.0), wenv_width)
                 wt = wt * g_env[:, None]
         s = tl.where(emask[:, None], s, -1.0e30)
         m_new = tl.maximum(m, tl.max(s, axis=0))

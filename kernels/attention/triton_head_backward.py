@@ -24,7 +24,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _weight_envelope, _weight_envelope_slope
+from ._triton_geometry import _envelope, _envelope_slope
 from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _rbf_at,
                              _rbf_chunk, _window_start, dot_precision, rbf_window,
                              weight_envelope_args)
@@ -56,12 +56,11 @@ def _head_bwd_kernel(
         emask = offs_e < end
         le = offs_e - e_base  # chunk-local edge index
         j, _, _, _, d, env = _edge_geometry(offs_e, emask, rij_ptr, pj_ptr, cutoff)
-        xc = tl.minimum(d / cutoff, 1.0)
-        # p'(d): the envelope's slope, 0 at and beyond the cutoff (p is clamped there)
-        denv = tl.where(d < cutoff, -30.0 * xc * xc * (xc - 1.0) * (xc - 1.0) / cutoff, 0.0)
+        denv = _envelope_slope(d, cutoff)  # p'(d)
         if WENV:  # the weight envelope g(d) and its slope
-            g_env = _weight_envelope(d, wenv_start, wenv_width)
-            dg_env = _weight_envelope_slope(d, wenv_start, wenv_width)
+            d_in = tl.maximum(d - wenv_start, 0.0)
+            g_env = _envelope(d_in, wenv_width)
+            dg_env = _envelope_slope(d_in, wenv_width)
         # radial MLP forward, recomputed once per edge for all heads
         zj = tl.load(species_ptr + j, mask=emask, other=0)
         m2 = emask[:, None] & kmask[None, :]
