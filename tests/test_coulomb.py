@@ -164,6 +164,31 @@ def test_copy_keeps_the_term():
     assert copy.deepcopy(model).coulomb is not None
 
 
+def test_evaluating_frames_packed_without_the_coulomb_cutoff_is_refused():
+    """Frames packed to the message-passing cutoff alone give a Coulomb model's charged frames
+    a short pair list (silently wrong energies: a GPU test compared such an evaluation with
+    the trainer's and was 3.75 meV/atom off); evaluate_packed names the problem instead, and
+    evaluate_frames packs them right."""
+    from e2former_lammps.training.evaluate import evaluate_frames, evaluate_packed
+
+    model = coulomb_model(seed=2)
+    frames = [f for f in read_dataset(SHARED_DATA / "val.hdf5")
+              if f.charge != 0 and set(f.numbers.tolist()) <= {1, 6, 7, 8}][:2]
+    assert len(frames) == 2
+    short = PackedFrames(frames, model.elements, model.config.atomic_numbers, CUTOFF,
+                         dtype=torch.float64)
+    with pytest.raises(ValueError, match="coulomb_cutoff=9.0"):
+        evaluate_packed(model, short)
+    other = PackedFrames(frames, model.elements, model.config.atomic_numbers, 4.0,
+                         dtype=torch.float64, coulomb_cutoff=COULOMB_CUTOFF)
+    with pytest.raises(ValueError, match="cutoff 4.0 Å for a model with cutoff 5.0 Å"):
+        evaluate_packed(model, other)
+    right = PackedFrames(frames, model.elements, model.config.atomic_numbers, CUTOFF,
+                         dtype=torch.float64, coulomb_cutoff=COULOMB_CUTOFF)
+    assert evaluate_packed(model, right)["overall"] == evaluate_frames(
+        model, frames, device="cpu")["overall"]
+
+
 def test_training_batches_reach_the_coulomb_cutoff_for_charged_frames():
     """A batch of neutral and charged real frames: per-frame energies and forces equal the
     calculator's (which lists the charged frames' pairs to the Coulomb cutoff itself), and

@@ -97,6 +97,20 @@ class PackedFrames:
     def __len__(self) -> int:
         return self.n_frames
 
+    def check_model(self, config) -> None:
+        """Raise if these pairs were built for another model than `config` (E2FormerConfig):
+        a different cutoff, or a Coulomb term whose charged frames would see only the pairs
+        within the message-passing cutoff (energies silently wrong by the missing tail)."""
+        if self.cutoff != config.cutoff:
+            raise ValueError(f"frames packed with cutoff {self.cutoff} Å for a model with "
+                             f"cutoff {config.cutoff} Å: pack them with the model's cutoff")
+        if config.coulomb_cutoff is not None and self.coulomb_cutoff != config.coulomb_cutoff:
+            raise ValueError(
+                f"frames packed with coulomb_cutoff {self.coulomb_cutoff} for a model with a "
+                f"Coulomb term to {config.coulomb_cutoff} Å: charged frames would miss their "
+                f"pairs beyond {self.cutoff} Å; pack them with "
+                f"coulomb_cutoff={config.coulomb_cutoff} (evaluate_frames does)")
+
     def batch(self, idx: Tensor | list[int]) -> Batch:
         dev = self.device
         idx = torch.as_tensor(idx, device=dev, dtype=torch.long)

@@ -28,6 +28,7 @@ def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 3
     of predicted against reference forces, per subset (plots.plot_parity)."""
     import numpy as np
 
+    packed.check_model(model.config)
     acc, acc_mol = MetricAccumulator(keep_values=plot is not None), MetricAccumulator()
     rows = np.arange(len(packed))
     if max_frames is not None and max_frames < len(packed):
