@@ -434,8 +434,8 @@ def mace_rows(sizes: list[int], cueq: str, log) -> list[dict]:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    ap.add_argument("--model-sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[1000, 10000, 100000])
+    ap.add_argument("--model-sizes", type=int, nargs="*", default=[1000, 10000, 100000])
     ap.add_argument("--ref-max", type=int, default=100000, help="largest N for the reference")
     ap.add_argument("--config", default="paper",
                     help="model sizes: 'paper' (C 256, 4 blocks, 128 heads x 8) or a packaged "
@@ -639,19 +639,40 @@ def sweep(n_atoms):
 
 
 FWD_VARIANTS = [  # run 2 (commit c4d3849) at 10k: PRE+DEFER E16 H16 w4 7.84 ms, best of 5
-    dict(PRE=True, DEFER=True, BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4),
-    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=32, BLOCK_R=32, num_warps=4),
-    dict(PRE=True, DEFER=True, BLOCK_E=8, BLOCK_H=16, BLOCK_R=32, num_warps=4),
     dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4),
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=8),
+    dict(PRE=True, DEFER=True, BLOCK_E=8, BLOCK_H=32, BLOCK_R=32, num_warps=4),
+    dict(PRE=True, DEFER=True, BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4),
+    # the score prepass (PRE_*: triton_forward.edge_scores; default E32 H32 w8)
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4,
+         PRE_BLOCK_E=16, PRE_BLOCK_H=32, PRE_NUM_WARPS=8),
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4,
+         PRE_BLOCK_E=32, PRE_BLOCK_H=16, PRE_NUM_WARPS=8),
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4,
+         PRE_BLOCK_E=32, PRE_BLOCK_H=32, PRE_NUM_WARPS=4),
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=16, num_warps=4,
+         PRE_BLOCK_E=32, PRE_BLOCK_H=32, PRE_NUM_WARPS=8),
 ]
-BWD_VARIANTS = [dict(BLOCK_E=8, BLOCK_H=16, num_warps=4),
+# channel backward (BLOCK_H heads; at the paper's 2 channels per head the tile is 2 x BLOCK_H
+# lanes wide). Session 18's ncu: E16 H16 w4 (the default) at 255 registers and spilling.
+BWD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=16, num_warps=4),
+                dict(BLOCK_E=8, BLOCK_H=16, num_warps=4),
+                dict(BLOCK_E=4, BLOCK_H=16, num_warps=4),
+                dict(BLOCK_E=16, BLOCK_H=16, num_warps=8),
+                dict(BLOCK_E=8, BLOCK_H=16, num_warps=8),
+                dict(BLOCK_E=8, BLOCK_H=8, num_warps=4),
+                dict(BLOCK_E=16, BLOCK_H=8, num_warps=4),
                 dict(BLOCK_E=4, BLOCK_H=32, num_warps=4),
-                dict(BLOCK_E=16, BLOCK_H=16, num_warps=4)]
-# head backward (triton_head_backward): ptxas (triton 3.6, sm_90a) spills least at 8 warps
-HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=8),
+                dict(BLOCK_E=8, BLOCK_H=32, num_warps=8),
+                dict(BLOCK_E=16, BLOCK_H=32, num_warps=8)]
+# head backward (triton_head_backward)
+HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4),
                  dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8),
-                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8),
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)]
+                 dict(BLOCK_E=8, BLOCK_H=32, BLOCK_R=32, num_warps=4),
+                 dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4),
+                 dict(BLOCK_E=8, BLOCK_H=16, BLOCK_R=32, num_warps=4),
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=16, num_warps=4),
+                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8)]
 
 # how dv, dk reach the senders (triton_backward.REDUCE) and the sender kernel's tiles (E15)
 REDUCE_VARIANTS = [dict(REDUCE="atomic"),
@@ -659,6 +680,20 @@ REDUCE_VARIANTS = [dict(REDUCE="atomic"),
                    dict(REDUCE="sorted", BLOCK_E=8, BLOCK_H=32, num_warps=4),
                    dict(REDUCE="sorted", BLOCK_E=32, BLOCK_H=16, num_warps=8),
                    dict(REDUCE="sorted", BLOCK_E=16, BLOCK_H=32, num_warps=8)]
+
+
+def compiled_registers(*jit_fns) -> dict:
+    """Registers per thread and spilled bytes (ptxas) of the newest compiled version of each
+    Triton kernel: where a tile variant's time goes first (spills, occupancy)."""
+    out = {}
+    for fn in jit_fns:
+        for cache in getattr(fn, "device_caches", {}).values():
+            kernels = list(cache[0].values())
+            if kernels:
+                ker = kernels[-1]
+                ker._init_handles()
+                out[fn.__name__] = {"regs": ker.n_regs, "spills": ker.n_spills}
+    return out
 
 
 def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
@@ -692,8 +727,10 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
             comp = time.time() - t0
             err = float((out - ref).norm() / ref.norm())
             ms = bench(fn)
-        log(f"autotune fwd {bl}: {ms:.3f} ms, rel err {err:.1e}, first call {comp:.1f}s")
-        res["forward"].append({"blocks": bl, "ms": ms, "rel_err": err})
+        regs = compiled_registers(tf._attention_fwd_kernel, tf._edge_scores_kernel)
+        log(f"autotune fwd {bl}: {ms:.3f} ms, rel err {err:.1e}, first call {comp:.1f}s, "
+            f"{regs}")
+        res["forward"].append({"blocks": bl, "ms": ms, "rel_err": err, "registers": regs})
         if ms < best[0] and err < 1e-5:
             best = (ms, bl)
     fwd_best = best[1]
@@ -719,8 +756,10 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
             torch.cuda.synchronize()
             comp = time.time() - t0
             ms = bench(fb)
-            log(f"autotune fwd+bwd {label}{bl}: {ms:.3f} ms, first call {comp:.1f}s")
-            res[key].append({"blocks": bl, "fwd_bwd_ms": ms})
+            regs = compiled_registers(tb._attention_bwd_kernel, th._head_bwd_kernel,
+                                      ts._sender_bwd_kernel)
+            log(f"autotune fwd+bwd {label}{bl}: {ms:.3f} ms, first call {comp:.1f}s, {regs}")
+            res[key].append({"blocks": bl, "fwd_bwd_ms": ms, "registers": regs})
             if ms < best[0]:
                 best = (ms, bl)
         install(best[1])

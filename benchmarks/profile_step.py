@@ -20,6 +20,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atoms", type=int, default=10000)
     ap.add_argument("--rows", type=int, default=40)
+    ap.add_argument("--shapes", action="store_true",
+                    help="also a table of operators by input shape (which tensors the time is on)")
     ap.add_argument("--model", help="a trained model (packaged name or file) instead of the "
                     "paper configuration's random weights")
     args = ap.parse_args()
@@ -39,7 +41,7 @@ def main() -> None:
     print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s",
           flush=True)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
+    with torch.profiler.profile(activities=acts, record_shapes=args.shapes) as prof:
         step()
         torch.cuda.synchronize()
     # operators (with their kernels' time) and kernels, by time spent on the GPU
@@ -47,6 +49,10 @@ def main() -> None:
                                     max_name_column_width=70), flush=True)
     print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=args.rows,
                                     max_name_column_width=70), flush=True)
+    if args.shapes:
+        print(prof.key_averages(group_by_input_shape=True).table(
+            sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=40,
+            max_shapes_column_width=90), flush=True)
 
 
 if __name__ == "__main__":
