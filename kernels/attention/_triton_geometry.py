@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 INV_SQRT2 = tl.constexpr(0.70710678118654752)
+SQRT3 = tl.constexpr(1.7320508075688772)
 SQRT5 = tl.constexpr(2.2360679774997897)
 SQRT15 = tl.constexpr(3.8729833462074170)
 

@@ -9,15 +9,19 @@ Split by size. The output is out_i = sum_j alpha_ijh(c) M_ij v_j with M_ij = D^l
       g_ijh   = dL/dalpha_ijh = sum_{c in h} <M_ij v_j, G_i>_c            -> [E, H]
       D_ih    = sum_j g_ijh alpha_ijh                                     -> [n_recv, H]
       dv_j   += alpha_ijh(c) M_ij^T G_i                                   (atomics)
-      dR_ij, dD2_ij = dL/dR, dL/dD^2 (channel sums)                       -> [E, 9 + 25]
-  * head-sized work (softmax, score, gate, radial MLP, envelope): triton_head_backward.py;
-  * R and D^2 as functions of r_ij (34 numbers per edge): PyTorch autograd.
+      dL/dr_ij through R (channel sums, per head block)                   -> [n_hb, E, 3]
+    The last is the frame's "torque": turning the pole frame by omega changes u = D^l1 v and
+    P = D^l3 G by omega.J, so dL/domega = <J u, q> + <S u, J P> per channel, and only the
+    turns about x and z matter (the EAAS product is SO(2)-equivariant about the pole y);
+    a direction change moves the frame by exactly those. Three sums per edge, not the 34 of
+    dL/dR and dL/dD^2 followed by autograd through R(r) and D^2(R) (kernels/NOTES.md E34).
+  * head-sized work (softmax, score, gate, radial MLP, envelope): triton_head_backward.py.
 Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv_j and dk_j (the senders'
 gradients) are reduced by REDUCE: "atomic" (default) adds them from the receiver kernels
 with atomics; "sorted" sums them per sender over the chunk's sender-sorted edges
 (triton_sender_backward.py: dv, dk bitwise reproducible, ~6% slower, kernels/NOTES.md E15).
-dL/dR is reduced over head blocks by atomics in both modes, so forces are not bitwise
-reproducible run to run (float32 rounding only).
+dL/dr_ij is summed over head blocks from per-block stores: with "sorted", forces are bitwise
+reproducible run to run; with "atomic", dv's float32 rounding order varies.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._triton_geometry import _edge_envelope, _pole_frame
+from ._triton_geometry import SQRT3, _edge_envelope, _load_rij, _pole_frame
 from .common import receiver_chunks
 from .triton_forward import _pow2, eaas_constants, heads_per_program
 
@@ -42,6 +46,52 @@ def _csum(t):
 
 
 @triton.jit
+def _path_rows(
+    G00, G01, G02, G04, G05, G06, G07, G08, G09, G10, G11,
+    G12, G13, G14, G15, G16, G17, G18, G19,
+    r00, r01, r02, r10, r11, r12, r20, r21, r22,
+    d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+    d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
+):
+    """Pole-frame output gradients P = D^l3(R) G_path of the five paths with l3 > 0 (rows of
+    paths 0, 2, 3, 4, 5; path 1 has l3 = 0: its P is G03)."""
+    p0_0 = r00 * G00 + r01 * G01 + r02 * G02
+    p0_1 = r10 * G00 + r11 * G01 + r12 * G02
+    p0_2 = r20 * G00 + r21 * G01 + r22 * G02
+    p2_0 = r00 * G04 + r01 * G05 + r02 * G06
+    p2_1 = r10 * G04 + r11 * G05 + r12 * G06
+    p2_2 = r20 * G04 + r21 * G05 + r22 * G06
+    p3_0 = d00 * G07 + d01 * G08 + d02 * G09 + d03 * G10 + d04 * G11
+    p3_1 = d10 * G07 + d11 * G08 + d12 * G09 + d13 * G10 + d14 * G11
+    p3_2 = d20 * G07 + d21 * G08 + d22 * G09 + d23 * G10 + d24 * G11
+    p3_3 = d30 * G07 + d31 * G08 + d32 * G09 + d33 * G10 + d34 * G11
+    p3_4 = d40 * G07 + d41 * G08 + d42 * G09 + d43 * G10 + d44 * G11
+    p4_0 = r00 * G12 + r01 * G13 + r02 * G14
+    p4_1 = r10 * G12 + r11 * G13 + r12 * G14
+    p4_2 = r20 * G12 + r21 * G13 + r22 * G14
+    p5_0 = d00 * G15 + d01 * G16 + d02 * G17 + d03 * G18 + d04 * G19
+    p5_1 = d10 * G15 + d11 * G16 + d12 * G17 + d13 * G18 + d14 * G19
+    p5_2 = d20 * G15 + d21 * G16 + d22 * G17 + d23 * G18 + d24 * G19
+    p5_3 = d30 * G15 + d31 * G16 + d32 * G17 + d33 * G18 + d34 * G19
+    p5_4 = d40 * G15 + d41 * G16 + d42 * G17 + d43 * G18 + d44 * G19
+    return (p0_0, p0_1, p0_2, p2_0, p2_1, p2_2, p3_0, p3_1, p3_2, p3_3, p3_4,
+            p4_0, p4_1, p4_2, p5_0, p5_1, p5_2, p5_3, p5_4)
+
+
+@triton.jit
+def _pole_grad_of_rows(
+    G03, p0_1, p2_0, p2_2, p3_1, p3_2, p3_3, p4_0, p4_1, p4_2, p5_0, p5_1, p5_3, p5_4,
+    S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E,
+):
+    """q = S^T P: the pole-frame gradient of the rotated value u = D^l1 v (9 rows: l1 = 0,
+    1, 2), unweighted by alpha."""
+    return (S01 * p0_1,
+            S11C * p2_2 + S12B * p3_1, S10 * G03 + S12C * p3_2, S11A * p2_0 + S12D * p3_3,
+            S22E * p5_4, S21A * p4_0 + S22D * p5_3, S21B * p4_1, S21C * p4_2 + S22B * p5_1,
+            S22A * p5_0)
+
+
+@triton.jit
 def _pole_grad(
     G00, G01, G02, G03, G04, G05, G06, G07, G08, G09,
     G10, G11, G12, G13, G14, G15, G16, G17, G18, G19,
@@ -50,25 +100,61 @@ def _pole_grad(
     d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
     S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E,
 ):
-    """Pole-frame gradient of the rotated value u = D^l1 v (9 rows: l1 = 0, 1, 2), unweighted
-    by alpha, from the 20 output-gradient rows G: q = S^T (D^l3 G_path), needed rows only."""
-    p0_1 = r10 * G00 + r11 * G01 + r12 * G02
-    p2_0 = r00 * G04 + r01 * G05 + r02 * G06
-    p2_2 = r20 * G04 + r21 * G05 + r22 * G06
-    p3_1 = d10 * G07 + d11 * G08 + d12 * G09 + d13 * G10 + d14 * G11
-    p3_2 = d20 * G07 + d21 * G08 + d22 * G09 + d23 * G10 + d24 * G11
-    p3_3 = d30 * G07 + d31 * G08 + d32 * G09 + d33 * G10 + d34 * G11
-    p4_0 = r00 * G12 + r01 * G13 + r02 * G14
-    p4_1 = r10 * G12 + r11 * G13 + r12 * G14
-    p4_2 = r20 * G12 + r21 * G13 + r22 * G14
-    p5_0 = d00 * G15 + d01 * G16 + d02 * G17 + d03 * G18 + d04 * G19
-    p5_1 = d10 * G15 + d11 * G16 + d12 * G17 + d13 * G18 + d14 * G19
-    p5_3 = d30 * G15 + d31 * G16 + d32 * G17 + d33 * G18 + d34 * G19
-    p5_4 = d40 * G15 + d41 * G16 + d42 * G17 + d43 * G18 + d44 * G19
-    return (S01 * p0_1,
-            S11C * p2_2 + S12B * p3_1, S10 * G03 + S12C * p3_2, S11A * p2_0 + S12D * p3_3,
-            S22E * p5_4, S21A * p4_0 + S22D * p5_3, S21B * p4_1, S21C * p4_2 + S22B * p5_1,
-            S22A * p5_0)
+    """q = S^T (D^l3 G_path) from the 20 output-gradient rows G (the rows q does not need
+    are dead code to the compiler)."""
+    (p0_0, p0_1, p0_2, p2_0, p2_1, p2_2, p3_0, p3_1, p3_2, p3_3, p3_4,
+     p4_0, p4_1, p4_2, p5_0, p5_1, p5_2, p5_3, p5_4) = _path_rows(
+        G00, G01, G02, G04, G05, G06, G07, G08, G09, G10, G11,
+        G12, G13, G14, G15, G16, G17, G18, G19,
+        r00, r01, r02, r10, r11, r12, r20, r21, r22,
+        d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
+        d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
+    return _pole_grad_of_rows(
+        G03, p0_1, p2_0, p2_2, p3_1, p3_2, p3_3, p4_0, p4_1, p4_2, p5_0, p5_1, p5_3, p5_4,
+        S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E)
+
+
+@triton.jit
+def _frame_torque(
+    v0, u10, u11, u12, u20, u21, u22, u23, u24,
+    q10, q11, q12, q20, q21, q22, q23, q24,
+    p0_0, p0_2, p2_1, p3_0, p3_1, p3_2, p3_3, p3_4,
+    p4_0, p4_1, p4_2, p5_0, p5_1, p5_2, p5_3, p5_4,
+    S01, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E,
+):
+    """(t_x, t_z) = dL/domega_x, dL/domega_z per unit alpha: the edge's pole frame turned by
+    exp([omega]_x) (R -> exp([omega]_x) R), so u -> u + omega.J u and P -> P + omega.J P, and
+    dL/domega_k = <J_k u, q> + <y, J_k P> with y = S u the pole-frame outputs. J_k = d/de D^l(exp(e [e_k]_x)) at e = 0: [e_k]_x for l = 1, for l = 2 the sparse
+    matrices written out below (entries 1 and sqrt(3), from o3.wigner_d).
+    About the pole (y) nothing changes: the EAAS product is SO(2)-equivariant."""
+    # y rows of the paths with l3 > 0 (path 1 has l3 = 0, no turn)
+    b = S01 * v0                                                   # path 0: (0, b, 0)
+    a0 = S11A * u12                                                # path 2: (a0, 0, a2)
+    a2 = S11C * u10
+    e1 = S12B * u10                                                # path 3: (0, e1, e2, e3, 0)
+    e2 = S12C * u11
+    e3 = S12D * u12
+    c0 = S21A * u21                                                # path 4: (c0, c1, c2)
+    c1 = S21B * u22
+    c2 = S21C * u23
+    f0 = S22A * u24                                                # path 5: (f0, f1, 0, f3, f4)
+    f1 = S22B * u23
+    f3 = S22D * u21
+    f4 = S22E * u20
+    # <J_k u, q> (l1 = 1, 2) + <y, J_k P> (l3 = 1: J_x P = (0, -P2, P1), J_z P = (-P1, P0, 0);
+    # l3 = 2: J_x P = (P1, -P0, -s3 P3, s3 P2 - P4, P3), J_z P = (-P3, -s3 P2 - P4, s3 P1,
+    # P0, P1))
+    tx = (u11 * q12 - u12 * q11
+          + u21 * q20 - u20 * q21 - SQRT3 * u23 * q22 + (SQRT3 * u22 - u24) * q23 + u23 * q24
+          - b * p0_2 + a2 * p2_1 - c1 * p4_2 + c2 * p4_1
+          - e1 * p3_0 - SQRT3 * e2 * p3_3 + e3 * (SQRT3 * p3_2 - p3_4)
+          + f0 * p5_1 - f1 * p5_0 + f3 * (SQRT3 * p5_2 - p5_4) + f4 * p5_3)
+    tz = (u10 * q11 - u11 * q10
+          - u23 * q20 - (SQRT3 * u22 + u24) * q21 + SQRT3 * u21 * q22 + u20 * q23 + u21 * q24
+          + b * p0_0 - a0 * p2_1 - c0 * p4_1 + c1 * p4_0
+          - e1 * (SQRT3 * p3_2 + p3_4) + SQRT3 * e2 * p3_1 + e3 * p3_0
+          - f0 * p5_3 - f1 * (SQRT3 * p5_2 + p5_4) + f3 * p5_0 + f4 * p5_1)
+    return tx, tz
 
 
 @triton.jit
@@ -93,8 +179,8 @@ def _rotate_back(
 @triton.jit
 def _attention_bwd_kernel(
     g_out_ptr, v_ptr, rij_ptr, pj_ptr, rowptr_ptr, sw_ptr, m_ptr, den_ptr,
-    dv_ptr, galpha_ptr, dsum_ptr, drot_ptr,
-    r_base, e_base, cutoff,
+    dv_ptr, galpha_ptr, dsum_ptr, dturn_ptr,
+    r_base, e_base, n_edges, cutoff,
     H: tl.constexpr, CH: tl.constexpr, CH_P: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr,
     S01: tl.constexpr, S10: tl.constexpr, S11A: tl.constexpr, S11C: tl.constexpr,
@@ -181,12 +267,15 @@ def _attention_bwd_kernel(
         u22 = d20 * w0 + d21 * w1 + d22 * w2 + d23 * w3 + d24 * w4
         u23 = d30 * w0 + d31 * w1 + d32 * w2 + d33 * w3 + d34 * w4
         u24 = d40 * w0 + d41 * w1 + d42 * w2 + d43 * w3 + d44 * w4
-        q0, q10, q11, q12, q20, q21, q22, q23, q24 = _pole_grad(
-            G00, G01, G02, G03, G04, G05, G06, G07, G08, G09,
-            G10, G11, G12, G13, G14, G15, G16, G17, G18, G19,
+        (p0_0, p0_1, p0_2, p2_0, p2_1, p2_2, p3_0, p3_1, p3_2, p3_3, p3_4,
+         p4_0, p4_1, p4_2, p5_0, p5_1, p5_2, p5_3, p5_4) = _path_rows(
+            G00, G01, G02, G04, G05, G06, G07, G08, G09, G10, G11,
+            G12, G13, G14, G15, G16, G17, G18, G19,
             r00, r01, r02, r10, r11, r12, r20, r21, r22,
             d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
-            d30, d31, d32, d33, d34, d40, d41, d42, d43, d44,
+            d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
+        q0, q10, q11, q12, q20, q21, q22, q23, q24 = _pole_grad_of_rows(
+            G03, p0_1, p2_0, p2_2, p3_1, p3_2, p3_3, p4_0, p4_1, p4_2, p5_0, p5_1, p5_3, p5_4,
             S01, S10, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E)
         # dL/dalpha: <u, q> summed over the head's channels (rotation-invariant form)
         gal = v0 * q0 + u10 * q10 + u11 * q11 + u12 * q12 + u20 * q20 + u21 * q21 \
@@ -194,19 +283,29 @@ def _attention_bwd_kernel(
         gal = tl.sum(gal, axis=2)
         tl.store(galpha_ptr + le[:, None] * H + offs_h[None, :], gal, mask=amask)
         dsum += tl.sum(gal * alpha, axis=0)
+        # dL/dr_ij through the rotation: the frame turned about x and z (t_x, t_z), which a
+        # change dr of the direction does by omega_z = (R dr)_x / d, omega_x = -(R dr)_z / d,
+        # so dL/dr = R^T (t_z, 0, -t_x) / d: three channel sums per edge where dL/dR and
+        # dL/dD^2 took 34 (kernels/NOTES.md E34)
+        tx, tz = _frame_torque(
+            v0, u10, u11, u12, u20, u21, u22, u23, u24,
+            q10, q11, q12, q20, q21, q22, q23, q24,
+            p0_0, p0_2, p2_1, p3_0, p3_1, p3_2, p3_3, p3_4,
+            p4_0, p4_1, p4_2, p5_0, p5_1, p5_2, p5_3, p5_4,
+            S01, S11A, S11C, S12B, S12C, S12D, S21A, S21B, S21C, S22A, S22B, S22D, S22E)
+        rx, ry, rz = _load_rij(rij_ptr, e3, m3)
+        inv_d = 1.0 / tl.sqrt(rx * rx + ry * ry + rz * rz)
+        tx = tx * al * inv_d
+        tz = tz * al * inv_d
+        dtp = dturn_ptr + (hb * n_edges + le) * 3
+        tl.store(dtp + 0, _csum(r00 * tz - r20 * tx), mask=emask)
+        tl.store(dtp + 1, _csum(r01 * tz - r21 * tx), mask=emask)
+        tl.store(dtp + 2, _csum(r02 * tz - r22 * tx), mask=emask)
         # dv_j += alpha * D^l1^T q
-        q0 = q0 * al
-        q10 = q10 * al
-        q11 = q11 * al
-        q12 = q12 * al
-        q20 = q20 * al
-        q21 = q21 * al
-        q22 = q22 * al
-        q23 = q23 * al
-        q24 = q24 * al
         if ATOMIC_DV:
             (t0, t1, t2, t3, t4, t5, t6, t7, t8) = _rotate_back(
-                q0, q10, q11, q12, q20, q21, q22, q23, q24,
+                q0 * al, q10 * al, q11 * al, q12 * al, q20 * al, q21 * al, q22 * al,
+                q23 * al, q24 * al,
                 r00, r01, r02, r10, r11, r12, r20, r21, r22,
                 d00, d01, d02, d03, d04, d10, d11, d12, d13, d14, d20, d21, d22, d23, d24,
                 d30, d31, d32, d33, d34, d40, d41, d42, d43, d44)
@@ -220,61 +319,6 @@ def _attention_bwd_kernel(
             tl.atomic_add(dvp + 6 * C, t6, mask=vmask, sem="relaxed")
             tl.atomic_add(dvp + 7 * C, t7, mask=vmask, sem="relaxed")
             tl.atomic_add(dvp + 8 * C, t8, mask=vmask, sem="relaxed")
-        # dL/dR: rotation in (u1 = R v1) and rotation back of the l3 = 1 paths (0, 2, 4)
-        # with pole-frame outputs t0 = (0, S01 v0, 0), t2 = (S11A u12, 0, S11C u10),
-        # t4 = (S21A u21, S21B u22, S21C u23): dR[a, b] += alpha t[a] G_path[b].
-        a0 = (S11A * u12) * al
-        a2 = (S11C * u10) * al
-        c0 = (S21A * u21) * al
-        c1 = (S21B * u22) * al
-        c2 = (S21C * u23) * al
-        b1 = (S01 * v0) * al
-        dp = drot_ptr + le * 34
-        tl.atomic_add(dp + 0, _csum(q10 * v1 + a0 * G04 + c0 * G12), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 1, _csum(q10 * v2 + a0 * G05 + c0 * G13), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 2, _csum(q10 * v3 + a0 * G06 + c0 * G14), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 3, _csum(q11 * v1 + b1 * G00 + c1 * G12), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 4, _csum(q11 * v2 + b1 * G01 + c1 * G13), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 5, _csum(q11 * v3 + b1 * G02 + c1 * G14), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 6, _csum(q12 * v1 + a2 * G04 + c2 * G12), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 7, _csum(q12 * v2 + a2 * G05 + c2 * G13), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 8, _csum(q12 * v3 + a2 * G06 + c2 * G14), mask=emask, sem="relaxed")
-        # dL/dD2: rotation in (u2 = D v2) and back of the l3 = 2 paths (3, 5) with
-        # t3 = (0, S12B u10, S12C u11, S12D u12, 0), t5 = (S22A u24, S22B u23, 0, S22D u21,
-        # S22E u20).
-        e1 = (S12B * u10) * al
-        e2 = (S12C * u11) * al
-        e3 = (S12D * u12) * al
-        f0 = (S22A * u24) * al
-        f1 = (S22B * u23) * al
-        f3 = (S22D * u21) * al
-        f4 = (S22E * u20) * al
-        dp = dp + 9
-        tl.atomic_add(dp + 0, _csum(q20 * w0 + f0 * G15), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 1, _csum(q20 * w1 + f0 * G16), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 2, _csum(q20 * w2 + f0 * G17), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 3, _csum(q20 * w3 + f0 * G18), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 4, _csum(q20 * w4 + f0 * G19), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 5, _csum(q21 * w0 + e1 * G07 + f1 * G15), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 6, _csum(q21 * w1 + e1 * G08 + f1 * G16), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 7, _csum(q21 * w2 + e1 * G09 + f1 * G17), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 8, _csum(q21 * w3 + e1 * G10 + f1 * G18), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 9, _csum(q21 * w4 + e1 * G11 + f1 * G19), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 10, _csum(q22 * w0 + e2 * G07), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 11, _csum(q22 * w1 + e2 * G08), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 12, _csum(q22 * w2 + e2 * G09), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 13, _csum(q22 * w3 + e2 * G10), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 14, _csum(q22 * w4 + e2 * G11), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 15, _csum(q23 * w0 + e3 * G07 + f3 * G15), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 16, _csum(q23 * w1 + e3 * G08 + f3 * G16), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 17, _csum(q23 * w2 + e3 * G09 + f3 * G17), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 18, _csum(q23 * w3 + e3 * G10 + f3 * G18), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 19, _csum(q23 * w4 + e3 * G11 + f3 * G19), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 20, _csum(q24 * w0 + f4 * G15), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 21, _csum(q24 * w1 + f4 * G16), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 22, _csum(q24 * w2 + f4 * G17), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 23, _csum(q24 * w3 + f4 * G18), mask=emask, sem="relaxed")
-        tl.atomic_add(dp + 24, _csum(q24 * w4 + f4 * G19), mask=emask, sem="relaxed")
     tl.store(dsum_ptr + i * H + offs_h, dsum, mask=hmask)
 
 
@@ -291,13 +335,12 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
     Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (g =
-    dL/dalpha, D = sum_j g alpha, dL/dR, dL/dD^2, dv), the head kernel (dq, dk, dL/d|r|)
-    (with REDUCE "sorted", dv and dk come from the sender kernel instead), and PyTorch for
-    R(r_ij), D^2 (34 numbers per edge) and, if weight_grads, the weight products.
+    dL/dalpha, D = sum_j g alpha, dv, and dL/dr_ij through the rotation, per head block),
+    the head kernel (dq, dk, dL/d|r|) (with REDUCE "sorted", dv and dk come from the sender
+    kernel instead), and PyTorch for the sum over head blocks plus dL/d|r| r_hat and, if
+    weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
     """
-    from e2former_lammps.o3 import rotation_to_pole, wigner_d
-
     from .common import EdgeRadialWeights, gaussian_rbf
     from .triton_forward import edge_scores
     from .triton_head_backward import head_backward
@@ -326,11 +369,12 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                     emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
                     weight_envelope=weight_envelope)
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
-        drot = torch.zeros(e1 - e0, 34, dtype=v.dtype, device=v.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
+        # every program writes all its edges' 3 numbers: no zeroing, no atomics
+        dturn = torch.empty(grid[1], e1 - e0, 3, dtype=v.dtype, device=v.device)
         _attention_bwd_kernel[grid](
-            grad_out, v, rij, pair_j, rowptr, sw, m, den, dv, galpha, dsum, drot, r0, e0,
-            float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
+            grad_out, v, rij, pair_j, rowptr, sw, m, den, dv, galpha, dsum, dturn, r0, e0,
+            e1 - e0, float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
             BLOCK_H=bl["BLOCK_H"], **consts, ATOMIC_DV=atomic, num_warps=bl["num_warps"])
         dd, d_o, d_pre = head_backward(
             q, k, rij, pair_j, species, rowptr, centers, width, spacing, w_rbf, emb_recv,
@@ -339,15 +383,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
                             cutoff, e0, e1, consts)
-        rc = rij[e0:e1].detach().requires_grad_()
-        with torch.enable_grad():
-            dist = rc.norm(dim=-1, keepdim=True)
-            rot = rotation_to_pole(rc / dist)
-            d2 = wigner_d(rot, 2)
-            (drc,) = torch.autograd.grad(
-                (rot, d2, dist), [rc],
-                (drot[:, :9].view(-1, 3, 3), drot[:, 9:].view(-1, 5, 5), dd[:, None]))
-        drij[e0:e1] = drc
+        rc = rij[e0:e1].detach()
+        dist = rc.norm(dim=-1, keepdim=True)
+        torch.add(dturn.sum(0), rc * (dd[:, None] / dist), out=drij[e0:e1])
         if weight_grads:
             pi, pj = pair_i[e0:e1], pair_j[e0:e1]
             rbf = gaussian_rbf(dist.detach()[:, 0], centers, width)
