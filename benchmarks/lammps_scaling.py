@@ -122,6 +122,7 @@ thermo {steps}""")
         "peak_mem_bytes": peak,
         "model_fraction": model_s * prof.calls / wall,
         "step_breakdown_s": {"total": step_s, **per_call},
+        "model_s_each_call": prof.each_call.get("model", []),
         "model_alone_s": alone,
         "model_alone_atom_steps_per_s": n_atoms / alone,
         "lammps_overhead_ratio": step_s / alone,

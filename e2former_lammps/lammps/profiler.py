@@ -14,6 +14,8 @@ class CallProfiler:
 
     def __init__(self, keep_graph: bool = False):
         self.totals: dict[str, float] = defaultdict(float)
+        # each call's seconds per phase: a slow first call or a recompiling one stands out
+        self.each_call: dict[str, list[float]] = defaultdict(list)
         self.calls = 0
         self.keep_graph = keep_graph
         self.last_graph = None
@@ -31,6 +33,7 @@ class CallProfiler:
         self._sync(graph)
         now = time.perf_counter()
         self.totals[name] += now - self._t
+        self.each_call[name].append(now - self._t)
         self._t = now
         if name == "inputs" and self.keep_graph:
             self.last_graph = graph

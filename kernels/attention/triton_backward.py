@@ -176,7 +176,7 @@ def _rotate_back(
             d04 * q20 + d14 * q21 + d24 * q22 + d34 * q23 + d44 * q24)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r_base", "e_base", "n_edges"])  # triton_forward: chunk bounds
 def _attention_bwd_kernel(
     g_out_ptr, v_ptr, rij_ptr, pj_ptr, rowptr_ptr, sw_ptr, m_ptr, den_ptr,
     dv_ptr, galpha_ptr, dsum_ptr, dturn_ptr,

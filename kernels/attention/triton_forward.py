@@ -161,7 +161,12 @@ def _b(t):
     return t[:, None, None]
 
 
-@triton.jit
+# Chunk bounds (edge and receiver offsets, edge counts) change with every MD step's pair list.
+# Triton specialises integer arguments on divisibility by 16 by default, so each new
+# combination compiled the kernel again (seconds each) inside timed steps: a suspect for
+# LAMMPS at 100k atoms running its model call 4x slower than the model alone on the same
+# coordinates (kernels/NOTES.md E36). They are plain runtime integers here.
+@triton.jit(do_not_specialize=["e_base", "e_end"])
 def _edge_scores_kernel(
     q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
@@ -221,7 +226,7 @@ def _acc(acc, corr3, DEFER: tl.constexpr, x, scale):
         return acc * corr3 + tl.sum(x, axis=0, keep_dims=True) * scale
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r_base", "e_base"])  # chunk bounds (above)
 def _attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,

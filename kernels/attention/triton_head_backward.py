@@ -30,7 +30,7 @@ from .triton_forward import (_edge_geometry, _pow2, _radial_out, _radial_pre, _r
                              weight_envelope_args)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["r_base", "e_base"])  # triton_forward: chunk bounds
 def _head_bwd_kernel(
     q_ptr, k_ptr, rij_ptr, pj_ptr, species_ptr, rowptr_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr,

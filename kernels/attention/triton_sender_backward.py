@@ -23,7 +23,7 @@ from .triton_backward import _pole_grad, _rotate_back
 from .triton_forward import _pow2, heads_per_program
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["e_base"])  # triton_forward: chunk bounds
 def _sender_bwd_kernel(
     g_out_ptr, q_ptr, rij_ptr, pi_ptr, perm_ptr, colptr_ptr, sw_ptr, dqk_ptr, m_ptr, den_ptr,
     dv_ptr, dk_ptr, e_base, cutoff,
