@@ -20,8 +20,9 @@ Receiver chunks of CHUNK_EDGES edges bound the per-edge scratch. dv_j and dk_j (
 gradients) are reduced by REDUCE: "atomic" (default) adds them from the receiver kernels
 with atomics; "sorted" sums them per sender over the chunk's sender-sorted edges
 (triton_sender_backward.py: dv, dk bitwise reproducible, ~6% slower, kernels/NOTES.md E15).
-dL/dr_ij is summed over head blocks from per-block stores: with "sorted", forces are bitwise
-reproducible run to run; with "atomic", dv's float32 rounding order varies.
+dL/dr_ij is summed over head blocks from per-block stores, without atomics in either mode, so
+with "sorted" dq, dk, dv and dL/dr_ij are all free of atomics (the radial weights' gradients,
+for training, still use index_add_).
 """
 from __future__ import annotations
 
