@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from e2former_lammps.o3 import (clebsch_gordan, eaas_paths, rotation_to_pole,
-                                spherical_harmonics, tp_dense, tp_eaas, tp_paths, wigner_d)
+from e2former_lammps.o3 import (clebsch_gordan, eaas_paths, rotation_to_pole, so3_generator,
+                                spherical_harmonics, tp_dense, tp_eaas, tp_paths,
+                                tp_pole_frame, wigner_d)
 from e2former_lammps.o3.clebsch_gordan import _random_rotations
 
 
@@ -115,3 +116,48 @@ def test_dense_tp_is_equivariant():
     out_rot = tp_dense(v_rot, r @ rot.T, 2)
     for (l1, l3), a, b in zip(tp_paths(2), out, out_rot):
         assert torch.allclose(wigner_d(rot, l3) @ a, b, atol=1e-12)
+
+
+S3 = 3.0 ** 0.5
+# the generators written out in kernels/attention/triton_backward._frame_torque:
+# (row, column) -> entry of J^2_x and J^2_z
+KERNEL_J2 = {0: {(0, 1): 1.0, (1, 0): -1.0, (2, 3): -S3, (3, 2): S3, (3, 4): -1.0, (4, 3): 1.0},
+             2: {(0, 3): -1.0, (1, 2): -S3, (1, 4): -1.0, (2, 1): S3, (3, 0): 1.0, (4, 1): 1.0}}
+
+
+@pytest.mark.parametrize("l", [1, 2])
+def test_so3_generators_turn_wigner_d_and_match_the_kernel(l):
+    """J^l_k generates D^l: D^l(exp(t [e_k]_x)) = exp(t J^l_k) for a finite t; J^1_k =
+    [e_k]_x; the kernel's J^2_x and J^2_z tables are these matrices, entry by entry."""
+    gen = torch.Generator().manual_seed(_rng_seed())
+    t = float(torch.rand((), generator=gen, dtype=torch.float64)) * 2.0 - 1.0
+    for k in range(3):
+        j = so3_generator(l, k)
+        assert torch.allclose(j, -j.T, atol=1e-14)
+        skew = torch.zeros(3, 3, dtype=torch.float64)
+        a, b = (k + 1) % 3, (k + 2) % 3
+        skew[b, a], skew[a, b] = 1.0, -1.0  # [e_k]_x
+        if l == 1:
+            assert torch.allclose(j, skew, atol=1e-14)
+        assert torch.allclose(torch.linalg.matrix_exp(t * j),
+                              wigner_d(torch.linalg.matrix_exp(t * skew), l), atol=1e-12)
+        if l == 2 and k in KERNEL_J2:
+            table = torch.zeros(5, 5, dtype=torch.float64)
+            for (row, col), value in KERNEL_J2[k].items():
+                table[row, col] = value
+            assert torch.allclose(j, table, atol=1e-12)
+
+
+def test_pole_frame_product_commutes_with_turns_about_the_pole_only():
+    """What the backward kernel's frame torque relies on (E34): the EAAS product S is
+    SO(2)-equivariant about the pole y, S(J_y u) = J_y S(u) on every path, so turning the
+    frame about the pole changes nothing; turns about x and z do not commute."""
+    gen = torch.Generator().manual_seed(_rng_seed())
+    u = {l: torch.randn(2 * l + 1, 4, dtype=torch.float64, generator=gen) for l in range(3)}
+    out = tp_pole_frame(u, 2)
+    for k, commutes in ((1, True), (0, False), (2, False)):
+        turned = tp_pole_frame({l: so3_generator(l, k) @ u[l] for l in u}, 2)
+        gaps = [(t - so3_generator(l3, k) @ o).abs().max()
+                for (_, l3), t, o in zip(tp_paths(2), turned, out)]
+        assert (max(gaps) < 1e-12) == commutes
+

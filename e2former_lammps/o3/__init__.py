@@ -11,10 +11,10 @@ from .tensor_product import (
     tp_paths,
     tp_pole_frame,
 )
-from .wigner import rotation_to_pole, wigner_d
+from .wigner import rotation_to_pole, so3_generator, wigner_d
 
 __all__ = [
     "clebsch_gordan", "row_degrees", "sh_l1", "sh_l2", "spherical_harmonics", "eaas_paths", "n_path_rows",
     "path_rows", "tp_dense", "tp_eaas", "tp_paths", "tp_pole_frame", "rotation_to_pole",
-    "wigner_d",
+    "so3_generator", "wigner_d",
 ]

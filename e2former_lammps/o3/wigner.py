@@ -64,3 +64,24 @@ def rotation_to_pole(r_hat: Tensor) -> Tensor:
                s * kz, s * (1.0 - (kx * kxf + kz * kzf)), -s * kx,
                s * (kx * kzf), s * kx, s * (1.0 - kx * kxf)]
     return torch.stack(entries, -1).unflatten(-1, (3, 3))
+
+
+def so3_generator(l: int, axis: int, dtype: torch.dtype = torch.float64) -> Tensor:
+    """J^l_k = d/de D^l(exp(e [e_k]_x)) at e = 0, k = axis (0, 1, 2 for x, y, z): how a
+    degree-l feature changes under a small turn about axis k (antisymmetric, [2l+1, 2l+1]).
+    J^1_k = [e_k]_x. The attention's backward kernel turns the pole frame with these
+    (kernels/attention/triton_backward._frame_torque; tests/test_o3.py checks its table)."""
+    omega = torch.zeros(3, dtype=torch.float64)
+
+    def d_of_turn(eps: Tensor) -> Tensor:
+        w = omega.clone()
+        w[axis] = eps
+        x, y, z = w.unbind()
+        zero = 0.0 * eps
+        skew = torch.stack([torch.stack([zero, -z, y]), torch.stack([z, zero, -x]),
+                            torch.stack([-y, x, zero])])
+        return wigner_d(torch.linalg.matrix_exp(skew), l)
+
+    eps = torch.zeros((), dtype=torch.float64)
+    return torch.autograd.functional.jacobian(d_of_turn, eps).to(dtype)
+

@@ -125,8 +125,9 @@ def _frame_torque(
 ):
     """(t_x, t_z) = dL/domega_x, dL/domega_z per unit alpha: the edge's pole frame turned by
     exp([omega]_x) (R -> exp([omega]_x) R), so u -> u + omega.J u and P -> P + omega.J P, and
-    dL/domega_k = <J_k u, q> + <y, J_k P> with y = S u the pole-frame outputs. J_k = d/de D^l(exp(e [e_k]_x)) at e = 0: [e_k]_x for l = 1, for l = 2 the sparse
-    matrices written out below (entries 1 and sqrt(3), from o3.wigner_d).
+    dL/domega_k = <J_k u, q> + <y, J_k P> with y = S u the pole-frame outputs. J_k = o3.so3_generator(l, k): [e_k]_x for l = 1, for l = 2 the sparse matrices
+    written out below (entries 1 and sqrt(3); tests/test_o3.py checks this table and that
+    S commutes with the turn about the pole).
     About the pole (y) nothing changes: the EAAS product is SO(2)-equivariant."""
     # y rows of the paths with l3 > 0 (path 1 has l3 = 0, no turn)
     b = S01 * v0                                                   # path 0: (0, b, 0)
