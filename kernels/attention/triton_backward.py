@@ -390,7 +390,7 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         torch.add(dturn.sum(0), rc * (dd[:, None] / dist), out=drij[e0:e1])
         if weight_grads:
             pi, pj = pair_i[e0:e1], pair_j[e0:e1]
-            rbf = gaussian_rbf(dist.detach()[:, 0], centers, width)
+            rbf = gaussian_rbf(dist[:, 0], centers, width)
             hidden = EdgeRadialWeights(centers, width, w_rbf, emb_recv, emb_send, w_out,
                                        b_out).hidden(rbf, species[pi], species[pj])
             dw[0] += rbf.transpose(0, 1) @ d_pre
