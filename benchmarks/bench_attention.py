@@ -654,17 +654,18 @@ FWD_VARIANTS = [  # run 2 (commit c4d3849) at 10k: PRE+DEFER E16 H16 w4 7.84 ms,
          PRE_BLOCK_E=32, PRE_BLOCK_H=32, PRE_NUM_WARPS=8),
 ]
 # channel backward (BLOCK_H heads; at the paper's 2 channels per head the tile is 2 x BLOCK_H
-# lanes wide). Session 18's ncu: E16 H16 w4 (the default) at 255 registers and spilling.
-BWD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=16, num_warps=4),
+# lanes wide). Session 19 (E37): E4 H32 w4 (now the default) 16.8 ms against E16 H16 w4 20.6.
+BWD_VARIANTS = [dict(BLOCK_E=4, BLOCK_H=32, num_warps=4),
+                dict(BLOCK_E=16, BLOCK_H=16, num_warps=4),
                 dict(BLOCK_E=8, BLOCK_H=16, num_warps=4),
-                dict(BLOCK_E=4, BLOCK_H=16, num_warps=4),
-                dict(BLOCK_E=16, BLOCK_H=16, num_warps=8),
-                dict(BLOCK_E=8, BLOCK_H=16, num_warps=8),
-                dict(BLOCK_E=8, BLOCK_H=8, num_warps=4),
-                dict(BLOCK_E=16, BLOCK_H=8, num_warps=4),
-                dict(BLOCK_E=4, BLOCK_H=32, num_warps=4),
-                dict(BLOCK_E=8, BLOCK_H=32, num_warps=8),
-                dict(BLOCK_E=16, BLOCK_H=32, num_warps=8)]
+                dict(BLOCK_E=2, BLOCK_H=32, num_warps=4),
+                dict(BLOCK_E=2, BLOCK_H=64, num_warps=4),
+                dict(BLOCK_E=4, BLOCK_H=64, num_warps=4),
+                dict(BLOCK_E=4, BLOCK_H=64, num_warps=8),
+                dict(BLOCK_E=4, BLOCK_H=32, num_warps=2),
+                dict(BLOCK_E=2, BLOCK_H=32, num_warps=2),
+                dict(BLOCK_E=8, BLOCK_H=32, num_warps=4),
+                dict(BLOCK_E=8, BLOCK_H=64, num_warps=8)]
 # head backward (triton_head_backward)
 HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4),
                  dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8),

@@ -326,9 +326,9 @@ def _attention_bwd_kernel(
 
 def default_bwd_blocks(n_heads: int, ch: int) -> dict[str, int]:
     # fastest of BWD_VARIANTS (benchmarks/bench_attention.py --autotune) at 10k water atoms on
-    # the H100, no register spills (ptxas, triton 3.6): kernels/NOTES.md, E7 (BLOCK_H 16 at 2
-    # channels per head; the same tile width with more channels per head: E20)
-    return dict(BLOCK_E=16, BLOCK_H=heads_per_program(32, n_heads, ch), num_warps=4)
+    # the H200 after E34 took the rotation gradient out of the tile: 4 edges x 32 heads at 2
+    # channels per head, 168 registers, no spills (kernels/NOTES.md E37; before: E7, E20)
+    return dict(BLOCK_E=4, BLOCK_H=heads_per_program(64, n_heads, ch), num_warps=4)
 
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
