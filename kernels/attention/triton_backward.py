@@ -37,6 +37,7 @@ from .triton_forward import _pow2, eaas_constants, heads_per_program
 CHUNK_EDGES = 1 << 20
 # how dv, dk reach the senders (module docstring): "atomic" is faster on the H200 (E15),
 # "sorted" gives bitwise reproducible dv, dk
+REDUCE_MODES = ("atomic", "sorted")
 REDUCE = "atomic"
 
 
@@ -351,8 +352,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     n_heads, channels = q.shape[1], v.shape[-1]
     ch = channels // n_heads
     bl = default_bwd_blocks(n_heads, ch)
-    if REDUCE not in ("sorted", "atomic"):
-        raise ValueError(f"REDUCE must be 'sorted' or 'atomic', got {REDUCE!r}")
+    if REDUCE not in REDUCE_MODES:
+        raise ValueError(f"REDUCE must be one of {REDUCE_MODES}, got {REDUCE!r}")
     atomic = REDUCE == "atomic"
     consts = eaas_constants()
     dv = torch.zeros_like(v)

@@ -1,0 +1,57 @@
+"""Every Triton kernel compiles for the H100/H200 (sm_90) at its default tiles, on the CPU.
+
+The interpreter tests execute the kernels as Python and compile nothing; this runs
+benchmarks/kernel_resources.py (kernels/ahead_of_time.py) in a process without
+TRITON_INTERPRET, so a kernel the compiler rejects, or a tile that needs more shared memory
+than an SM has, fails here instead of on the GPU machine.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+KERNELS = {"_edge_scores_kernel", "_attention_fwd_kernel", "_attention_bwd_kernel",
+           "_head_bwd_kernel", "_sender_bwd_kernel", "_matmul_kernel", "_outer_kernel"}
+SM90_SHARED_BYTES = 227 * 1024  # the most one program (thread block) may use on sm_90
+
+
+def run_kernel_resources(tmp_path: Path, config: str) -> dict:
+    out = tmp_path / f"{config}.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"),
+                           "--config", config, "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, f"kernel_resources.py --config {config}:\n{proc.stderr[-4000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("config", ["paper", "spice-xtb"])
+def test_kernels_compile_for_sm90(tmp_path, config):
+    result = run_kernel_resources(tmp_path, config)
+    assert result["arch"] == "sm_90"
+    compiled = {row["kernel"] for row in result["kernels"]}
+    assert compiled == KERNELS, f"compiled {sorted(compiled)}, expected {sorted(KERNELS)}"
+    for row in result["kernels"]:
+        assert 0 < row["registers"] <= 255, row
+        assert row["shared_bytes"] <= SM90_SHARED_BYTES, \
+            f"{row['label']} needs {row['shared_bytes']} B of shared memory"
+    # both reduction modes and both backward kinds were launched
+    head = {(r["constexprs"]["WEIGHT_GRADS"], r["constexprs"]["ATOMIC_DK"])
+            for r in result["kernels"] if r["kernel"] == "_head_bwd_kernel"}
+    assert head == {(False, True), (True, True), (False, False), (True, False)}
+
+
+def test_interpreter_mode_is_refused(tmp_path):
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")]))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py")],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "TRITON_INTERPRET unset" in proc.stderr
