@@ -1,0 +1,39 @@
+"""benchmarks/lammps_scaling.py (the one-GPU scaling harness) run on the CPU: the LAMMPS
+library drives the model through ML-IAP; its JSON holds the fields issue 6 asks for."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_lammps_scaling_harness_on_the_cpu(tmp_path):
+    out = tmp_path / "lammps_scaling.json"
+    steps = 2
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/lammps_scaling.py"), "--device", "cpu",
+         "--config", "small", "--sizes", "192", "--steps", str(steps), "--warmup", "1",
+         "--out", str(out)],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+        timeout=600, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["device"] and result["commit"] and result["dtype"] == "float32"
+    (row,) = result["results"]
+    assert "error" not in row, row
+    assert row["n_atoms"] == 192 and row["steps"] == steps
+    assert row["atom_steps_per_s"] == pytest.approx(192 * row["timesteps_per_s"])
+    assert 0 < row["model_fraction"] <= 1
+    assert row["model_alone_atom_steps_per_s"] > 0
+    assert row["peak_mem_bytes"] is None  # no GPU memory on the CPU
+    # one model time per timed step, each within the step's share of the loop
+    assert len(row["model_s_each_call"]) == steps and min(row["model_s_each_call"]) > 0
+    first, last = row["etotal_eV_first_last"]
+    assert abs(last - first) < 1e-3 * 192  # NVE over two 0.5 fs steps: no blow-up
+    assert out.with_suffix(".png").stat().st_size > 10_000  # drawn in its own process
