@@ -447,3 +447,40 @@ def test_gpu_gradgradcheck():
     args = tuple(leaves[:4])
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7), f"seed {seed}"
     assert torch.autograd.gradgradcheck(f, args, eps=1e-6, atol=1e-6), f"seed {seed}"
+
+
+@pytest.mark.parametrize("identity_paths,weight_envelope", [(False, None), (True, 1.5)])
+def test_chunked_reference_matches_reference(identity_paths, weight_envelope, monkeypatch):
+    """impl "reference_chunked" (receiver chunks recomputed in the backward, for float64
+    checks at 100k atoms) = the reference: output, first derivatives and the force-loss
+    second derivatives, in chunks of <= 20 edges (several chunks, a receiver over the limit,
+    receivers without neighbours)."""
+    import kernels.attention.reference as reference
+
+    monkeypatch.setattr(reference, "CHUNK_EDGES", 20)
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9)
+    results = {}
+    for impl in ("reference", "reference_chunked"):
+        leaves = make_leaves(inputs)
+        q, k, v, rij = leaves[:4]
+        radial = dataclasses.replace(inputs[7], w_rbf=leaves[4], emb_recv=leaves[5],
+                                     emb_send=leaves[6], w_out=leaves[7], b_out=leaves[8])
+        out = equivariant_attention(q, k, v, rij, *inputs[4:7], radial, CUTOFF, EPS, 2,
+                                    impl=impl, identity_paths=identity_paths,
+                                    weight_envelope=weight_envelope)
+        g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                            dtype=out.dtype)
+        first = torch.autograd.grad(out, leaves, g_out, create_graph=True)
+        # a force loss: |dL/drij|^2 differentiated again, to every input
+        second = torch.autograd.grad(first[3].square().sum(), leaves)
+        results[impl] = (out.detach(), [g.detach() for g in first], second)
+    (out_ref, first_ref, second_ref) = results["reference"]
+    (out, first, second) = results["reference_chunked"]
+    assert out.shape == out_ref.shape
+    assert (out[0] == 0).all() and (out[5] == 0).all()  # receivers without neighbours
+    assert rel(out, out_ref) < 1e-12, f"seed {seed}"
+    for name, a, b in zip(NAMES, first, first_ref):
+        assert rel(a, b) < 1e-12, f"d/d{name}: {rel(a, b):.2e} (seed {seed})"
+    for name, a, b in zip(NAMES, second, second_ref):
+        assert rel(a, b) < 1e-11, f"second derivative, {name}: {rel(a, b):.2e} (seed {seed})"

@@ -7,7 +7,7 @@ from torch import Tensor
 from ..launch import on_device_of
 from .common import EdgeRadialWeights
 
-IMPLEMENTATIONS = ("reference", "triton", "auto")
+IMPLEMENTATIONS = ("reference", "reference_chunked", "triton", "auto")
 
 
 def triton_available() -> bool:
@@ -42,7 +42,9 @@ def equivariant_attention(
     [n_total] element indices. Returns [n_recv, n_path_rows(lmax), C], path-major rows
     (see e2former_lammps.o3.path_rows); with identity_paths, the (lmax+1)^2 rows of
     sum_j alpha_ij v_j (the l_f = 0 paths) follow them.
-    impl: "reference" (PyTorch, materialises per-edge tensors), "triton" (fused kernel,
+    impl: "reference" (PyTorch, materialises per-edge tensors), "reference_chunked" (the
+    same over receiver chunks recomputed in the backward: one chunk's per-edge tensors at a
+    time, for checks at sizes the reference does not fit), "triton" (fused kernel,
     lmax 2; runs on CPU only under TRITON_INTERPRET=1) or "auto" (triton on CUDA when
     available and lmax == 2, else reference). shared: a dict that lives for one forward of
     the model, through which the reference's layers share the edge geometry and Wigner
@@ -57,6 +59,12 @@ def equivariant_attention(
             q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
             identity_paths=identity_paths, shared=shared, weight_envelope=weight_envelope,
         )
+    if impl == "reference_chunked":
+        from .reference import equivariant_attention_reference_chunked
+
+        return equivariant_attention_reference_chunked(
+            q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
+            identity_paths=identity_paths, weight_envelope=weight_envelope)
     if impl == "triton":
         from .autograd import equivariant_attention_triton
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import EdgeRadialWeights, receiver_chunks
+from .common import EdgeRadialWeights, chunk_local, receiver_chunks, receiver_rowptr
 
 CHUNK_EDGES = 1 << 15
 BACKWARD_IMPL = "triton"  # "triton" or "chunked"
@@ -38,15 +38,12 @@ def _chunked_reference_grads(grad_out, q, k, v, rij, weights, pair_i, pair_j, sp
              for t, need in zip((q, k, v, rij, *weights), needs)]
     for r0, r1, e0, e1 in receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES):
         if e1 > e0:
-            pj = pair_j[e0:e1]
-            uniq, inv = torch.unique(pj, return_inverse=True)
-            nodes = torch.cat([torch.arange(r0, r1, device=q.device), uniq])
-            nr = r1 - r0
+            nodes, pi, pj = chunk_local(pair_i, pair_j, r0, r1, e0, e1)
             leaves = [q[r0:r1], k[nodes], v[nodes], rij[e0:e1], *weights]
             leaves = [t.detach().requires_grad_(need) for t, need in zip(leaves, needs)]
             with torch.enable_grad():
-                out = _reference(*leaves, pair_i[e0:e1] - r0, nr + inv, species[nodes],
-                                 centers, width, cutoff, eps, weight_envelope)
+                out = _reference(*leaves, pi, pj, species[nodes], centers, width, cutoff, eps,
+                                 weight_envelope)
                 req = [t for t in leaves if t.requires_grad]
                 got = torch.autograd.grad(out, req, grad_out[r0:r1], allow_unused=True)
             got = iter(got)
@@ -130,8 +127,6 @@ def equivariant_attention_triton(
     weight_envelope: float | None = None,
 ) -> Tensor:
     """Fused Triton attention (lmax 2). Same interface and result as the reference."""
-    from .triton_forward import receiver_rowptr
-
     if lmax != 2:
         raise ValueError(f"the Triton attention supports lmax 2 only, got {lmax}")
     n_heads = q.shape[1]

@@ -75,6 +75,23 @@ class EdgeRadialWeights:
             + self.emb_send.index_select(0, species_j))
 
 
+def receiver_rowptr(pair_i: Tensor, n_recv: int) -> Tensor:
+    """CSR row pointer [n_recv + 1] (int64) of the receiver-sorted pair list."""
+    # searchsorted on the sorted receivers: no host synchronisation (bincount has one)
+    bounds = torch.arange(n_recv + 1, dtype=pair_i.dtype, device=pair_i.device)
+    return torch.searchsorted(pair_i, bounds).to(torch.int64)
+
+
+def chunk_local(pair_i: Tensor, pair_j: Tensor, r0: int, r1: int, e0: int,
+                e1: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The receiver chunk [r0, r1) with its edges [e0, e1) as a system of its own:
+    (nodes, pair_i, pair_j) with nodes [r1 - r0 + n_senders] the global atoms (the chunk's
+    receivers first, then each distinct sender once) and the pair lists indexing them."""
+    uniq, inverse = torch.unique(pair_j[e0:e1], return_inverse=True)
+    nodes = torch.cat([torch.arange(r0, r1, device=pair_i.device, dtype=uniq.dtype), uniq])
+    return nodes, pair_i[e0:e1] - r0, (r1 - r0) + inverse
+
+
 def receiver_chunks(rowptr: Tensor, n_edges: int,
                     max_edges: int) -> list[tuple[int, int, int, int]]:
     """Consecutive receiver ranges (r0, r1, e0, e1) of a CSR row pointer [n_recv + 1] over

@@ -29,10 +29,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from e2former_lammps.o3 import rotation_to_pole, tp_eaas, wigner_d
+from torch.utils.checkpoint import checkpoint
+
+from e2former_lammps.o3 import n_path_rows, rotation_to_pole, tp_eaas, wigner_d
 
 from ..edge_matmul import edge_matmul
-from .common import EdgeRadialWeights, edge_geometry, scatter_max, weight_envelope_factor
+from .common import (EdgeRadialWeights, chunk_local, edge_geometry, receiver_chunks,
+                     receiver_rowptr, scatter_max, weight_envelope_factor)
+
+# edges per chunk of the chunked reference: 2^16 edges of the paper configuration's largest
+# per-edge tensor ([E, 20, 256]) are 1.3 GB in float64
+CHUNK_EDGES = 1 << 16
 
 
 @dataclass
@@ -147,3 +154,32 @@ def equivariant_attention_reference(
     if identity_paths:
         out.append(_sum_per_receiver(vj, pair_i, n_recv))
     return torch.cat(out, dim=1)
+
+
+def equivariant_attention_reference_chunked(
+    q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
+    species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
+    identity_paths: bool = False, weight_envelope: float | None = None,
+    max_edges: int | None = None,
+) -> Tensor:
+    """The reference, receiver chunk by receiver chunk (at most max_edges edges each), every
+    chunk recomputed in the backward (torch.utils.checkpoint): per-edge tensors of one chunk
+    exist at a time, forward and backward, so the reference runs at sizes where the whole
+    system's would not fit (the float64 check of the fused kernels at 100k atoms). Same
+    numbers as equivariant_attention_reference, any order of derivatives. max_edges: default
+    CHUNK_EDGES."""
+    n_recv = q.shape[0]
+    max_edges = CHUNK_EDGES if max_edges is None else max_edges
+    rows = n_path_rows(lmax) + ((lmax + 1) ** 2 if identity_paths else 0)
+    out = []
+    for r0, r1, e0, e1 in receiver_chunks(receiver_rowptr(pair_i, n_recv), pair_i.numel(),
+                                          max_edges):
+        if e1 == e0:  # receivers without neighbours
+            out.append(v.new_zeros(r1 - r0, rows, v.shape[-1]))
+            continue
+        nodes, pi, pj = chunk_local(pair_i, pair_j, r0, r1, e0, e1)
+        out.append(checkpoint(
+            equivariant_attention_reference, q[r0:r1], k.index_select(0, nodes),
+            v.index_select(0, nodes), rij[e0:e1], pi, pj, species[nodes], radial, cutoff,
+            softmax_eps, lmax, identity_paths, None, weight_envelope, use_reentrant=False))
+    return torch.cat(out) if out else v.new_zeros(0, rows, v.shape[-1])

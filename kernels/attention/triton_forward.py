@@ -464,13 +464,6 @@ def default_blocks(n_heads: int, ch: int, device: torch.device) -> dict:
                 BLOCK_R=32, num_warps=4)
 
 
-def receiver_rowptr(pair_i: torch.Tensor, n_recv: int) -> torch.Tensor:
-    """CSR row pointer [n_recv + 1] (int64) of the receiver-sorted pair list."""
-    # searchsorted on the sorted receivers: no host synchronisation (bincount has one)
-    bounds = torch.arange(n_recv + 1, dtype=pair_i.dtype, device=pair_i.device)
-    return torch.searchsorted(pair_i, bounds).to(torch.int64)
-
-
 RBF_WINDOW_WIDTHS = 8.0
 
 
