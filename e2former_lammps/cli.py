@@ -73,6 +73,8 @@ def _info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+
     parser = argparse.ArgumentParser(prog="e2former-lammps", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("export", help="write the file for `pair_style mliap unified FILE 0`")
@@ -81,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default=None,
                    help="precision inside LAMMPS (default: the checkpoint's)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda if present)")
-    p.add_argument("--attention", default=None, help="attention implementation: auto, "
-                   "reference or triton (default: the model's own choice)")
+    p.add_argument("--attention", default=None, choices=ATTENTION_IMPLEMENTATIONS,
+                   help="attention implementation (default: the model's own choice, auto: "
+                   "triton for float32 on CUDA); reference_chunked bounds the reference's "
+                   "per-edge memory (float64 on large systems)")
     p.add_argument("--charge", type=float, default=0.0,
                    help="total charge of the simulated system in e (models with charge_spin)")
     p.add_argument("--spin", type=float, default=1.0,

@@ -260,6 +260,11 @@ def test_cli_export_of_the_shipped_model_runs_in_lammps(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "no packaged model" in bad.stderr
     assert "Traceback" not in bad.stderr
+    # an attention implementation that does not exist: refused now, not at LAMMPS's first step
+    typo = subprocess.run([str(exe), "export", "spice-xtb", "--attention", "trition", "-o",
+                           str(tmp_path / "y.pt")], capture_output=True, text=True)
+    assert typo.returncode == 2 and "invalid choice: 'trition'" in typo.stderr
+    assert not (tmp_path / "y.pt").exists()
 
 
 def _per_rank_mbytes(log: str) -> float:
