@@ -652,6 +652,9 @@ FWD_VARIANTS = [  # run 2 (commit c4d3849) at 10k: PRE+DEFER E16 H16 w4 7.84 ms,
          PRE_BLOCK_E=32, PRE_BLOCK_H=32, PRE_NUM_WARPS=4),
     dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=16, num_warps=4,
          PRE_BLOCK_E=32, PRE_BLOCK_H=32, PRE_NUM_WARPS=8),
+    # the prepass without software pipelining (27.6 -> 17.4 KB of shared memory, E41)
+    dict(PRE=True, DEFER=True, BLOCK_E=4, BLOCK_H=64, BLOCK_R=32, num_warps=4,
+         PRE_NUM_STAGES=1),
 ]
 # channel backward (BLOCK_H heads; at the paper's 2 channels per head the tile is 2 x BLOCK_H
 # lanes wide). Session 19 (E37): E4 H32 w4 (now the default) 16.8 ms against E16 H16 w4 20.6.
@@ -673,7 +676,14 @@ HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4),
                  dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4),
                  dict(BLOCK_E=8, BLOCK_H=16, BLOCK_R=32, num_warps=4),
                  dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=16, num_warps=4),
-                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8)]
+                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8),
+                 # without Triton's software pipelining of the head loop (num_stages 3 by
+                 # default: 79.6 KB of shared memory, 255 registers; with 1: 23.6 KB, 187
+                 # registers; E8 H32: 148 registers, 3 programs per SM; E41)
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=1),
+                 dict(BLOCK_E=8, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=1),
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8, num_stages=1),
+                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=2)]
 
 # how dv, dk reach the senders (triton_backward.REDUCE) and the sender kernel's tiles (E15)
 REDUCE_VARIANTS = [dict(REDUCE="atomic"),

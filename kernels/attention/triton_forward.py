@@ -500,7 +500,8 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_
         DK=d_k, DK_P=_pow2(d_k),
         HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 16),
         BLOCK_R=bl["BLOCK_R"], WIN=win, DOT=dot_precision(q.dtype),
-        WENV=weight_envelope is not None, num_warps=bl.get("PRE_NUM_WARPS", 8))
+        WENV=weight_envelope is not None, num_warps=bl.get("PRE_NUM_WARPS", 8),
+        **({"num_stages": bl["PRE_NUM_STAGES"]} if "PRE_NUM_STAGES" in bl else {}))
 
 
 def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,

@@ -144,7 +144,8 @@ def _head_bwd_kernel(
 
 def default_head_blocks() -> dict[str, int]:
     # fastest of HEAD_VARIANTS (benchmarks/bench_attention.py --autotune) at 10k water atoms
-    # on the H100 (kernels/NOTES.md, E7)
+    # on the H100 (kernels/NOTES.md, E7); num_stages (Triton's software pipelining of the
+    # head loop's loads, 3 when not given) is in the sweep since E41
     return dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4)
 
 
@@ -175,7 +176,8 @@ def head_backward(q, k, rij, pair_j, species, rowptr, centers, rbf_width, rbf_sp
         H=n_heads, DK=d_k, DK_P=_pow2(d_k), HID_P=_pow2(n_hid, 16),
         BLOCK_E=bl["BLOCK_E"], BLOCK_H=min(bl["BLOCK_H"], _pow2(n_heads, 16)),
         BLOCK_R=bl["BLOCK_R"], WIN=win, WEIGHT_GRADS=weight_grads, ATOMIC_DK=atomic_dk,
-        DOT=dot_precision(q.dtype), WENV=weight_envelope is not None, num_warps=bl["num_warps"])
+        DOT=dot_precision(q.dtype), WENV=weight_envelope is not None,
+        **{k: bl[k] for k in ("num_warps", "num_stages") if k in bl})
     if not weight_grads:
         return dd, None, None
     return dd, d_o, d_pre
