@@ -28,7 +28,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-
 from torch.utils.checkpoint import checkpoint
 
 from e2former_lammps.o3 import n_path_rows, rotation_to_pole, tp_eaas, wigner_d
