@@ -9,6 +9,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+
 from .config import E2FormerConfig, normalize_charge_energies
 from .exchange import Exchange, NoGhosts, atoms_owned_once
 from .host_offload import keep_on_host
@@ -142,6 +144,10 @@ class E2FormerV2(nn.Module):
         return self.config.elements
 
     def set_attention_impl(self, impl: str) -> None:
+        """Every block's attention implementation (kernels.attention.IMPLEMENTATIONS)."""
+        if impl not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"unknown attention implementation {impl!r}; have "
+                             f"{ATTENTION_IMPLEMENTATIONS}")
         for block in self.blocks:
             block.attention.impl = impl
 

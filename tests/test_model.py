@@ -146,6 +146,16 @@ def test_save_load_roundtrip(tmp_path, model64):
     assert e1 == e2 and np.array_equal(f1, f2)
 
 
+def test_unknown_attention_implementation_is_refused_when_set(model64):
+    """A typo (Python API, train config, export) stops at set_attention_impl, naming the
+    choices, not at the first evaluation."""
+    with pytest.raises(ValueError, match="unknown attention implementation 'trition'.*"
+                                         "reference_chunked"):
+        model64.set_attention_impl("trition")
+    model64.set_attention_impl("reference_chunked")
+    assert {b.attention.impl for b in model64.blocks} == {"reference_chunked"}
+
+
 def test_bad_inputs_have_clear_messages(tmp_path, model64):
     calc = E2FormerCalculator(model64)
     with pytest.raises(InputError, match=r"element\(s\) \['Cl'\] not in this model"):
