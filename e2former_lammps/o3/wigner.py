@@ -84,4 +84,3 @@ def so3_generator(l: int, axis: int, dtype: torch.dtype = torch.float64) -> Tens
 
     eps = torch.zeros((), dtype=torch.float64)
     return torch.autograd.functional.jacobian(d_of_turn, eps).to(dtype)
-
