@@ -16,12 +16,32 @@ from bench_attention import (CUTOFF, bench, energy_grad_step, neighbour_list,
                              paper_model, water_box, water_species)
 
 
+def graphed_step_ms(model, species, pair_i, pair_j, rij, n: int) -> float:
+    """ms of one energy+dE/drij evaluation replayed as a CUDA graph (GraphedEnergyForces, as
+    in MD); the eager step above is bound by kernel launches for small models."""
+    from e2former_lammps.cuda_graphs import GraphedEnergyForces
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.model import AtomGraph
+
+    runner = GraphedEnergyForces(model)
+    if not runner.enabled or pair_i.numel() > runner.max_edges:
+        raise SystemExit(f"--graphs: {pair_i.numel()} pairs, graphs take at most "
+                         f"{runner.max_edges} (or E2FORMER_CUDA_GRAPHS=0)")
+    graph = AtomGraph(species=species, pair_i=pair_i, pair_j=pair_j, rij=rij.float(),
+                      n_local=n, exchange=NoGhosts(n))
+    ms = bench(lambda: runner(graph), warmup=3, rep=20)
+    assert runner.in_use, "the step was not captured as a CUDA graph"
+    return ms
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--atoms", type=int, default=10000)
     ap.add_argument("--rows", type=int, default=40)
     ap.add_argument("--shapes", action="store_true",
                     help="also a table of operators by input shape (which tensors the time is on)")
+    ap.add_argument("--graphs", action="store_true",
+                    help="also time the step replayed as a CUDA graph (what LAMMPS runs)")
     ap.add_argument("--model", help="a trained model (packaged name or file) instead of the "
                     "paper configuration's random weights")
     args = ap.parse_args()
@@ -40,6 +60,9 @@ def main() -> None:
     ms = bench(step, warmup=2, rep=5)
     print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s",
           flush=True)
+    if args.graphs:
+        print(f"N={n} graphed step {graphed_step_ms(model, species, pair_i, pair_j, rij, n):.1f} ms",
+              flush=True)
     acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     with torch.profiler.profile(activities=acts, record_shapes=args.shapes) as prof:
         step()
