@@ -1,5 +1,6 @@
 """Model-level physics: symmetry, conservative forces, stress, persistence, bad input."""
 import contextlib
+import copy
 import gc
 import weakref
 
@@ -119,6 +120,16 @@ def test_isolated_atom_has_reference_energy_and_no_force():
     atoms = molecule("H2O") + Atoms("O", positions=[[20.0, 0, 0]])
     atoms.calc = E2FormerCalculator(model)
     assert atoms.get_potential_energies()[-1] == pytest.approx(-432.1, abs=1e-10)
+
+
+def test_frozen_float32_model_caches_its_baseline_in_float64():
+    """The isolated-atom baseline is subtracted from every atom, so its float32 rounding would
+    add up over a system: the frozen model caches it from a float64 pass."""
+    model = random_model(5, dtype=torch.float32).requires_grad_(False)
+    exact = copy.deepcopy(model).double().isolated_atom_energies()
+    assert torch.equal(model._baseline(), exact)
+    trained = random_model(5, dtype=torch.float32)  # training: model dtype, differentiable
+    assert trained._baseline().requires_grad
 
 
 def test_energy_is_smooth_at_the_cutoff(model64):
