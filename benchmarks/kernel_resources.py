@@ -33,10 +33,12 @@ from kernels.ahead_of_time import (Launch, compile_launch, recorded_launches,  #
 
 def record_all(n_atoms: int, weight_envelope: float | None) -> list[Launch]:
     """The distinct launches (Launch.variant) of the attention op (forward, both backwards,
-    each REDUCE mode) and the edge products (forward and backward), in first-seen order."""
+    each REDUCE mode), the edge products and the receiver sums (forward and backward), in
+    first-seen order."""
     import kernels.attention.triton_backward as tb
     from kernels.attention import equivariant_attention
     from kernels.edge_matmul import edge_matmul, edge_outer
+    from kernels.receiver_sum import receiver_outer_sum
 
     n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(n_atoms, "cpu")
 
@@ -61,6 +63,10 @@ def record_all(n_atoms: int, weight_envelope: float | None) -> list[Launch]:
         b = torch.randn(edges, 5, CFG["channels"], requires_grad=True)
         edge_matmul(a, b, impl="triton").sum().backward()
         edge_outer(b, b.detach(), impl="triton").sum().backward()
+        # the edge-degree embedding's sum over each receiver's edges ((lmax+1)^2 x hidden+1)
+        sh = torch.randn(edges, (CFG["lmax"] + 1) ** 2, requires_grad=True)
+        hidden = torch.randn(edges, CFG["radial_hidden"] + 1, requires_grad=True)
+        receiver_outer_sum(sh, hidden, pair_i, n, impl="triton").sum().backward()
     distinct: dict[tuple, Launch] = {}
     for launch in launches:
         distinct.setdefault(launch.variant(), launch)

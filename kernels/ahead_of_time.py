@@ -125,8 +125,9 @@ def _find_kernel(name: str):
     from .attention import (triton_backward, triton_forward, triton_head_backward,
                             triton_sender_backward)
     from .edge_matmul import triton_edge_matmul
+    from .receiver_sum import triton_receiver_sum
     for module in (triton_forward, triton_backward, triton_head_backward,
-                   triton_sender_backward, triton_edge_matmul):
+                   triton_sender_backward, triton_edge_matmul, triton_receiver_sum):
         if hasattr(module, name):
             return getattr(module, name)
     raise KeyError(f"no Triton kernel named {name} in kernels/")

@@ -17,7 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"_edge_scores_kernel", "_attention_fwd_kernel", "_attention_bwd_kernel",
-           "_head_bwd_kernel", "_sender_bwd_kernel", "_matmul_kernel", "_outer_kernel"}
+           "_head_bwd_kernel", "_sender_bwd_kernel", "_matmul_kernel", "_outer_kernel",
+           "_outer_sum_kernel", "_spread_kernel"}
 SM90_SHARED_BYTES = 227 * 1024  # the most one program (thread block) may use on sm_90
 
 

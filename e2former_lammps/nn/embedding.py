@@ -8,6 +8,7 @@ from torch.utils.checkpoint import checkpoint
 from e2former_lammps.exchange import Exchange
 from e2former_lammps.o3 import row_degrees, spherical_harmonics
 from kernels.attention.common import edge_geometry, scatter_max
+from kernels.receiver_sum import receiver_outer_sum
 
 from .linear import degree_matmul
 from .radial import EdgeRadialMLP, GaussianBasis
@@ -42,8 +43,7 @@ class EdgeDegreeEmbedding(nn.Module):
         hidden = self.radial.hidden(dist, species[pair_i], species[pair_j])
         hidden = torch.cat([hidden, torch.ones_like(hidden[:, :1])], dim=1)
         sh = spherical_harmonics(r_hat, self.lmax) * (env * self.inv_avg_degree)[:, None]
-        out = torch.zeros(n, sh.shape[1], hidden.shape[1], dtype=rij.dtype, device=rij.device)
-        return out.index_add(0, pair_i - first, sh[:, :, None] * hidden[:, None, :])
+        return receiver_outer_sum(sh, hidden, pair_i - first, n)
 
     def _receiver_chunks(self, pair_i: Tensor, n_recv: int) -> list[tuple[int, int, int, int]]:
         """(first atom, end atom, first edge, end edge) of each chunk: whole receivers, about
