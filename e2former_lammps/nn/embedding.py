@@ -32,8 +32,10 @@ class EdgeDegreeEmbedding(nn.Module):
         self.radial = EdgeRadialMLP(basis, n_elements, hidden, (lmax + 1) * channels)
         self.register_buffer("row_degree", row_degrees(lmax), persistent=False)
 
-    # Edges per chunk: the per-edge tensor [E, (lmax+1)^2, hidden + 1] is built a chunk at a
-    # time and recomputed in backward, so memory stays O(atoms) for large systems.
+    # Edges per chunk: the radial MLP's per-edge activations ([E, hidden] a few times) and
+    # the spherical harmonics are built a chunk at a time and recomputed in backward, so
+    # memory stays O(atoms) for large systems. The chunk bounds are read back from the GPU,
+    # so this is also the largest pair list a CUDA graph can hold (cuda_graphs.py).
     chunk_edges: int = 1 << 18
 
     def _edge_sum(self, species: Tensor, pair_i: Tensor, pair_j: Tensor, rij: Tensor,
