@@ -693,17 +693,27 @@ REDUCE_VARIANTS = [dict(REDUCE="atomic"),
                    dict(REDUCE="sorted", BLOCK_E=16, BLOCK_H=32, num_warps=8)]
 
 
-def compiled_registers(*jit_fns) -> dict:
-    """Registers per thread and spilled bytes (ptxas) of the newest compiled version of each
-    Triton kernel: where a tile variant's time goes first (spills, occupancy)."""
+def launched_resources(run, arch: int | None = None) -> dict:
+    """Registers, spilled bytes per thread and shared memory of every Triton kernel that
+    `run()` launches, as that call launches them: its launches are recorded (nothing runs)
+    and compiled for this GPU, or sm_{arch} (kernels/ahead_of_time.py; Triton's cache makes
+    a variant already compiled free). Keyed by kernel name, or by kernel and tiles where one
+    call launches a kernel in several variants."""
+    from kernels.ahead_of_time import compile_launch, recorded_launches, resource_usage
+
+    if arch is None:
+        major, minor = torch.cuda.get_device_capability()
+        arch = 10 * major + minor
+    with recorded_launches() as launches:
+        run()
+    variants = {launch.variant(): launch for launch in launches}.values()
+    per_kernel = [launch.kernel for launch in variants]
     out = {}
-    for fn in jit_fns:
-        for cache in getattr(fn, "device_caches", {}).values():
-            kernels = list(cache[0].values())
-            if kernels:
-                ker = kernels[-1]
-                ker._init_handles()
-                out[fn.__name__] = {"regs": ker.n_regs, "spills": ker.n_spills}
+    for launch in variants:
+        usage = resource_usage(compile_launch(launch, arch))
+        key = launch.kernel if per_kernel.count(launch.kernel) == 1 else launch.label()
+        out[key] = {"regs": usage["registers"], "spill_bytes": usage["local_bytes"],
+                    "smem_bytes": usage["shared_bytes"]}
     return out
 
 
@@ -738,7 +748,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
             comp = time.time() - t0
             err = float((out - ref).norm() / ref.norm())
             ms = bench(fn)
-        regs = compiled_registers(tf._attention_fwd_kernel, tf._edge_scores_kernel)
+        regs = launched_resources(fn)
         log(f"autotune fwd {bl}: {ms:.3f} ms, rel err {err:.1e}, first call {comp:.1f}s, "
             f"{regs}")
         res["forward"].append({"blocks": bl, "ms": ms, "rel_err": err, "registers": regs})
@@ -767,8 +777,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
             torch.cuda.synchronize()
             comp = time.time() - t0
             ms = bench(fb)
-            regs = compiled_registers(tb._attention_bwd_kernel, th._head_bwd_kernel,
-                                      ts._sender_bwd_kernel)
+            regs = launched_resources(fb)
             log(f"autotune fwd+bwd {label}{bl}: {ms:.3f} ms, first call {comp:.1f}s, {regs}")
             res[key].append({"blocks": bl, "fwd_bwd_ms": ms, "registers": regs})
             if ms < best[0]:

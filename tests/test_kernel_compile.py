@@ -56,3 +56,37 @@ def test_interpreter_mode_is_refused(tmp_path):
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "TRITON_INTERPRET unset" in proc.stderr
+
+
+VARIANT_SCRIPT = """
+import json, sys, torch
+import kernels.attention.triton_forward as tf
+from bench_attention import CFG, CUTOFF, FWD_VARIANTS, attention_problem, launched_resources
+from kernels.attention import equivariant_attention
+
+n, species, pair_i, pair_j, rij, q, k, v, mlp = attention_problem(200, "cpu")
+out = []
+for bl in (FWD_VARIANTS[0], FWD_VARIANTS[1]):  # the same tiles at 4 and at 8 warps
+    tf.default_blocks = lambda n_heads, ch, device, bl=bl: bl
+    with torch.no_grad():
+        out.append(launched_resources(lambda: equivariant_attention(
+            q, k, v, rij, pair_i, pair_j, species, mlp.weights(), CUTOFF, 1.0, 2,
+            impl="triton"), arch=90))
+print(json.dumps(out))
+"""
+
+
+def test_sweep_reports_each_variants_own_registers():
+    """bench_attention's autotune reports the registers of the variant it timed (recorded
+    launches compiled), not the newest entry of Triton's cache, which after the first
+    variant may be another variant's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])
+    proc = subprocess.run([sys.executable, "-c", VARIANT_SCRIPT], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    four, eight = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(four) == set(eight) == {"_attention_fwd_kernel", "_edge_scores_kernel"}
+    # 8 warps spread the same tile over twice the threads: fewer registers per thread
+    assert eight["_attention_fwd_kernel"]["regs"] < four["_attention_fwd_kernel"]["regs"]
+    assert four["_edge_scores_kernel"] == eight["_edge_scores_kernel"]  # its tiles unchanged
