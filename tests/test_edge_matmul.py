@@ -11,7 +11,7 @@ import torch
 
 import e2former_lammps  # noqa: F401  (import order: the package before kernels)
 from e2former_lammps.o3 import tp_eaas, wigner_d
-from kernels.edge_matmul import edge_matmul, edge_outer, resolve_impl
+from kernels.edge_matmul import edge_matmul, edge_outer
 
 
 def fresh_generator() -> torch.Generator:
@@ -95,16 +95,3 @@ def test_gpu_kernels_match_fp64_reference():
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_auto_picks_the_reference_on_the_cpu_and_names_a_bad_setting(monkeypatch):
-    """impl "auto": the reference for CPU tensors whatever E2FORMER_EDGE_MATMUL says (the
-    kernels are for CUDA; the interpreter is for tests); a misspelt setting is an error that
-    names the variable, not a silent fallback."""
-    x = torch.zeros(2, 3, 4)
-    for setting in ("triton", "reference"):
-        monkeypatch.setenv("E2FORMER_EDGE_MATMUL", setting)
-        assert resolve_impl("auto", x) == "reference"
-    monkeypatch.setenv("E2FORMER_EDGE_MATMUL", "trition")
-    with pytest.raises(ValueError, match="E2FORMER_EDGE_MATMUL must be 'reference' or 'triton'"):
-        resolve_impl("auto", x)
-    with pytest.raises(ValueError, match="impl must be one of"):
-        resolve_impl("cuda", x)

@@ -72,18 +72,6 @@ def test_float32_matches_float64_reference(interpreter):
     assert out.dtype == torch.float32 and rel(out, ref) < 1e-6, f"seed {seed}"
 
 
-def test_auto_is_the_reference_on_the_cpu_and_a_bad_setting_is_named(monkeypatch):
-    from kernels.receiver_sum import resolve_impl
-
-    x = torch.zeros(2, 3)
-    assert resolve_impl("auto", x) == "reference"
-    monkeypatch.setenv("E2FORMER_RECEIVER_SUM", "fast")
-    with pytest.raises(ValueError, match="E2FORMER_RECEIVER_SUM"):
-        resolve_impl("auto", x)
-    with pytest.raises(ValueError, match="impl must be one of"):
-        resolve_impl("cuda", x)
-
-
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_gpu_kernels_match_fp64_reference():

@@ -8,26 +8,14 @@ is set, and the reference on the CPU.
 """
 from __future__ import annotations
 
-import os
-
 from torch import Tensor
 
-from ..launch import on_device_of
+from ..launch import kernel_or_reference, on_device_of
 from .reference import edge_matmul_reference, edge_outer_reference
-
-IMPLEMENTATIONS = ("reference", "triton", "auto")
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"edge_matmul impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
-    if impl == "auto":
-        setting = os.environ.get("E2FORMER_EDGE_MATMUL", "triton")
-        if setting not in ("reference", "triton"):
-            raise ValueError(f"E2FORMER_EDGE_MATMUL must be 'reference' or 'triton', got "
-                             f"{setting!r}")
-        return "triton" if setting == "triton" and x.is_cuda else "reference"
-    return impl
+    return kernel_or_reference("edge_matmul", impl, x, "E2FORMER_EDGE_MATMUL")
 
 
 def edge_matmul(a: Tensor, b: Tensor, impl: str = "auto") -> Tensor:

@@ -9,29 +9,16 @@ tensors unless E2FORMER_RECEIVER_SUM=reference; the reference elsewhere.
 """
 from __future__ import annotations
 
-import os
-
 import torch
 from torch import Tensor
 
-from ..launch import on_device_of
+from ..launch import kernel_or_reference, on_device_of
 from .reference import outer_sum_reference
-
-IMPLEMENTATIONS = ("reference", "triton", "auto")
 
 
 def resolve_impl(impl: str, x: Tensor) -> str:
-    if impl not in IMPLEMENTATIONS:
-        raise ValueError(f"receiver_outer_sum impl must be one of {IMPLEMENTATIONS}, got "
-                         f"{impl!r}")
-    if impl == "auto":
-        setting = os.environ.get("E2FORMER_RECEIVER_SUM", "triton")
-        if setting not in ("reference", "triton"):
-            raise ValueError(f"E2FORMER_RECEIVER_SUM must be 'reference' or 'triton', got "
-                             f"{setting!r}")
-        ok = setting == "triton" and x.is_cuda and x.dtype == torch.float32
-        return "triton" if ok else "reference"
-    return impl
+    return kernel_or_reference("receiver_outer_sum", impl, x, "E2FORMER_RECEIVER_SUM",
+                               dtypes=(torch.float32,))
 
 
 def receiver_outer_sum(a: Tensor, b: Tensor, pair_i: Tensor, n_recv: int,
