@@ -1,7 +1,6 @@
 """E2Former-V2: energy of a set of atoms from a pair list (pair_i <- pair_j, rij = x_j - x_i)."""
 from __future__ import annotations
 
-import copy
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -294,11 +293,22 @@ class E2FormerV2(nn.Module):
             (p.device, p.dtype) for p in self.parameters())[:1]
         if getattr(self, "_baseline_key", None) != key:
             with torch.no_grad():
-                exact = self if self.energy_head[0].weight.dtype == torch.float64 \
-                    else copy.deepcopy(self).double()
-                self._baseline_value = exact.isolated_atom_energies()
+                self._baseline_value = self._float64_twin().isolated_atom_energies()
             self._baseline_key = key
         return self._baseline_value
+
+    def _float64_twin(self) -> "E2FormerV2":
+        """This model (config and weights) in float64 on the same device; itself if it is.
+        Built from the config rather than deep-copied: what callers attach to a model (LAMMPS
+        exchanges, MPI communicators) need not be copyable."""
+        weight = self.energy_head[0].weight
+        if weight.dtype == torch.float64:
+            return self
+        with torch.random.fork_rng(devices=[]):  # its random init must not move the seed
+            twin = type(self)(self.config)
+        twin = twin.to(device=weight.device, dtype=torch.float64)
+        twin.load_state_dict(self.state_dict())
+        return twin.requires_grad_(False)
 
     def forward(self, graph: AtomGraph) -> Tensor:
         """Per-atom energies eatoms [n_local] in eV (model dtype promoted to the rij dtype).

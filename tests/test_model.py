@@ -1,6 +1,5 @@
 """Model-level physics: symmetry, conservative forces, stress, persistence, bad input."""
 import contextlib
-import copy
 import gc
 import weakref
 
@@ -122,12 +121,24 @@ def test_isolated_atom_has_reference_energy_and_no_force():
     assert atoms.get_potential_energies()[-1] == pytest.approx(-432.1, abs=1e-10)
 
 
+class _NotCopyable:
+    """Stands for what an adapter may attach to a model (an MPI communicator)."""
+
+    def __deepcopy__(self, memo):
+        raise TypeError("not copyable")
+
+
 def test_frozen_float32_model_caches_its_baseline_in_float64():
     """The isolated-atom baseline is subtracted from every atom, so its float32 rounding would
-    add up over a system: the frozen model caches it from a float64 pass."""
+    add up over a system: the frozen model caches it from a float64 twin of itself, built
+    from its config and weights (not deep-copied: attached objects need not copy)."""
     model = random_model(5, dtype=torch.float32).requires_grad_(False)
-    exact = copy.deepcopy(model).double().isolated_atom_energies()
-    assert torch.equal(model._baseline(), exact)
+    twin = E2FormerV2(model.config).double()
+    twin.load_state_dict(model.state_dict())
+    model.communicator = _NotCopyable()
+    seeded = torch.random.get_rng_state()
+    assert torch.equal(model._baseline(), twin.isolated_atom_energies())
+    assert torch.equal(torch.random.get_rng_state(), seeded)  # training runs stay reproducible
     trained = random_model(5, dtype=torch.float32)  # training: model dtype, differentiable
     assert trained._baseline().requires_grad
 
