@@ -314,7 +314,8 @@ class E2FormerV2(nn.Module):
         """Per-atom energies eatoms [n_local] in eV (model dtype promoted to the rij dtype).
 
         Each atom's energy is measured from the same element with no neighbours, so an
-        isolated atom has exactly its reference energy.
+        isolated atom has its reference energy (exactly in float64; to float32 rounding in a
+        frozen float32 model, whose baseline is computed in float64: `_baseline`).
         """
         return self._atom_energies(self._final_features(graph), graph)
 
