@@ -13,7 +13,6 @@ class CallProfiler:
     """Attach as `E2FormerMLIAP.profiler`; synchronises the GPU at each mark (costs a little)."""
 
     def __init__(self, keep_graph: bool = False):
-        self.totals: dict[str, float] = defaultdict(float)
         # each call's seconds per phase: a slow first call or a recompiling one stands out
         self.each_call: dict[str, list[float]] = defaultdict(list)
         self.calls = 0
@@ -32,14 +31,13 @@ class CallProfiler:
     def mark(self, name: str, graph=None) -> None:
         self._sync(graph)
         now = time.perf_counter()
-        self.totals[name] += now - self._t
         self.each_call[name].append(now - self._t)
         self._t = now
         if name == "inputs" and self.keep_graph:
             self.last_graph = graph
 
     def per_call(self) -> dict[str, float]:
-        return {k: v / max(self.calls, 1) for k, v in self.totals.items()}
+        return {k: sum(v) / max(self.calls, 1) for k, v in self.each_call.items()}
 
 
 class TraceOneCall:
