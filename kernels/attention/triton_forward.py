@@ -163,9 +163,9 @@ def _b(t):
 
 # Chunk bounds (edge and receiver offsets, edge counts) change with every MD step's pair list.
 # Triton specialises integer arguments on divisibility by 16 by default, so each new
-# combination would compile the kernel again (seconds each) inside timed steps: the suspect,
-# not yet confirmed, for LAMMPS at 100k atoms running its model call 4x slower than the model
-# alone on the same coordinates (kernels/NOTES.md E36). They are plain runtime integers here.
+# combination compiled the kernel again (seconds each) inside timed steps: LAMMPS at 100k
+# atoms ran its model call 4x slower than the model alone until these became plain runtime
+# integers (kernels/NOTES.md E36, confirmed on the H200 in session 19).
 @triton.jit(do_not_specialize=["e_base", "e_end"])
 def _edge_scores_kernel(
     q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
