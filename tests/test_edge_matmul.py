@@ -93,5 +93,3 @@ def test_gpu_kernels_match_fp64_reference():
                                    rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(gb.double().cpu(), a.transpose(1, 2) @ grad.double().cpu(),
                                    rtol=1e-4, atol=1e-4)
-
-

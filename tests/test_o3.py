@@ -160,4 +160,3 @@ def test_pole_frame_product_commutes_with_turns_about_the_pole_only():
         gaps = [(t - so3_generator(l3, k) @ o).abs().max()
                 for (_, l3), t, o in zip(tp_paths(2), turned, out)]
         assert (max(gaps) < 1e-12) == commutes
-
