@@ -36,7 +36,7 @@ class EdgeDegreeEmbedding(nn.Module):
     # the spherical harmonics are built a chunk at a time and recomputed in backward, so
     # memory stays O(atoms) for large systems. The chunk bounds are read back from the GPU,
     # so this is also the largest pair list a CUDA graph can hold (cuda_graphs.py).
-    chunk_edges: int = 1 << 18
+    chunk_edges: int = 1 << 20
 
     def _edge_sum(self, species: Tensor, pair_i: Tensor, pair_j: Tensor, rij: Tensor,
                   first: int, n: int) -> Tensor:
