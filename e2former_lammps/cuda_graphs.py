@@ -33,6 +33,10 @@ T = TypeVar("T")
 MIN_EDGE_QUANTUM = 256  # pair-list bucket granularity (at least)
 MIN_GHOST_QUANTUM = 64
 EDGES_PER_DUMMY = 32  # bounds the longest dummy row the attention kernels walk
+# Graphs pay for their padding (up to 2/32 of the pairs) and win only while the host's
+# launches bound the step: on the H200 both models ran 10k-15k water atoms (5.4e5-8e5 pairs)
+# 1-5% slower graphed than eager (kernels/NOTES.md E46), 1k-4k atoms far faster.
+MAX_GRAPH_EDGES = 1 << 18
 
 
 def quantum(n: int, minimum: int, parts: int = 32) -> int:
@@ -195,8 +199,8 @@ class GraphedEnergyForces:
     def __init__(self, model: E2FormerV2, max_graphs: int = 4, max_edges: int | None = None):
         self.model = model
         self.max_graphs = max_graphs
-        # larger pair lists are processed in chunks whose bounds are read back from the GPU
-        self.max_edges = max_edges or model.embedding.chunk_edges
+        # the embedding reads its chunk bounds back from the GPU, which a graph cannot hold
+        self.max_edges = max_edges or min(model.embedding.chunk_edges, MAX_GRAPH_EDGES)
         self.enabled = os.environ.get("E2FORMER_CUDA_GRAPHS", "1") != "0"
         self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()
         self._pool = None

@@ -34,8 +34,9 @@ class EdgeDegreeEmbedding(nn.Module):
 
     # Edges per chunk: the radial MLP's per-edge activations ([E, hidden] a few times) and
     # the spherical harmonics are built a chunk at a time and recomputed in backward, so
-    # memory stays O(atoms) for large systems. The chunk bounds are read back from the GPU,
-    # so this is also the largest pair list a CUDA graph can hold (cuda_graphs.py).
+    # memory stays O(atoms) for large systems (~1 GB per 2^20 edges). The chunk bounds are
+    # read back from the GPU, so a CUDA graph holds at most one chunk (cuda_graphs.py). Fewer,
+    # larger chunks cut the eager 10k-atom step by 7-18% (kernels/NOTES.md E46).
     chunk_edges: int = 1 << 20
 
     def _edge_sum(self, species: Tensor, pair_i: Tensor, pair_j: Tensor, rij: Tensor,
