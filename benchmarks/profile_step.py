@@ -44,6 +44,9 @@ def main() -> None:
                     help="also time the step replayed as a CUDA graph (what LAMMPS runs)")
     ap.add_argument("--model", help="a trained model (packaged name or file) instead of the "
                     "paper configuration's random weights")
+    ap.add_argument("--checkpoint", choices=["auto", "off", "on"], default="auto",
+                    help="block recompute in the backward: the model's rule (auto: above "
+                    "CHECKPOINT_MIN_ATOMS), never, or always; the step's peak memory is printed")
     args = ap.parse_args()
 
     dev = torch.device("cuda")
@@ -55,11 +58,15 @@ def main() -> None:
         species = water_species(model, species)
     else:
         model = paper_model(dev)
+    model.checkpoint_blocks = {"auto": "auto", "off": False, "on": True}[args.checkpoint]
     step = energy_grad_step(model, species, pair_i, pair_j, rij.float(), n)
 
+    torch.cuda.reset_peak_memory_stats()
     ms = bench(step, warmup=2, rep=5)
-    print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s",
-          flush=True)
+    peak = torch.cuda.max_memory_allocated()
+    print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s, "
+          f"peak {peak / 1e9:.2f} GB ({peak / n / 1e3:.0f} KB/atom), checkpoint "
+          f"{args.checkpoint}", flush=True)
     if args.graphs:
         print(f"N={n} graphed step {graphed_step_ms(model, species, pair_i, pair_j, rij, n):.1f} ms",
               flush=True)
