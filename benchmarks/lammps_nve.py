@@ -128,7 +128,9 @@ def nearest_neighbour(path: Path, box: float | None) -> np.ndarray:
 
 def analyse(spec: dict, wall_s: float, returncode: int) -> dict:
     d = spec["dir"]
-    rows, loop_s, n_atoms = parse_log(d / "log.lammps")
+    log_path = d / "log.lammps"
+    rows, loop_s, n_atoms = (parse_log(log_path) if log_path.exists()  # none: LAMMPS never ran
+                             else (np.zeros((0, 6)), None, 0))
     res = {"job": spec["job"], "returncode": returncode, "wall_s": wall_s, "n_atoms": n_atoms,
            "steps_requested": spec["steps"]}
     if rows.size == 0:

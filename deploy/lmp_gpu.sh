@@ -9,7 +9,12 @@ export HWLOC_COMPONENTS="${HWLOC_COMPONENTS:--gl,-opencl}"
 # H200, 1M water atoms, paper configuration: out of memory with 22.5 GB reserved but unused;
 # with them the step ran at 135 GB peak).
 export PYTORCH_CUDA_ALLOC_CONF="${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}"
-LMP="${LMP:-$(command -v lmp)}"
+LMP="${LMP:-$(command -v lmp || true)}"
+if [[ -z "$LMP" || ! -x "$LMP" ]]; then
+    echo "lmp_gpu.sh: no LAMMPS binary: put \`lmp\` in PATH (deploy/build_lammps.sh, or" \
+         "deploy/build_lammps_gpu.sh on the GPU machine) or set LMP=/path/to/lmp" >&2
+    exit 127
+fi
 if [[ " $* " == *" -- "* ]]; then
     mpi_args=(); while [[ "$1" != "--" ]]; do mpi_args+=("$1"); shift; done; shift
     exec mpirun "${mpi_args[@]}" "$LMP" "$@"
