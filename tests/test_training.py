@@ -394,7 +394,8 @@ def test_shipped_configs_load_and_chain():
     stages = ["spice-xtb-long", "spice-xtb-continue", "spice-xtb-forces", "spice-xtb-charge",
               "spice-xtb-charge-continue", "spice-xtb-stage6", "spice-xtb-stage7",
               "spice-xtb-stage8", "spice-xtb-stage9", "spice-xtb-stage10",
-              "spice-xtb-stage12-coulomb", "spice-xtb-stage13-envelope-w2", "spice-xtb-stage14"]
+              "spice-xtb-stage12-coulomb", "spice-xtb-stage13-envelope-w2", "spice-xtb-stage14",
+              "spice-xtb-stage15"]
     assert {"spice-xtb", *stages} <= set(configs)
     for name, cfg in configs.items():
         if cfg.init_model is None:
