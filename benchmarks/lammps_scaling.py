@@ -108,6 +108,7 @@ thermo {steps}""")
         graph = prof.last_graph
         n_pairs = int(graph.rij.shape[0])
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+        checkpointing = unified.model.last_checkpoint_mode  # what the MD steps ran
         # the adapter's own evaluator: CUDA graphs where it used them
         alone = model_alone_seconds(unified._evaluate, graph, reps=3)
     finally:
@@ -128,7 +129,7 @@ thermo {steps}""")
         "model_alone_atom_steps_per_s": n_atoms / alone,
         "lammps_overhead_ratio": step_s / alone,
         "cuda_graphs": unified._evaluate.in_use,
-        "block_checkpointing": model._checkpoint_mode(n_atoms),
+        "block_checkpointing": checkpointing,
         "etotal_eV_first_last": [etotal_first, etotal_last],
     }
 

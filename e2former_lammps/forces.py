@@ -1,6 +1,8 @@
 """Forces and virial from dE/drij (rij = x_j - x_i): the only derivative the model needs."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import Tensor
 
@@ -9,7 +11,30 @@ from .model import AtomGraph, E2FormerV2
 
 def energy_and_pair_gradient(model: E2FormerV2, graph: AtomGraph,
                              create_graph: bool = False) -> tuple[Tensor, Tensor]:
-    """(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) with E the sum of the local energies."""
+    """(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) with E the sum of the local energies.
+
+    A large step that ran out of GPU memory with all activations kept, because the model's
+    memory estimate said they fit, runs again with block recompute (and so do later steps);
+    not with a collective exchange, where the other ranks have moved on."""
+    try:
+        return _energy_and_pair_gradient(model, graph, create_graph)
+    except torch.OutOfMemoryError:
+        if not (model.kept_activations_by_estimate
+                and getattr(graph.exchange, "anchor", None) is None):
+            raise
+    # outside the except block, whose traceback holds the failed step's tensors
+    model.memory_estimate_trusted = False
+    if graph.rij.is_cuda:
+        torch.cuda.empty_cache()
+    warnings.warn(f"E2Former: out of GPU memory with every block's activations kept "
+                  f"({graph.n_local} atoms, {graph.pair_i.numel()} pairs), although the "
+                  f"estimate said they fit; recomputing blocks in the backward from now on",
+                  RuntimeWarning, stacklevel=2)
+    return _energy_and_pair_gradient(model, graph, create_graph)
+
+
+def _energy_and_pair_gradient(model: E2FormerV2, graph: AtomGraph,
+                              create_graph: bool) -> tuple[Tensor, Tensor]:
     rij = graph.rij.detach().requires_grad_(True)
     graph.rij = rij
     # A collective exchange must run its backward on every rank: differentiate with respect

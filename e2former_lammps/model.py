@@ -24,12 +24,37 @@ from .validation import InputError
 
 FORMAT_VERSION = 1
 # Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
-# in the backward: activations kept for one block instead of all (kernels/NOTES.md E11).
+# in the backward (activations kept for one block instead of all, kernels/NOTES.md E11) when
+# the GPU could not hold all blocks' activations: recompute costs 15-20% of the step (E47).
 CHECKPOINT_MIN_ATOMS = 20_000
+# Peak bytes of an energy + forces step without block recompute: a fixed workspace, the pair
+# data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
+# [heads, head_dim] rows), fitted to the H200 at 100k water atoms (E47: paper configuration
+# 29.4 GB, shipped model 7.6 GB) and kept only with RECOMPUTE_MARGIN to spare.
+NO_RECOMPUTE_FIXED_BYTES = 2 << 30
+NO_RECOMPUTE_BYTES_PER_PAIR = 360
+NO_RECOMPUTE_ROW_COPIES = 4.8
+RECOMPUTE_MARGIN = 1.25
 # With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
 # memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
 OFFLOAD_ENV = "E2FORMER_OFFLOAD_BLOCK_INPUTS"
 PACKAGED_MODELS = Path(__file__).parent / "models"
+
+
+def no_recompute_peak_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int) -> float:
+    """Estimated peak bytes of an energy + forces step without block recompute (E47)."""
+    rows = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
+    return (NO_RECOMPUTE_FIXED_BYTES + NO_RECOMPUTE_BYTES_PER_PAIR * n_pairs
+            + NO_RECOMPUTE_ROW_COPIES * 4 * rows * config.num_layers * n_atoms)
+
+
+def available_device_bytes(device: torch.device) -> int | None:
+    """Free memory of a CUDA device plus what PyTorch holds there cached but unused; None
+    for other devices (host memory is not estimated)."""
+    if device.type != "cuda":
+        return None
+    free, _ = torch.cuda.mem_get_info(device)
+    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 @dataclass
@@ -99,10 +124,15 @@ def _message_passing_graph(graph: AtomGraph) -> AtomGraph:
 class E2FormerV2(nn.Module):
     """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
 
-    # "auto": recompute blocks in the backward for large frozen-weight systems (and keep their
-    # inputs in host memory if OFFLOAD_ENV is 1); True / False; "offload": recompute and keep
-    # the inputs in host memory
+    # "auto": recompute blocks in the backward for large frozen-weight systems whose
+    # activations would not fit the GPU (and keep their inputs in host memory if OFFLOAD_ENV
+    # is 1); True / False; "offload": recompute and keep the inputs in host memory
     checkpoint_blocks: bool | str = "auto"
+    last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
+    # "auto" kept all activations of the latest large step because the memory estimate said
+    # they fit; after an out-of-memory error the estimate is no longer trusted (forces.py)
+    kept_activations_by_estimate = False
+    memory_estimate_trusted = True
 
     def __init__(self, config: E2FormerConfig):
         super().__init__()
@@ -194,10 +224,14 @@ class E2FormerV2(nn.Module):
         """No parameter asks for a gradient (inference / MD: forces only)."""
         return not any(p.requires_grad for p in self.parameters())
 
-    def _checkpoint_mode(self, n_recv: int) -> str:
+    def _checkpoint_mode(self, n_recv: int, n_atoms: int = 0, n_pairs: int = 0,
+                         device: torch.device | None = None) -> str:
         """How blocks keep what their backward needs: "off" (all activations), "recompute"
         (only each block's input; the block runs again in the backward) or "offload"
-        (recompute, with the inputs in host memory)."""
+        (recompute, with the inputs in host memory). "auto" keeps all activations unless
+        the weights are frozen, there are >= CHECKPOINT_MIN_ATOMS receivers and the step
+        (n_atoms with ghosts, n_pairs) would not fit the free memory of CUDA `device`."""
+        self.kept_activations_by_estimate = False
         mode = self.checkpoint_blocks
         if mode == "offload":
             return mode
@@ -205,6 +239,12 @@ class E2FormerV2(nn.Module):
             return "recompute" if mode else "off"
         if not (self.weights_frozen and torch.is_grad_enabled()
                 and n_recv >= CHECKPOINT_MIN_ATOMS):
+            return "off"
+        available = (available_device_bytes(device)
+                     if device is not None and self.memory_estimate_trusted else None)
+        if available is not None and (RECOMPUTE_MARGIN * no_recompute_peak_bytes(
+                self.config, n_atoms, n_pairs) <= available):
+            self.kept_activations_by_estimate = True
             return "off"
         offload = os.environ.get(OFFLOAD_ENV, "0")
         if offload not in ("0", "1"):
@@ -214,7 +254,9 @@ class E2FormerV2(nn.Module):
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
-        mode = self._checkpoint_mode(ex.n_recv)
+        mode = self._checkpoint_mode(ex.n_recv, graph.species.numel(), graph.pair_i.numel(),
+                                     graph.rij.device)
+        self.last_checkpoint_mode = mode
         distributed = isinstance(self.charge_spin, DistributedChargeSpin)
         # blocks share the edge geometry when kept in memory (a recomputed block must not
         # hold tensors made inside another's recompute)

@@ -311,6 +311,80 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatc
     assert model._checkpoint_mode(10**6) == "off"  # training keeps activations (weight grads)
 
 
+def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
+    """"auto" on a GPU: large frozen-weight steps keep every block's activations when the
+    estimated peak (with margin) fits the free memory, and recompute (or offload) when not;
+    the estimate matches the peaks measured on the H200 at 100k atoms (E47) within 5%."""
+    import e2former_lammps.model as model_module
+
+    paper = E2FormerConfig(elements=["H", "O"], channels=256, lmax=2, num_layers=4,
+                           num_heads=128, head_dim=8)
+    shipped = E2FormerV2.load("spice-xtb").config
+    for cfg, measured in ((paper, 29.37e9), (shipped, 7.60e9)):
+        estimate = model_module.no_recompute_peak_bytes(cfg, 99_999, 5_341_924)
+        assert abs(estimate / measured - 1) < 0.05, (cfg.channels, estimate)
+    model = random_model(seed=3).requires_grad_(False)
+    n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
+    need = model_module.no_recompute_peak_bytes(model.config, n, pairs)
+    for free, expected in ((2 * need, "off"), (need, "recompute")):
+        monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
+        assert model._checkpoint_mode(n, n, pairs, cuda) == expected
+        assert model._checkpoint_mode(10_000, 10_000, 540_000, cuda) == "off"  # small: always
+    monkeypatch.setenv(model_module.OFFLOAD_ENV, "1")
+    assert model._checkpoint_mode(n, n, pairs, cuda) == "offload"
+    # on the CPU (host memory) the atom count alone decides, as before
+    assert model._checkpoint_mode(n, n, pairs, torch.device("cpu")) == "offload"
+
+
+def test_out_of_memory_with_activations_kept_retries_with_block_recompute(monkeypatch):
+    """When the memory estimate said a step fits and the GPU still ran out, the step runs
+    again with block recompute (same numbers), and later steps recompute; a collective
+    exchange (other ranks wait in it) or a mode not chosen by the estimate re-raises."""
+    import e2former_lammps.model as model_module
+    from e2former_lammps.exchange import NoGhosts
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    model = random_model(seed=4, dtype=torch.float64).requires_grad_(False)
+    cfg = model.config
+    atoms = water_box(2)
+
+    def graph():
+        return atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
+
+    expected = energy_and_pair_gradient(model, graph())
+    monkeypatch.setattr(model_module, "CHECKPOINT_MIN_ATOMS", 1)
+    monkeypatch.setattr(model_module, "available_device_bytes", lambda device: 10**15)
+    first_block = type(model.blocks[0]).forward
+    failures = []
+
+    def out_of_memory_once(block, *args, **kwargs):
+        if block is model.blocks[0] and not failures:
+            failures.append(model.last_checkpoint_mode)
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return first_block(block, *args, **kwargs)
+
+    monkeypatch.setattr(type(model.blocks[0]), "forward", out_of_memory_once)
+    with pytest.warns(RuntimeWarning, match="recomputing blocks in the backward from now on"):
+        eatoms, grad = energy_and_pair_gradient(model, graph())
+    assert failures == ["off"] and not model.memory_estimate_trusted
+    assert model.last_checkpoint_mode == "recompute"
+    assert torch.allclose(eatoms, expected[0], rtol=0, atol=1e-12)
+    assert torch.allclose(grad, expected[1], rtol=0, atol=1e-12)
+    energy_and_pair_gradient(model, graph())
+    assert model.last_checkpoint_mode == "recompute"
+
+    for estimate_trusted, exchange_anchor in ((True, torch.zeros(())), (False, None)):
+        model.memory_estimate_trusted = estimate_trusted
+        failures.clear()
+        g = graph()
+        if exchange_anchor is not None:  # a collective exchange carries an anchor
+            g.exchange = NoGhosts(g.n_local)
+            g.exchange.anchor = exchange_anchor
+        with pytest.raises(torch.OutOfMemoryError):
+            energy_and_pair_gradient(model, g)
+
+
 def test_identity_paths_model_is_equivariant_conservative_and_differs():
     """identity_paths (the l_f = 0 paths, sum_j alpha_ij v_j): energy invariant and forces
     equivariant under rotation, forces = -dE/dx (central differences), fp64; and the extra
