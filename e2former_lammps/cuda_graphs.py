@@ -59,17 +59,22 @@ class GraphKey:
     n_ghost_pad: int  # -1: no ghosts (NoGhosts)
     n_edge_pad: int
     charge_spin: bool
+    n_mp_pad: int = -1  # message-passing rows (graph.mp_index; -1: every pair is one)
 
 
 def graph_key(graph: AtomGraph, owner: Tensor | None, charge_spin: bool) -> GraphKey:
-    """The bucket of a graph whose ghosts (if any) are images of owner [n_ghost]."""
+    """The bucket of a graph whose ghosts (if any) are images of owner [n_ghost]. With
+    message-passing rows (a Coulomb term's longer pair list) at least one pair is padding,
+    for the padding rows to name."""
     n_edges = graph.pair_i.numel()
+    mp = graph.mp_index
     return GraphKey(
         n_local=graph.n_local,
         n_dummy=max(1, quantum(n_edges, MIN_EDGE_QUANTUM) // EDGES_PER_DUMMY),
         n_ghost_pad=-1 if owner is None else bucket(owner.numel(), MIN_GHOST_QUANTUM),
-        n_edge_pad=bucket(n_edges, MIN_EDGE_QUANTUM),
+        n_edge_pad=bucket(n_edges + (mp is not None), MIN_EDGE_QUANTUM),
         charge_spin=charge_spin and graph.charge is not None,
+        n_mp_pad=-1 if mp is None else bucket(mp.numel(), MIN_EDGE_QUANTUM),
     )
 
 
@@ -97,6 +102,10 @@ class PaddedGraph:
         exchange = NoGhosts(n_recv) if key.n_ghost_pad < 0 else LocalImages(self.owner, n_recv)
         self.graph = AtomGraph(species=self.species, pair_i=self.pair_i, pair_j=self.pair_j,
                                rij=self.rij, n_local=n_recv, exchange=exchange)
+        if key.n_mp_pad >= 0:
+            self.mp_index = torch.full((key.n_mp_pad,), key.n_edge_pad - 1, dtype=torch.long,
+                                       device=device)
+            self.graph.mp_index = self.mp_index
         if key.charge_spin:
             self.graph.charge, self.graph.spin = self.charge, self.spin
             self.graph.batch = (torch.arange(n_recv, device=device) >= key.n_local).long()
@@ -122,6 +131,14 @@ class PaddedGraph:
             self.pair_i[n_edges:] = dummy
             self.pair_j[n_edges:] = dummy
             self.rij[n_edges:] = self.far
+        if key.n_mp_pad >= 0:
+            # the real rows, then padding pairs (far dummy self-pairs, spread over them so no
+            # dummy row grows long): their receivers follow every real one, so the rows'
+            # pair_i stays sorted
+            n_mp = graph.mp_index.numel()
+            rows = torch.arange(key.n_mp_pad - n_mp, device=self.pair_i.device)
+            self.mp_index[:n_mp] = graph.mp_index
+            self.mp_index[n_mp:] = n_edges + rows * n_pad // max(rows.numel(), 1)
         if key.charge_spin:
             self.charge[:1] = graph.charge.reshape(1)
             self.spin[:1] = graph.spin.reshape(1)
@@ -190,9 +207,9 @@ class GraphedEnergyForces:
     """`(eatoms [n_local] eV, dE/drij [E, 3] eV/Å) = this(graph)`, as energy_and_pair_gradient.
 
     Uses CUDA graphs for frozen-weight models on CUDA when every atom of the graph is computed
-    here or is a periodic image of a local atom (one LAMMPS rank, ASE) and the pair list is at
-    most `max_edges` and all of it is message passing (no Coulomb-range rows); otherwise, or
-    with E2FORMER_CUDA_GRAPHS=0, runs eagerly. The returned
+    here or is a periodic image of a local atom (one LAMMPS rank, ASE) and the pair list
+    (Coulomb-range pairs included) is at most `max_edges`; otherwise, or with
+    E2FORMER_CUDA_GRAPHS=0, runs eagerly. The returned
     tensors are overwritten by the next call: copy what you keep.
     """
 
@@ -222,7 +239,7 @@ class GraphedEnergyForces:
         n_edges = graph.pair_i.numel()
         usable = (self.enabled and graph.rij.is_cuda and owner is not False
                   and 0 < n_edges <= self.max_edges and graph.batch is None
-                  and graph.mp_index is None and self.model.weights_frozen)
+                  and self.model.weights_frozen)
         if not usable:
             return energy_and_pair_gradient(self.model, graph)
         # capture and replay on the model's GPU, whichever is current (LAMMPS rank on cuda:1)

@@ -64,19 +64,27 @@ def with_charge(graph: AtomGraph, charge: float | None) -> AtomGraph:
     return graph
 
 
-@pytest.mark.parametrize("charge", [None, 1.0])
-@pytest.mark.parametrize("periodic", [False, True])
-def test_padded_graph_matches_eager(periodic, charge):
+@pytest.mark.parametrize("periodic, charge, coulomb", [
+    (False, None, False), (True, None, False), (False, 1.0, False), (True, 1.0, False),
+    (False, 1.0, True)])
+def test_padded_graph_matches_eager(periodic, charge, coulomb):
     """Padding (dummy receivers at 2 r_c, ghost rows moved up, padded ghosts) changes no
     energy and no dE/drij, also when a second geometry with fewer pairs and ghosts reuses the
     buffers (stale rows of the first left behind), as during MD. With a total charge on a
-    distributed-charge model, the dummies must not take a share of it."""
+    distributed-charge model, the dummies must not take a share of it; with a Coulomb term,
+    the pairs beyond the model's cutoff and the padded message-passing rows change nothing."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
+    extra = dict(coulomb_cutoff=9.0) if coulomb else {}
     model = (random_model(seed=seed) if charge is None
-             else distributed_charge_model(seed)).eval().requires_grad_(False)
+             else distributed_charge_model(seed, **extra)).eval().requires_grad_(False)
     cfg = model.config
     atoms = periodic_molecule(seed) if periodic else spice_molecules(1, min_atoms=8,
                                                                       seed=seed)[0]
+    if coulomb:  # a second copy 6 Å away: pairs beyond the model's cutoff, within Coulomb's
+        copy = atoms.copy()
+        copy.positions[:, 0] += np.ptp(atoms.positions[:, 0]) + 6.0
+        atoms = atoms + copy
+
     def system(stretch: float):
         a = atoms.copy()
         if periodic:
@@ -84,7 +92,8 @@ def test_padded_graph_matches_eager(periodic, charge):
         else:
             a.positions *= stretch
         graph, owner = ghost_graph(a, model, torch.float64) if periodic else (
-            atoms_to_graph(a, cfg.elements, cfg.atomic_numbers, cfg.cutoff), None)
+            atoms_to_graph(a, cfg.elements, cfg.atomic_numbers, cfg.coulomb_cutoff or
+                           cfg.cutoff, mp_cutoff=cfg.cutoff), None)
         return with_charge(graph, charge), owner
 
     systems = [system(1.0)]
@@ -96,6 +105,9 @@ def test_padded_graph_matches_eager(periodic, charge):
     assert small.pair_i.numel() < big.pair_i.numel()
     key = graph_key(big, big_owner, model.charge_spin is not None)
     assert key.charge_spin == (charge is not None)
+    assert (key.n_mp_pad >= 0) == coulomb == (big.mp_index is not None)
+    if coulomb:  # the molecule has pairs beyond the model's cutoff, which the rows leave out
+        assert big.mp_index.numel() < big.pair_i.numel()
     padded = PaddedGraph(key, cfg.cutoff, big.rij.device, big.rij.dtype)
     for graph, owner in systems:
         padded.fill(graph, owner)
@@ -133,14 +145,18 @@ def test_unsupported_inputs_run_eagerly():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("charge", [None, 1.0])
-@pytest.mark.parametrize("periodic", [False, True])
-def test_cuda_graph_replays_match_eager(periodic, charge):
+@pytest.mark.parametrize("periodic, charge, coulomb", [
+    (False, None, False), (True, None, False), (False, 1.0, False), (True, 1.0, False),
+    (False, 1.0, True)])
+def test_cuda_graph_replays_match_eager(periodic, charge, coulomb):
     """Captured graphs replayed on new geometries and sizes give the eager float32 Triton
     results (relative 1e-5, floor 1e-6 eV, eV/Å), and a size change inside a bucket reuses
-    its graph; also for a charged system on a distributed-charge model."""
+    its graph; also for a charged system on a distributed-charge model, with and without a
+    Coulomb term (pairs to its longer cutoff, message-passing rows within the model's)."""
     seed = int(np.random.SeedSequence().entropy % 2**31)
     kw = dict(dtype=torch.float32, channels=64, num_heads=8)
+    if coulomb:
+        kw["coulomb_cutoff"] = 9.0
     model = (random_model(seed=seed, **kw) if charge is None
              else distributed_charge_model(seed, **kw)).cuda()
     model.eval().requires_grad_(False)
@@ -154,8 +170,9 @@ def test_cuda_graph_replays_match_eager(periodic, charge):
             graph, _ = ghost_graph(atoms, model, torch.float32, "cuda")
         else:
             atoms.pbc = False
-            graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff,
-                                   torch.float32, "cuda")
+            graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers,
+                                   cfg.coulomb_cutoff or cfg.cutoff, torch.float32, "cuda",
+                                   mp_cutoff=cfg.cutoff)
         graph = with_charge(graph, charge)
         e, g = (t.clone() for t in runner(graph))
         e_ref, g_ref = energy_and_pair_gradient(model, graph)
@@ -165,6 +182,7 @@ def test_cuda_graph_replays_match_eager(periodic, charge):
         assert (g - g_ref).abs().max() <= 1e-5 * g_ref.abs().max() + 1e-6
     assert 1 <= len(runner._graphs) <= 2 and runner.enabled
     assert all(k.charge_spin == (charge is not None) for k in runner._graphs)
+    assert all((k.n_mp_pad >= 0) == coulomb for k in runner._graphs)
 
 
 @pytest.mark.gpu
