@@ -41,7 +41,9 @@ os.environ.setdefault("HWLOC_COMPONENTS", "-gl,-opencl")
 # As deploy/lmp_gpu.sh: the 1M-atom paper configuration needs it (fragmentation otherwise).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 # The settings a result depends on, recorded with it.
-RECORDED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "E2FORMER_OFFLOAD_BLOCK_INPUTS", "E2FORMER_CUDA_GRAPHS")
+# OMP_NUM_THREADS: the threads of ML-IAP's pair handling (deploy/lammps-patches/0002).
+RECORDED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "E2FORMER_OFFLOAD_BLOCK_INPUTS", "E2FORMER_CUDA_GRAPHS",
+                "OMP_NUM_THREADS")
 
 
 def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> None:

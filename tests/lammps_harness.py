@@ -60,23 +60,26 @@ print "RESULT $(pe:%.17g) $(c_pv[1]:%.17g) $(c_pv[2]:%.17g) $(c_pv[3]:%.17g) $(c
 
 
 def launch(workdir: Path, deck: str, nprocs: int = 1, variables: dict[str, str] | None = None,
-           timeout: float = 600) -> subprocess.CompletedProcess:
-    """`lmp -in deck [-var NAME VALUE ...]` in workdir, under `mpirun -np nprocs` if > 1."""
+           timeout: float = 600, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:
+    """`lmp -in deck [-var NAME VALUE ...]` in workdir, under `mpirun -np nprocs` if > 1,
+    with `env` added to the environment."""
     cmd = [lmp_binary(), "-nocite", "-in", deck]
     for name, value in (variables or {}).items():
         cmd += ["-var", name, value]
-    env = None
+    env = dict(os.environ, **(env or {}))
     if nprocs > 1:
         cmd = ["mpirun", "-np", str(nprocs)] + cmd
         if os.geteuid() == 0:  # containers run tests as root; Open MPI refuses without these
-            env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=env)
 
 
 def run_lammps(workdir: Path, atoms, model_file: Path, elements: list[str], nprocs: int = 1,
                flag: int = 0, hook: bool = True, settings: str = "", run: str = "run 0",
-               timeout: float = 600, expect_fail: bool = False) -> LammpsResult | str:
+               timeout: float = 600, expect_fail: bool = False,
+               env: dict[str, str] | None = None) -> LammpsResult | str:
     """Run LAMMPS on `atoms` (periodic if atoms.pbc.all()); returns results or, if
     expect_fail, the combined output of the failed run."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -84,7 +87,7 @@ def run_lammps(workdir: Path, atoms, model_file: Path, elements: list[str], npro
     text = deck("structure.data", str(model_file), elements, flag, hook, bool(atoms.pbc.all()),
                 settings, run)
     (workdir / "in.test").write_text(text)
-    proc = launch(workdir, "in.test", nprocs, timeout=timeout)
+    proc = launch(workdir, "in.test", nprocs, timeout=timeout, env=env)
     out = proc.stdout + proc.stderr
     if expect_fail:
         assert proc.returncode != 0 or "ERROR" in out, out[-3000:]

@@ -283,6 +283,18 @@ def test_mliap_neighbour_copy_grows_linearly_with_atoms(tmp_path, model_file):
     assert mbytes[10] / mbytes[4] < atoms_ratio, (mbytes, atoms_ratio)
 
 
+@pytest.mark.parametrize("threads", [2, 3])
+def test_mliap_pair_data_on_several_threads_matches_calculator(tmp_path, model, model_file,
+                                                                 threads):
+    """deploy/lammps-patches/0002: ML-IAP counts and fills its pair arrays on OMP_NUM_THREADS
+    threads, each atom's pairs at the running sum of the counts; a periodic box (ghost
+    neighbours) gives the calculator's numbers, as on one thread."""
+    atoms = water_box(3, seed=6)
+    res = run_lammps(tmp_path, atoms, model_file, ELEMENTS, env={"OMP_NUM_THREADS": str(threads)})
+    assert f"using {threads} OpenMP thread(s)" in res.log
+    _assert_matches(res, _reference(model, atoms))
+
+
 def test_info_describes_checkpoints_and_exports(tmp_path, capsys):
     """`e2former-lammps info`: the elements of the pair_coeff line, the charges and the
     validation errors saved in the file, for the packaged model and for its export; a file

@@ -37,3 +37,24 @@ def test_lammps_scaling_harness_on_the_cpu(tmp_path):
     first, last = row["etotal_eV_first_last"]
     assert abs(last - first) < 1e-3 * 192  # NVE over two 0.5 fs steps: no blow-up
     assert out.with_suffix(".png").stat().st_size > 10_000  # drawn in its own process
+
+
+def test_lammps_host_cost_harness_splits_the_step(tmp_path):
+    """benchmarks/lammps_host_cost.py: LAMMPS's own time and the adapter's phases add up to
+    the step, with the model replaced by zero forces."""
+    out = tmp_path / "host_cost.json"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/lammps_host_cost.py"), "--atoms", "192", "648",
+         "--steps", "3", "--out", str(out)],
+        capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="2"),
+        timeout=600, stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["environment"] == {"OMP_NUM_THREADS": "2"} and result["commit"]
+    small, large = result["results"]
+    for row in (small, large):
+        assert set(row["adapter_s"]) == {"inputs", "model", "outputs"}
+        assert row["lammps_s"] > 0
+        assert row["step_s"] == pytest.approx(row["lammps_s"] + sum(row["adapter_s"].values()))
+    assert (small["n_atoms"], large["n_atoms"]) == (192, 648)
+    assert list(tmp_path.iterdir()) == [out]  # the data files went to a temporary folder
