@@ -17,6 +17,9 @@ if [[ -z "$LMP" || ! -x "$LMP" ]]; then
 fi
 if [[ " $* " == *" -- "* ]]; then
     mpi_args=(); while [[ "$1" != "--" ]]; do mpi_args+=("$1"); shift; done; shift
-    exec mpirun "${mpi_args[@]}" "$LMP" "$@"
+    exec mpirun "${mpi_args[@]}" "$LMP" "$@"  # threads per rank: the caller's OMP_NUM_THREADS
 fi
+# One rank: ML-IAP's pair handling (deploy/lammps-patches/0002) on up to 8 of the cores
+# unless the caller chose; LAMMPS itself would default to one thread.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}"
 exec "$LMP" "$@"
