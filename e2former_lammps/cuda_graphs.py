@@ -35,7 +35,7 @@ MIN_GHOST_QUANTUM = 64
 EDGES_PER_DUMMY = 32  # bounds the longest dummy row the attention kernels walk
 # Graphs pay for their padding (up to 2/32 of the pairs) and win only while the host's
 # launches bound the step: on the H200 both models ran 10k-15k water atoms (5.4e5-8e5 pairs)
-# 1-5% slower graphed than eager (kernels/NOTES.md E46), 1k-4k atoms far faster.
+# 1-5% slower graphed than eager, 1k atoms 1.5x faster (kernels/NOTES.md E46).
 MAX_GRAPH_EDGES = 1 << 18
 
 
