@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import provenance  # noqa: E402
 from bench_attention import water_box  # noqa: E402
-from lammps_scaling import TIMESTEP_PS, write_data  # noqa: E402
+from lammps_scaling import water_deck, write_data  # noqa: E402
 
 from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.lammps import E2FormerMLIAP, attach  # noqa: E402
@@ -59,18 +59,7 @@ def host_cost(n_atoms: int, skin: float, steps: int, workdir: Path) -> dict:
         activate_mliappy(lmp)
         load_unified(unified)
         attach(lmp)
-        lmp.commands_string(f"""units metal
-atom_style atomic
-atom_modify map array
-boundary p p p
-read_data {data}
-pair_style mliap unified EXISTS 0
-pair_coeff * * H O
-neighbor {skin} bin
-neigh_modify every 10 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot no
-timestep {TIMESTEP_PS}
-fix nve all nve""")
+        lmp.commands_string(water_deck(data, skin))
         lmp.command("run 2")
         unified.profiler = CallProfiler()
         t0 = time.perf_counter()

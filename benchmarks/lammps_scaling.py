@@ -56,6 +56,23 @@ def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> 
         np.savetxt(fh, rows, fmt=["%d", "%d", "%.10f", "%.10f", "%.10f"])
 
 
+def water_deck(data: Path, skin: float = 1.0) -> str:
+    """LAMMPS commands: NVE at 0.5 fs of the water data file, through the unified model that
+    lammps.mliap.load_unified registered (`EXISTS`)."""
+    return f"""units metal
+atom_style atomic
+atom_modify map array
+boundary p p p
+read_data {data}
+pair_style mliap unified EXISTS 0
+pair_coeff * * H O
+neighbor {skin} bin
+neigh_modify every 10 delay 0 check yes
+velocity all create 300.0 4928459 mom yes rot no
+timestep {TIMESTEP_PS}
+fix nve all nve"""
+
+
 def model_alone_seconds(evaluate, graph, reps: int) -> float:
     """Median seconds of evaluate(graph) (energies + dE/drij), as the adapter calls it."""
     times = []
@@ -83,19 +100,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         activate_mliappy(lmp)
         load_unified(unified)
         attach(lmp)
-        lmp.commands_string(f"""units metal
-atom_style atomic
-atom_modify map array
-boundary p p p
-read_data {data}
-pair_style mliap unified EXISTS 0
-pair_coeff * * H O
-neighbor 1.0 bin
-neigh_modify every 10 delay 0 check yes
-velocity all create 300.0 4928459 mom yes rot no
-timestep {TIMESTEP_PS}
-fix nve all nve
-thermo {steps}""")
+        lmp.commands_string(water_deck(data) + f"\nthermo {steps}")
         lmp.command(f"run {warmup}")
         etotal_first = lmp.get_thermo("etotal")
         unified.profiler = CallProfiler(keep_graph=True)
