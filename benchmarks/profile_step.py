@@ -46,7 +46,8 @@ def main() -> None:
                     "paper configuration's random weights")
     ap.add_argument("--checkpoint", choices=["auto", "off", "on"], default="auto",
                     help="block recompute in the backward: the model's rule (auto: above "
-                    "CHECKPOINT_MIN_ATOMS), never, or always; the step's peak memory is printed")
+                    "CHECKPOINT_MIN_ATOMS atoms when the step would not fit the GPU), never, "
+                    "or always; the mode the step ran and its peak memory are printed")
     args = ap.parse_args()
 
     dev = torch.device("cuda")
@@ -66,7 +67,7 @@ def main() -> None:
     peak = torch.cuda.max_memory_allocated()
     print(f"N={n} edges={pair_i.numel()} step {ms:.1f} ms -> {n / ms * 1e3:.0f} atom-steps/s, "
           f"peak {peak / 1e9:.2f} GB ({peak / n / 1e3:.0f} KB/atom), checkpoint "
-          f"{args.checkpoint}", flush=True)
+          f"{args.checkpoint} ({model.last_checkpoint_mode})", flush=True)
     if args.graphs:
         print(f"N={n} graphed step {graphed_step_ms(model, species, pair_i, pair_j, rij, n):.1f} ms",
               flush=True)
