@@ -25,6 +25,7 @@ from ..parallel import GhostShell, KokkosExchange, build_exchange
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 from .profiler import TraceOneCall
+from .upload import PinnedUpload
 
 VIRIAL_FDOTR = 2  # LAMMPS's vflag bit for the global virial from f . r
 _STATS_DIR = os.environ.get("E2FORMER_STATS_DIR")  # per-rank exchange statistics (benchmarks)
@@ -57,6 +58,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self._graphs_reported = False
         self.profiler = None
         self._trace = None
+        self._upload = PinnedUpload()
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -65,6 +67,7 @@ class E2FormerMLIAP(MLIAPUnified):
         self._graphs_reported = False
         self.profiler = None
         self._trace = _trace_from_env()
+        self._upload = PinnedUpload()
         self.device = rank_device(self.device)
         dev = torch.device(self.device)
         if dev.type == "cuda" and dev.index is not None:
@@ -159,13 +162,14 @@ class E2FormerMLIAP(MLIAPUnified):
         elems = arrays.get("elems", ntotal).long()
         self._check_elements(elems.cpu().numpy())
         # The pair arrays go to the model's device as LAMMPS has them (int32 indices: half the
-        # bytes of int64) and are widened, checked for order and sorted there, not in passes
-        # over 50M host pairs (1M atoms) on the CPU.
+        # bytes of int64; rij in the model's dtype) through pinned buffers (upload.py), and
+        # are widened, checked for order and sorted there, not in passes over 50M host pairs
+        # (1M atoms) on the CPU.
         dev = torch.device(self.device)
         dtype = next(self.model.parameters()).dtype
-        pi = arrays.get("pair_i", npairs).to(dev).long()
-        pj = arrays.get("pair_j", npairs).to(dev).long()
-        rij = arrays.get("rij", npairs, (3,)).to(device=dev, dtype=dtype)
+        pi = self._upload("pair_i", arrays.get("pair_i", npairs), dev, torch.int32).long()
+        pj = self._upload("pair_j", arrays.get("pair_j", npairs), dev, torch.int32).long()
+        rij = self._upload("rij", arrays.get("rij", npairs, (3,)), dev, dtype)
         lmp = attached()
         _check_units(lmp)
         comm = _lammps_comm(lmp)
