@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -202,6 +203,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_scaling.json"))
     p.add_argument("--plot", type=Path, metavar="JSON",
                    help="only draw the PNG of a results JSON written earlier, and exit")
+    p.add_argument("--workdir", type=Path,
+                   help="where the water data files are written (default: a temporary folder, "
+                        "removed at exit; 1M atoms is ~100 MB)")
     args = p.parse_args()
     if args.plot:
         plot_json(args.plot)
@@ -225,7 +229,9 @@ def main() -> None:
         def make_model() -> E2FormerV2:
             torch.manual_seed(0)
             return E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(args.device)
-    workdir = args.out.parent
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.TemporaryDirectory(prefix="lammps_scaling_")
+    workdir = args.workdir or Path(scratch.name)
     workdir.mkdir(parents=True, exist_ok=True)
     if args.device.startswith("cuda"):
         warm_up_kernels(make_model(), args.device)
