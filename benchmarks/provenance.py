@@ -24,10 +24,16 @@ def commit() -> str:
     return (head + "+dirty" if dirty else head) or "unknown"
 
 
+# Not ours but they change what is measured: ML-IAP's pair-handling threads
+# (deploy/lammps-patches/0002) and the CUDA allocator's segments.
+OTHER_SETTINGS = ("OMP_NUM_THREADS", "PYTORCH_CUDA_ALLOC_CONF")
+
+
 def settings() -> dict[str, str]:
     """The E2FORMER_* environment variables set for this run (precision, CUDA graphs,
-    offload...): they change what is measured, so results record them."""
-    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("E2FORMER_")}
+    offload...) and OTHER_SETTINGS: they change what is measured, so results record them."""
+    return {k: v for k, v in sorted(os.environ.items())
+            if k.startswith("E2FORMER_") or k in OTHER_SETTINGS}
 
 
 def write_results(out: dict, path: Path, plot: Callable[[dict, Path], None]) -> None:

@@ -29,11 +29,12 @@ FORMAT_VERSION = 1
 CHECKPOINT_MIN_ATOMS = 20_000
 # Peak bytes of an energy + forces step without block recompute: a fixed workspace, the pair
 # data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
-# [heads, head_dim] rows), fitted to the H200 at 100k water atoms (E47: paper configuration
-# 29.4 GB, shipped model 7.6 GB) and kept only with RECOMPUTE_MARGIN to spare.
-NO_RECOMPUTE_FIXED_BYTES = 2 << 30
-NO_RECOMPUTE_BYTES_PER_PAIR = 360
-NO_RECOMPUTE_ROW_COPIES = 4.8
+# [heads, head_dim] rows), fitted to LAMMPS runs on the H200 (E47: paper configuration 37.7 GB
+# at 100k water atoms, shipped model 8.5 GB at 100k and 78.0 GB at 1M) and kept only with
+# RECOMPUTE_MARGIN to spare.
+NO_RECOMPUTE_FIXED_BYTES = 3 << 28
+NO_RECOMPUTE_BYTES_PER_PAIR = 520
+NO_RECOMPUTE_ROW_COPIES = 6.4
 RECOMPUTE_MARGIN = 1.25
 # With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
 # memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
