@@ -11,10 +11,16 @@ with GPU syncs), and the same model alone on the same pair list. Writes JSON and
 `--config paper|small` times random weights of that size; `--model spice-xtb` (a packaged
 name or a file) times a trained model, whose water is physical MD (the total energy at the
 first and last step of the timed run is recorded).
+
+The peer in the same run (`--peer mace`, the default): MACE (cuEquivariance where it loads,
+else e3nn; `peers/mace_peer.py`, random weights) alone on the same water boxes, energy and
+forces, in its own process before the LAMMPS runs; rows record it and the ratios. Needs
+mace-torch (deploy/carry_peer_wheels.sh); without it the JSON says why and the rest stands.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -142,6 +148,34 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
     }
 
 
+def peer_rows(sizes: list[int], device: str, timeout: float) -> dict:
+    """MACE alone on the same boxes (peers/mace_peer.py in a child process, which has the GPU
+    to itself). Returns {"rows": [...]} (one per N and form) or {"error": why}."""
+    if importlib.util.find_spec("mace") is None:
+        return {"error": "mace-torch is not installed (deploy/carry_peer_wheels.sh, then pip "
+                         "install .whl/mace/*.whl)"}
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "mace.json"
+        cmd = [sys.executable, str(Path(__file__).parent / "peers/mace_peer.py"), "--sizes",
+               *map(str, sizes), "--cueq", "auto", "--device", device, "--json", str(report)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            return {"error": f"MACE did not finish in {timeout:.0f} s (--peer-timeout)"}
+        if proc.returncode != 0 or not report.exists():
+            return {"error": f"MACE failed (exit {proc.returncode}): "
+                             f"{(proc.stdout + proc.stderr)[-500:]}"}
+        got = json.loads(report.read_text())
+    return {"rows": got["results"], "mace_version": got["mace_version"]}
+
+
+def best_peer_row(rows: list[dict], n_atoms: int) -> dict | None:
+    """The faster form of MACE that ran at this size (cuEquivariance where it loaded)."""
+    done = [r for r in rows if r.get("n_atoms") == n_atoms and r.get("atom_steps_per_s")]
+    return max(done, key=lambda r: r["atom_steps_per_s"], default=None)
+
+
 def warm_up_kernels(model: E2FormerV2, device: str) -> None:
     """Compile the Triton kernels before liblammps is loaded: LAMMPS's Python module loads
     it with RTLD_GLOBAL, and a first Triton compilation after that failed in MLIR passes."""
@@ -170,6 +204,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     n = [r["n_atoms"] for r in ok]
     a.loglog(n, [r["atom_steps_per_s"] for r in ok], "o-", label="LAMMPS + E2Former")
     a.loglog(n, [r["model_alone_atom_steps_per_s"] for r in ok], "s--", label="model alone")
+    peer = [r for r in ok if r.get("peer")]
+    if peer:
+        a.loglog([r["n_atoms"] for r in peer], [r["peer"]["atom_steps_per_s"] for r in peer],
+                 "kx:", label=f"MACE alone ({peer[0]['peer']['form']})")
     a.set_xlabel("atoms")
     a.set_ylabel("atom-steps / s")
     a.legend()
@@ -203,6 +241,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/lammps_scaling.json"))
     p.add_argument("--plot", type=Path, metavar="JSON",
                    help="only draw the PNG of a results JSON written earlier, and exit")
+    p.add_argument("--peer", choices=["mace", "off"], default="mace",
+                   help="time MACE alone on the same boxes before the LAMMPS runs (default)")
+    p.add_argument("--peer-timeout", type=float, default=900, help="seconds for the peer")
     p.add_argument("--workdir", type=Path,
                    help="where the water data files are written (default: a temporary folder, "
                         "removed at exit; 1M atoms is ~100 MB)")
@@ -233,6 +274,14 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory(prefix="lammps_scaling_")
     workdir = args.workdir or Path(scratch.name)
     workdir.mkdir(parents=True, exist_ok=True)
+    # the peer first, while this process holds no GPU memory (MACE at 100k atoms peaks at
+    # ~141 GB on an H200: benchmarks/results/kernels.json)
+    peer = {"error": "not run (--peer off)"}
+    if args.peer == "mace":
+        print(f"MACE alone on {args.sizes} atoms ...", flush=True)
+        peer = peer_rows(args.sizes, args.device, args.peer_timeout)
+        if "error" in peer:
+            print(f"MACE not timed: {peer['error']}")
     if args.device.startswith("cuda"):
         warm_up_kernels(make_model(), args.device)
     results = []
@@ -245,6 +294,14 @@ def main() -> None:
         print(json.dumps(r), flush=True)
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
+    for r in results:
+        best = best_peer_row(peer.get("rows", []), r["n_atoms"]) if "error" not in r else None
+        if best is not None:
+            r["peer"] = {"name": "MACE", "form": best["form"],
+                         "atom_steps_per_s": best["atom_steps_per_s"],
+                         "peak_mem_bytes": best["peak_mem_bytes"]}
+            r["ours_in_lammps_over_peer"] = r["atom_steps_per_s"] / best["atom_steps_per_s"]
+            r["model_alone_over_peer"] = r["model_alone_atom_steps_per_s"] / best["atom_steps_per_s"]
     commit = provenance.commit()
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
@@ -252,16 +309,19 @@ def main() -> None:
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
                      "model on the GPU", "command": " ".join(sys.argv),
            "environment": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
-           "results": results}
+           "results": results, "peer": peer}
     out.setdefault("settings", provenance.settings())
     args.out.write_text(json.dumps(out, indent=1))
-    print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12}")
+    print(f"{'N':>8} {'steps/s':>9} {'atom-steps/s':>13} {'model frac':>10} {'alone':>12} "
+          f"{'MACE alone':>12} {'ours/MACE':>9}")
     for r in results:
         if "error" in r:
             print(f"{r['n_atoms']:>8} {r['error']}")
-        else:
-            print(f"{r['n_atoms']:>8} {r['timesteps_per_s']:>9.3f} {r['atom_steps_per_s']:>13.0f} "
-                  f"{r['model_fraction']:>10.2f} {r['model_alone_atom_steps_per_s']:>12.0f}")
+            continue
+        mace = (f"{r['peer']['atom_steps_per_s']:>12.0f} {r['ours_in_lammps_over_peer']:>9.2f}"
+                if r.get("peer") else f"{'-':>12} {'-':>9}")
+        print(f"{r['n_atoms']:>8} {r['timesteps_per_s']:>9.3f} {r['atom_steps_per_s']:>13.0f} "
+              f"{r['model_fraction']:>10.2f} {r['model_alone_atom_steps_per_s']:>12.0f} {mace}")
     # in a fresh process: matplotlib's C++ modules failed to load after liblammps's in this
     # one (SystemError from pybind11 on the GPU machine, session 19)
     plotted = subprocess.run([sys.executable, __file__, "--plot", str(args.out)])

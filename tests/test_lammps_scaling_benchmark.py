@@ -2,6 +2,7 @@
 library drives the model through ML-IAP; its JSON holds the fields issue 6 asks for."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -37,6 +38,14 @@ def test_lammps_scaling_harness_on_the_cpu(tmp_path):
     first, last = row["etotal_eV_first_last"]
     assert abs(last - first) < 1e-3 * 192  # NVE over two 0.5 fs steps: no blow-up
     assert out.with_suffix(".png").stat().st_size > 10_000  # drawn in its own process
+    # the peer in the same run: MACE alone on the same box, or the reason it did not run
+    if importlib.util.find_spec("mace") is None:
+        assert "mace-torch is not installed" in result["peer"]["error"]
+        assert "peer" not in row and "MACE not timed: mace-torch" in proc.stdout
+    else:
+        assert row["peer"]["atom_steps_per_s"] > 0, result["peer"]
+        assert row["ours_in_lammps_over_peer"] == pytest.approx(
+            row["atom_steps_per_s"] / row["peer"]["atom_steps_per_s"])
 
 
 def test_lammps_host_cost_harness_splits_the_step(tmp_path):
