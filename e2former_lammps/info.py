@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
 
 from .model import E2FormerV2, read_checkpoint, resolve_model_path
 
@@ -24,13 +23,13 @@ def _load(path: Path) -> tuple[E2FormerV2, dict | None]:
     try:
         ckpt = read_checkpoint(path)
     except ValueError:
-        # an export is a pickled ML-IAP object (torch.load must unpickle it, as LAMMPS does)
-        from .lammps.mliap import E2FormerMLIAP
+        # an export is a pickled ML-IAP object, unpickled as LAMMPS does but left on the host
+        from .lammps.mliap import E2FormerMLIAP, inspect_export
 
         neither = ValueError(f"{path} is neither an E2Former checkpoint nor a file written "
                              f"by `e2former-lammps export`")
         try:
-            unified = torch.load(path, map_location="cpu", weights_only=False)
+            unified = inspect_export(path)
         except Exception:  # noqa: BLE001 (foreign files fail to unpickle in many ways)
             raise neither from None
         if not isinstance(unified, E2FormerMLIAP):

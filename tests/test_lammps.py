@@ -267,6 +267,42 @@ def test_cli_export_of_the_shipped_model_runs_in_lammps(tmp_path):
     assert not (tmp_path / "y.pt").exists()
 
 
+def test_export_for_a_gpu_is_written_anywhere_and_refused_clearly_where_there_is_none(
+        tmp_path):
+    """`export --device cuda:N` works where there is no GPU (a login node): the file holds
+    host tensors and the device name, and `info` reads it there. LAMMPS loading a file for a
+    GPU this process does not see stops with one line naming it (no CUDA device here, or
+    fewer GPUs than the index), not torch's "Torch not compiled with CUDA enabled" from
+    inside the unpickling. A device that is neither cpu nor cuda is refused at export."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from e2former_lammps.info import describe
+    from e2former_lammps.lammps.mliap import inspect_export
+
+    exe = Path(sys.executable).parent / "e2former-lammps"
+    path = tmp_path / "gpu99.pt"
+    done = subprocess.run([str(exe), "export", "spice-xtb", "-o", str(path), "--device",
+                           "cuda:99"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    unified = inspect_export(path)
+    assert unified.device == "cuda:99"
+    assert {p.device.type for p in unified.model.parameters()} == {"cpu"}
+    assert describe(path)["export"]["device"] == "cuda:99"
+    out = run_lammps(tmp_path / "run", molecule("H2O"), path, ELEMENTS, hook=False,
+                     expect_fail=True)
+    seen = ("sees no CUDA device" if not torch.cuda.is_available()
+            else f"sees {torch.cuda.device_count()} GPU(s)")
+    assert f"ERROR (E2Former input): this model file was exported for cuda:99 but this " \
+           f"process {seen}" in out, out[-2000:]
+    assert "Traceback" not in out
+    typo = subprocess.run([str(exe), "export", "spice-xtb", "-o", str(tmp_path / "g.pt"),
+                           "--device", "gpu"], capture_output=True, text=True)
+    assert typo.returncode == 2 and "--device 'gpu': use cpu, cuda" in typo.stderr
+    assert not (tmp_path / "g.pt").exists()
+
+
 def _per_rank_mbytes(log: str) -> float:
     line = [l for l in log.splitlines() if l.startswith("Per MPI rank memory allocation")][-1]
     return float(line.split("=")[1].split("|")[-1].split()[0])

