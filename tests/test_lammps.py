@@ -276,15 +276,14 @@ def test_export_for_a_gpu_is_written_anywhere_and_refused_clearly_where_there_is
     inside the unpickling. A device that is neither cpu nor cuda is refused at export."""
     import subprocess
     import sys
-    from pathlib import Path
 
     from e2former_lammps.info import describe
     from e2former_lammps.lammps.mliap import inspect_export
 
-    exe = Path(sys.executable).parent / "e2former-lammps"
+    cli = [sys.executable, "-m", "e2former_lammps.cli"]  # also where the package is not installed
     path = tmp_path / "gpu99.pt"
-    done = subprocess.run([str(exe), "export", "spice-xtb", "-o", str(path), "--device",
-                           "cuda:99"], capture_output=True, text=True)
+    done = subprocess.run([*cli, "export", "spice-xtb", "-o", str(path), "--device", "cuda:99"],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     unified = inspect_export(path)
     assert unified.device == "cuda:99"
@@ -297,7 +296,7 @@ def test_export_for_a_gpu_is_written_anywhere_and_refused_clearly_where_there_is
     assert f"ERROR (E2Former input): this model file was exported for cuda:99 but this " \
            f"process {seen}" in out, out[-2000:]
     assert "Traceback" not in out
-    typo = subprocess.run([str(exe), "export", "spice-xtb", "-o", str(tmp_path / "g.pt"),
+    typo = subprocess.run([*cli, "export", "spice-xtb", "-o", str(tmp_path / "g.pt"),
                            "--device", "gpu"], capture_output=True, text=True)
     assert typo.returncode == 2 and "--device 'gpu': use cpu, cuda" in typo.stderr
     assert not (tmp_path / "g.pt").exists()
