@@ -293,12 +293,12 @@ def test_export_for_a_gpu_is_written_anywhere_and_refused_clearly_where_there_is
                      expect_fail=True)
     seen = ("sees no CUDA device" if not torch.cuda.is_available()
             else f"sees {torch.cuda.device_count()} GPU(s)")
-    assert f"ERROR (E2Former input): this model file was exported for cuda:99 but this " \
-           f"process {seen}" in out, out[-2000:]
+    assert (f"ERROR (E2Former input): this model file was exported for device cuda:99: this "
+            f"process {seen}") in out, out[-2000:]
     assert "Traceback" not in out
     typo = subprocess.run([*cli, "export", "spice-xtb", "-o", str(tmp_path / "g.pt"),
                            "--device", "gpu"], capture_output=True, text=True)
-    assert typo.returncode == 2 and "--device 'gpu': use cpu, cuda" in typo.stderr
+    assert typo.returncode == 2 and "device 'gpu': use cpu, cuda" in typo.stderr
     assert not (tmp_path / "g.pt").exists()
 
 

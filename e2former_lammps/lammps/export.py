@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ..devices import parse_device
 from ..model import E2FormerV2
 from .mliap import E2FormerMLIAP
 
@@ -32,9 +33,7 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
         model.charge_energy(torch.tensor([charge], device=model.charge_states.device))
     if dtype is not None:
         model = model.to(getattr(torch, dtype))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = _check_device(device)
+    device = str(parse_device(device))  # a GPU need not be present where the file is written
     if attention is not None:
         model.set_attention_impl(attention)
     # The file holds host tensors and the device name: it can be written where there is no
@@ -50,14 +49,3 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
     torch.save(unified, output)
     return output
 
-
-def _check_device(device: str) -> str:
-    """"cpu", "cuda" or "cuda:N"; a typo is refused here rather than inside LAMMPS."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {device!r}: use cpu, cuda (each MPI rank takes GPU "
-                         f"local rank mod GPUs), cuda:N or auto")
-    return str(parsed)

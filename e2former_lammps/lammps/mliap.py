@@ -17,6 +17,7 @@ import torch
 from ase.data import chemical_symbols
 
 from ..cuda_graphs import GraphedEnergyForces
+from ..devices import resolve_device
 from ..exchange import NoGhosts
 from ..forces import pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
@@ -419,18 +420,12 @@ def inspect_export(path: str | os.PathLike) -> object:
 def _check_cuda_present(dev: torch.device) -> None:
     """A file exported for a GPU, loaded where this process sees none (or fewer): say so
     instead of torch's "Torch not compiled with CUDA enabled" from deep inside the load."""
-    if dev.type != "cuda":
-        return
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    where = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
-    if not torch.cuda.is_available():
-        raise InputError(f"this model file was exported for {dev} but this process sees no "
-                         f"CUDA device{where}: run LAMMPS where it has a GPU, or export again "
-                         f"with `e2former-lammps export ... --device cpu`")
-    if dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(f"this model file was exported for {dev} but this process sees "
-                         f"{torch.cuda.device_count()} GPU(s){where}: export with --device "
-                         f"cuda (each rank takes GPU local rank mod GPUs) or a smaller index")
+    try:
+        resolve_device(dev)
+    except ValueError as exc:
+        raise InputError(f"this model file was exported for {exc}: run LAMMPS where it has "
+                         f"that GPU, or export again with `e2former-lammps export ... --device "
+                         f"cpu` (or cuda: each MPI rank takes GPU local rank mod GPUs)") from None
 
 
 def rank_device(device: str) -> str:

@@ -7,15 +7,10 @@ import torch
 
 from ..data import read_dataset
 from ..data.frame import Frame
+from ..devices import resolve_device
 from ..model import E2FormerV2
 from .batching import PackedFrames, predict
 from .metrics import MetricAccumulator
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def evaluate_packed(model: E2FormerV2, packed: PackedFrames, batch_size: int = 32,

@@ -17,11 +17,12 @@ import torch
 from ..config import E2FormerConfig
 from ..data import read_dataset
 from ..data.frame import Frame
+from ..devices import resolve_device
 from ..model import E2FormerV2
 from .batching import (PackedFrames, charge_states, fit_charge_energies_to_residuals,
                        fit_energy_offsets, refit_energy_offsets)
 from .config import TrainConfig
-from .evaluate import evaluate_packed, resolve_device
+from .evaluate import evaluate_packed
 from .plots import plot_learning_curve
 from .step import GraphedLossAndGradients, LossAndGradients
 
