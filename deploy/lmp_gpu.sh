@@ -15,11 +15,18 @@ if [[ -z "$LMP" || ! -x "$LMP" ]]; then
          "deploy/build_lammps_gpu.sh on the GPU machine) or set LMP=/path/to/lmp" >&2
     exit 127
 fi
+# ML-IAP's pair handling (deploy/lammps-patches/0002) runs on OMP_NUM_THREADS threads per
+# rank; unless the caller chose, each rank gets its share of the cores, at most 8 (LAMMPS
+# itself would default to one thread).
+threads_per_rank() { local n=$(( $(nproc) / $1 )); (( n < 1 )) && n=1; (( n > 8 )) && n=8; echo $n; }
 if [[ " $* " == *" -- "* ]]; then
-    mpi_args=(); while [[ "$1" != "--" ]]; do mpi_args+=("$1"); shift; done; shift
-    exec mpirun "${mpi_args[@]}" "$LMP" "$@"  # threads per rank: the caller's OMP_NUM_THREADS
+    mpi_args=(); ranks=1
+    while [[ "$1" != "--" ]]; do
+        [[ "$1" == "-np" || "$1" == "-n" ]] && ranks="${2:-1}"
+        mpi_args+=("$1"); shift
+    done; shift
+    export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(threads_per_rank "$ranks")}"
+    exec mpirun "${mpi_args[@]}" "$LMP" "$@"  # (Open MPI passes the environment to local ranks)
 fi
-# One rank: ML-IAP's pair handling (deploy/lammps-patches/0002) on up to 8 of the cores
-# unless the caller chose; LAMMPS itself would default to one thread.
-export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(( $(nproc) < 8 ? $(nproc) : 8 ))}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(threads_per_rank 1)}"
 exec "$LMP" "$@"
