@@ -47,6 +47,9 @@ TIMESTEP_PS = 0.0005
 os.environ.setdefault("HWLOC_COMPONENTS", "-gl,-opencl")
 # As deploy/lmp_gpu.sh: the 1M-atom paper configuration needs it (fragmentation otherwise).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+# As deploy/lmp_gpu.sh for one rank: ML-IAP's pair handling on up to 8 cores (LAMMPS reads
+# the variable when it starts; LAMMPS's own default would be one thread).
+os.environ.setdefault("OMP_NUM_THREADS", str(min(8, len(os.sched_getaffinity(0)))))
 # The settings a result depends on, recorded with it.
 # OMP_NUM_THREADS: the threads of ML-IAP's pair handling (deploy/lammps-patches/0002).
 RECORDED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "E2FORMER_OFFLOAD_BLOCK_INPUTS", "E2FORMER_CUDA_GRAPHS",
