@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
 from .model import E2FormerV2, read_checkpoint, resolve_model_path
 
 ARCHITECTURE_KEYS = ("channels", "lmax", "num_layers", "num_heads", "head_dim", "num_rbf",

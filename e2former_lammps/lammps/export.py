@@ -48,4 +48,3 @@ def export_lammps_model(checkpoint: str | os.PathLike | E2FormerV2, output: str 
     unified.rcutfac = 0.5 * model.config.pair_cutoff(charge != 0.0)
     torch.save(unified, output)
     return output
-
