@@ -47,13 +47,6 @@ TIMESTEP_PS = 0.0005
 os.environ.setdefault("HWLOC_COMPONENTS", "-gl,-opencl")
 # As deploy/lmp_gpu.sh: the 1M-atom paper configuration needs it (fragmentation otherwise).
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-# As deploy/lmp_gpu.sh for one rank: ML-IAP's pair handling on up to 8 cores (LAMMPS reads
-# the variable when it starts; LAMMPS's own default would be one thread).
-os.environ.setdefault("OMP_NUM_THREADS", str(min(8, len(os.sched_getaffinity(0)))))
-# The settings a result depends on, recorded with it.
-# OMP_NUM_THREADS: the threads of ML-IAP's pair handling (deploy/lammps-patches/0002).
-RECORDED_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "E2FORMER_OFFLOAD_BLOCK_INPUTS", "E2FORMER_CUDA_GRAPHS",
-                "OMP_NUM_THREADS")
 
 
 def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> None:
@@ -275,6 +268,10 @@ def main() -> None:
         def make_model() -> E2FormerV2:
             torch.manual_seed(0)
             return E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(args.device)
+    # As deploy/lmp_gpu.sh for one rank: ML-IAP's pair handling (deploy/lammps-patches/0002)
+    # on up to 8 cores; LAMMPS reads the variable when each instance starts (its own default
+    # is one thread). Here, not at import: lammps_host_cost.py imports this module.
+    os.environ.setdefault("OMP_NUM_THREADS", str(min(8, len(os.sched_getaffinity(0)))))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.TemporaryDirectory(prefix="lammps_scaling_")
     workdir = args.workdir or Path(scratch.name)
@@ -313,7 +310,6 @@ def main() -> None:
            "model": args.model or f"random weights, {args.config} config",
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
                      "model on the GPU", "command": " ".join(sys.argv),
-           "environment": {k: os.environ[k] for k in RECORDED_ENV if k in os.environ},
            "results": results, "peer": peer}
     out.setdefault("settings", provenance.settings())
     args.out.write_text(json.dumps(out, indent=1))

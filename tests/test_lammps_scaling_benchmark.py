@@ -26,6 +26,7 @@ def test_lammps_scaling_harness_on_the_cpu(tmp_path):
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     result = json.loads(out.read_text())
     assert result["device"] and result["commit"] and result["dtype"] == "float32"
+    assert result["settings"]["OMP_NUM_THREADS"] == "1"  # the threads ML-IAP's pairs ran on
     (row,) = result["results"]
     assert "error" not in row, row
     assert row["n_atoms"] == 192 and row["steps"] == steps  # 193 asked: whole molecules
