@@ -59,6 +59,12 @@ print "RESULT $(pe:%.17g) $(c_pv[1]:%.17g) $(c_pv[2]:%.17g) $(c_pv[3]:%.17g) $(c
 """
 
 
+def allow_mpirun_as_root(env: dict[str, str]) -> None:
+    """Containers run tests as root, which Open MPI refuses without these."""
+    if os.geteuid() == 0:
+        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+
+
 def launch(workdir: Path, deck: str, nprocs: int = 1, variables: dict[str, str] | None = None,
            timeout: float = 600, env: dict[str, str] | None = None
            ) -> subprocess.CompletedProcess:
@@ -70,8 +76,7 @@ def launch(workdir: Path, deck: str, nprocs: int = 1, variables: dict[str, str] 
     env = dict(os.environ, **(env or {}))
     if nprocs > 1:
         cmd = ["mpirun", "-np", str(nprocs)] + cmd
-        if os.geteuid() == 0:  # containers run tests as root; Open MPI refuses without these
-            env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+        allow_mpirun_as_root(env)
     return subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL, env=env)
 

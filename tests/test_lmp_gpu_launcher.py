@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lammps_harness import lmp_binary
+from lammps_harness import allow_mpirun_as_root, lmp_binary
 
 REPO = Path(__file__).resolve().parents[1]
 DECK = """units lj
@@ -31,8 +31,7 @@ def _threads_used(tmp_path: Path, mpi: list[str], omp: str | None) -> tuple[int,
     env["LMP"] = lmp_binary()
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
-    if os.geteuid() == 0:  # containers run tests as root; Open MPI refuses without these
-        env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    allow_mpirun_as_root(env)
     cmd = ["bash", str(REPO / "deploy/lmp_gpu.sh"), *mpi, "-nocite", "-in", "in.lj"]
     proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, env=env,
                           stdin=subprocess.DEVNULL, timeout=300)
