@@ -669,21 +669,15 @@ BWD_VARIANTS = [dict(BLOCK_E=4, BLOCK_H=32, num_warps=4),
                 dict(BLOCK_E=2, BLOCK_H=32, num_warps=2),
                 dict(BLOCK_E=8, BLOCK_H=32, num_warps=4),
                 dict(BLOCK_E=8, BLOCK_H=64, num_warps=8)]
-# head backward (triton_head_backward)
-HEAD_VARIANTS = [dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4),
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8),
-                 dict(BLOCK_E=8, BLOCK_H=32, BLOCK_R=32, num_warps=4),
-                 dict(BLOCK_E=16, BLOCK_H=16, BLOCK_R=32, num_warps=4),
-                 dict(BLOCK_E=8, BLOCK_H=16, BLOCK_R=32, num_warps=4),
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=16, num_warps=4),
-                 dict(BLOCK_E=32, BLOCK_H=16, BLOCK_R=32, num_warps=8),
-                 # without Triton's software pipelining of the head loop (num_stages 3 by
-                 # default: 79.6 KB of shared memory, 255 registers; with 1: 23.6 KB, 187
-                 # registers; E8 H32: 148 registers, 3 programs per SM; E41)
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=1),
-                 dict(BLOCK_E=8, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=1),
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=8, num_stages=1),
-                 dict(BLOCK_E=16, BLOCK_H=32, BLOCK_R=32, num_warps=4, num_stages=2)]
+# head backward (triton_head_backward since E52): the head kernel's edges x heads per tile,
+# then the radial kernel's edges per program and warps
+HEAD_VARIANTS = [dict(BLOCK_E=be, BLOCK_H=bh, num_warps=nw, RADIAL_BLOCK_E=rbe,
+                      RADIAL_NUM_WARPS=rnw, BLOCK_R=32)
+                 for be, bh, nw, rbe, rnw in ((8, 32, 4, 16, 4), (8, 32, 4, 16, 2),
+                                              (8, 32, 4, 32, 4), (8, 32, 4, 32, 8),
+                                              (8, 32, 4, 64, 8), (16, 32, 4, 16, 4),
+                                              (4, 32, 4, 16, 4), (8, 16, 4, 16, 4),
+                                              (8, 64, 4, 16, 4), (8, 32, 2, 16, 4))]
 
 # how dv, dk reach the senders (triton_backward.REDUCE) and the sender kernel's tiles (E15)
 REDUCE_VARIANTS = [dict(REDUCE="atomic"),
@@ -789,7 +783,7 @@ def autotune(n_atoms, log, stages=("fwd", "reduce", "bwd", "head")):
         tb.default_bwd_blocks = lambda n_heads, ch: bl
 
     def set_head(bl):
-        th.default_head_blocks = lambda: bl
+        th.default_head_blocks = lambda n_heads: bl
 
     def set_reduce(bl):
         tb.REDUCE = bl["REDUCE"]

@@ -151,7 +151,10 @@ def compile_launch(launch: Launch, arch: int = 90):
 
 def resource_usage(compiled) -> dict[str, int]:
     """Registers per thread, spill stores (local memory bytes per thread) and shared memory
-    (static + Triton's dynamic, bytes per program) of a compiled kernel, from cuobjdump."""
+    (static + Triton's dynamic, bytes per program) of a compiled kernel, from cuobjdump.
+    ptxas puts register spills in the thread's stack frame (STACK), not in LOCAL: a Triton
+    kernel makes no calls, so its stack is spills (kernels/NOTES.md E52: 3 KB of it, 32
+    registers, had read as "no spill")."""
     import triton.backends.nvidia as nvidia
 
     tool = os.path.join(os.path.dirname(nvidia.__file__), "bin", "cuobjdump")
@@ -163,5 +166,6 @@ def resource_usage(compiled) -> dict[str, int]:
     usage = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
     if "REG" not in usage:
         raise RuntimeError(f"cuobjdump gave no resource usage:\n{text}")
-    return {"registers": int(usage["REG"]), "local_bytes": int(usage.get("LOCAL", 0)),
+    local = int(usage.get("LOCAL", 0)) + int(usage.get("STACK", 0))
+    return {"registers": int(usage["REG"]), "local_bytes": local,
             "shared_bytes": int(usage.get("SHARED", 0)) + int(compiled.metadata.shared)}

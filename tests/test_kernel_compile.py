@@ -17,8 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 KERNELS = {"_edge_scores_kernel", "_attention_fwd_kernel", "_attention_bwd_kernel",
-           "_head_bwd_kernel", "_sender_bwd_kernel", "_matmul_kernel", "_outer_kernel",
-           "_outer_sum_kernel", "_spread_kernel"}
+           "_head_bwd_kernel", "_radial_bwd_kernel", "_sender_bwd_kernel", "_matmul_kernel",
+           "_outer_kernel", "_outer_sum_kernel", "_spread_kernel"}
+ATTENTION_KERNELS = {"_edge_scores_kernel", "_attention_fwd_kernel", "_attention_bwd_kernel",
+                     "_head_bwd_kernel", "_radial_bwd_kernel", "_sender_bwd_kernel"}
 SM90_SHARED_BYTES = 227 * 1024  # the most one program (thread block) may use on sm_90
 
 
@@ -41,12 +43,20 @@ def test_kernels_compile_for_sm90(tmp_path, config):
     assert compiled == KERNELS, f"compiled {sorted(compiled)}, expected {sorted(KERNELS)}"
     for row in result["kernels"]:
         assert 0 < row["registers"] <= 255, row
+        # the attention kernels at their default tiles spill nothing: a spilling variant ran
+        # 11x slower on the H200 (kernels/NOTES.md E52); the edge products are E26's
+        if row["kernel"] in ATTENTION_KERNELS:
+            assert row["local_bytes"] == 0, f"{row['label']} spills {row['local_bytes']} B"
         assert row["shared_bytes"] <= SM90_SHARED_BYTES, \
             f"{row['label']} needs {row['shared_bytes']} B of shared memory"
-    # both reduction modes and both backward kinds were launched
-    head = {(r["constexprs"]["WEIGHT_GRADS"], r["constexprs"]["ATOMIC_DK"])
-            for r in result["kernels"] if r["kernel"] == "_head_bwd_kernel"}
-    assert head == {(False, True), (True, True), (False, False), (True, False)}
+    # both reduction modes and both backward kinds (forces only, weight gradients) were
+    # launched
+    head = {r["constexprs"]["ATOMIC_DK"] for r in result["kernels"]
+            if r["kernel"] == "_head_bwd_kernel"}
+    assert head == {False, True}
+    radial = {r["constexprs"]["WEIGHT_GRADS"] for r in result["kernels"]
+              if r["kernel"] == "_radial_bwd_kernel"}
+    assert radial == {False, True}
 
 
 def test_interpreter_mode_is_refused(tmp_path):

@@ -337,11 +337,11 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
                        weight_grads: bool = True, weight_envelope: float | None = None):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
-    Per receiver chunk: the forward's prepass (s, w) [E_c, 2H], the channel kernel (g =
-    dL/dalpha, D = sum_j g alpha, dv, and dL/dr_ij through the rotation, per head block),
-    the head kernel (dq, dk, dL/d|r|) (with REDUCE "sorted", dv and dk come from the sender
-    kernel instead), and PyTorch for the sum over head blocks plus dL/d|r| r_hat and, if
-    weight_grads, the weight products.
+    Per receiver chunk: the forward's prepass (s, w) [E_c, 2H] and the gate [E_c, H], the
+    channel kernel (g = dL/dalpha, D = sum_j g alpha, dv, and dL/dr_ij through the rotation,
+    per head block), the head backward (dq, dk, dL/d|r|: triton_head_backward.py) (with
+    REDUCE "sorted", dv and dk come from the sender kernel instead), and PyTorch for the sum
+    over head blocks plus dL/d|r| r_hat and, if weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
     """
     from .common import EdgeRadialWeights, gaussian_rbf
@@ -365,12 +365,13 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     chunks = receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES)
     max_e = max([e1 - e0 for _, _, e0, e1 in chunks] + [0])
     sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
+    gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device)
     for r0, r1, e0, e1 in chunks:
         if e1 <= e0:
             continue
         edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing, w_rbf,
                     emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
-                    weight_envelope=weight_envelope)
+                    weight_envelope=weight_envelope, gate=gate)
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
         # every program writes all its edges' 3 numbers: no zeroing, no atomics
@@ -380,9 +381,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
             e1 - e0, float(cutoff), H=n_heads, CH=ch, CH_P=_pow2(ch), BLOCK_E=bl["BLOCK_E"],
             BLOCK_H=bl["BLOCK_H"], **consts, ATOMIC_DV=atomic, num_warps=bl["num_warps"])
         dd, d_o, d_pre = head_backward(
-            q, k, rij, pair_j, species, rowptr, centers, width, spacing, w_rbf, emb_recv,
-            emb_send, w_out, b_out, cutoff, m, den, galpha, dsum, dq, dk, r0, r1, e0, e1,
-            weight_grads, atomic_dk=atomic, weight_envelope=weight_envelope)
+            q, k, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
+            emb_recv, emb_send, w_out, cutoff, sw, gate, m, den, galpha, dsum, dq, dk, r0, r1,
+            e0, e1, weight_grads, atomic_dk=atomic, weight_envelope=weight_envelope)
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
                             cutoff, e0, e1, consts)

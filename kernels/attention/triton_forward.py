@@ -170,14 +170,15 @@ def _b(t):
 def _edge_scores_kernel(
     q_ptr, k_ptr, rij_ptr, pi_ptr, pj_ptr, species_ptr,
     centers_ptr, w_rbf_ptr, emb_recv_ptr, emb_send_ptr, w_out_ptr, b_out_ptr, sw_ptr,
-    e_base, e_end, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale, wenv_start,
-    wenv_width, H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr, HID_P: tl.constexpr,
-    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr, WIN: tl.constexpr,
-    DOT: tl.constexpr, WENV: tl.constexpr,
+    gate_ptr, e_base, e_end, n_rbf, n_hid, inv_width, inv_spacing, cutoff, qk_scale,
+    wenv_start, wenv_width, H: tl.constexpr, DK: tl.constexpr, DK_P: tl.constexpr,
+    HID_P: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_R: tl.constexpr,
+    WIN: tl.constexpr, DOT: tl.constexpr, WENV: tl.constexpr, GATE_OUT: tl.constexpr,
 ):
     """Edge-parallel prepass (PRE mode): radial MLP once per edge (all heads), score s and
     signed weight w -> sw[e - e_base] = [s (H), w (H)] for the edges of one chunk (WENV: w
-    times the weight envelope g(d); every consumer of sw then has it)."""
+    times the weight envelope g(d); every consumer of sw then has it); GATE_OUT: also the
+    gate sigmoid(g_raw) -> gate[e - e_base] (H), for the head backward."""
     offs_e = e_base + tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < e_end
     ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
@@ -214,6 +215,9 @@ def _edge_scores_kernel(
             wt = wt * g_env[:, None]
         tl.store(out + offs_h[None, :], s, mask=m2h)
         tl.store(out + H + offs_h[None, :], wt, mask=m2h)
+        if GATE_OUT:
+            gp = gate_ptr + (offs_e - e_base).to(tl.int64)[:, None] * H + offs_h[None, :]
+            tl.store(gp, gate, mask=m2h)
 
 
 @triton.jit
@@ -481,9 +485,10 @@ def rbf_window(n_rbf: int, width: float, spacing: float) -> tuple[int, float]:
 
 def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing, w_rbf,
                 emb_recv, emb_send, w_out, b_out, cutoff, e0: int, e1: int,
-                blocks=None, weight_envelope: float | None = None) -> None:
+                blocks=None, weight_envelope: float | None = None, gate=None) -> None:
     """The PRE prepass for edges [e0, e1): sw[e - e0] = [s (H), w (H)] (score, signed weight;
-    with weight_envelope, w g)."""
+    with weight_envelope, w g); gate (a tensor of at least (e1 - e0) H, or None): also
+    gate[e - e0] = sigmoid(g_raw) (H)."""
     if e1 <= e0:
         return
     n_heads, d_k = q.shape[1], q.shape[2]
@@ -495,12 +500,14 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_
     be = bl.get("PRE_BLOCK_E", 32)
     _edge_scores_kernel[(triton.cdiv(e1 - e0, be),)](
         q, k, rij, pair_i, pair_j, species, centers, w_rbf, emb_recv, emb_send,
-        w_out, b_out, sw, e0, e1, n_rbf, n_hid, 1.0 / rbf_width, inv_spacing, float(cutoff),
+        w_out, b_out, sw, sw if gate is None else gate, e0, e1, n_rbf, n_hid,
+        1.0 / rbf_width, inv_spacing, float(cutoff),
         1.0 / math.sqrt(d_k), *weight_envelope_args(cutoff, weight_envelope), H=n_heads,
         DK=d_k, DK_P=_pow2(d_k),
         HID_P=_pow2(n_hid, 16), BLOCK_E=be, BLOCK_H=bl.get("PRE_BLOCK_H", 16),
         BLOCK_R=bl["BLOCK_R"], WIN=win, DOT=dot_precision(q.dtype),
-        WENV=weight_envelope is not None, num_warps=bl.get("PRE_NUM_WARPS", 8),
+        WENV=weight_envelope is not None, GATE_OUT=gate is not None,
+        num_warps=bl.get("PRE_NUM_WARPS", 8),
         **({"num_stages": bl["PRE_NUM_STAGES"]} if "PRE_NUM_STAGES" in bl else {}))
 
 
