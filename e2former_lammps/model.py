@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from kernels.attention.common import kept_scores_bytes
 
 from .config import E2FormerConfig, normalize_charge_energies
 from .exchange import Exchange, NoGhosts, atoms_owned_once
@@ -30,8 +31,9 @@ CHECKPOINT_MIN_ATOMS = 20_000
 # Peak bytes of an energy + forces step without block recompute: a fixed workspace, the pair
 # data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
 # [heads, head_dim] rows), fitted to LAMMPS runs on the H200 (E47: paper configuration 37.7 GB
-# at 100k water atoms, shipped model 8.5 GB at 100k and 78.0 GB at 1M) and kept only with
-# RECOMPUTE_MARGIN to spare.
+# at 100k water atoms, shipped model 8.5 GB at 100k and 78.0 GB at 1M), plus the attention
+# scores each layer keeps for its backward where the pairs fit one kernel launch (E53; none
+# at those three sizes), and kept only with RECOMPUTE_MARGIN to spare.
 NO_RECOMPUTE_FIXED_BYTES = 3 << 28
 NO_RECOMPUTE_BYTES_PER_PAIR = 520
 NO_RECOMPUTE_ROW_COPIES = 6.4
@@ -46,7 +48,8 @@ def no_recompute_peak_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int) 
     """Estimated peak bytes of an energy + forces step without block recompute (E47)."""
     rows = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
     return (NO_RECOMPUTE_FIXED_BYTES + NO_RECOMPUTE_BYTES_PER_PAIR * n_pairs
-            + NO_RECOMPUTE_ROW_COPIES * 4 * rows * config.num_layers * n_atoms)
+            + NO_RECOMPUTE_ROW_COPIES * 4 * rows * config.num_layers * n_atoms
+            + config.num_layers * kept_scores_bytes(config.num_heads, n_pairs))
 
 
 def available_device_bytes(device: torch.device) -> int | None:

@@ -186,6 +186,49 @@ def test_forces_only_derivatives(interpreter, heads, d_k, channels, hidden, degr
         assert rel(a, b) < 1e-10, f"d/d{name}: rel err {rel(a, b):.2e} (seed {seed})"
 
 
+@pytest.mark.parametrize("reduce,weight_envelope,weights", [
+    ("atomic", None, True), ("atomic", 1.5, False), ("sorted", None, False)])
+def test_backward_reuses_the_forwards_scores(interpreter, reduce, weight_envelope, weights,
+                                            monkeypatch):
+    """One chunk of edges: the backward takes the forward's prepass scratch (E53) instead of
+    running the prepass again, with the same gradients; a second backward through the
+    retained graph gets them again (the first left the scratch as it was)."""
+    import kernels.attention.autograd as ag
+    import kernels.attention.triton_backward as tb
+    import kernels.attention.triton_forward as tf
+
+    monkeypatch.setattr(tb, "REDUCE", reduce)
+    calls = []
+    prepass = tf.edge_scores
+    monkeypatch.setattr(tf, "edge_scores", lambda *a, **kw: calls.append(1) or prepass(*a, **kw))
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9)
+    g_out = None
+    grads = {}
+    for keep in (False, True):
+        monkeypatch.setattr(ag, "KEEP_SCORES", keep)
+        leaves = make_leaves(inputs)
+        if not weights:
+            for w in leaves[4:]:
+                w.requires_grad_(False)
+        wrt = leaves if weights else leaves[:4]
+        calls.clear()
+        out = call("triton", inputs, leaves, weight_envelope)
+        if g_out is None:
+            g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                                dtype=out.dtype)
+        grads[keep] = torch.autograd.grad(out, wrt, g_out, retain_graph=True)
+        assert len(calls) == (1 if keep else 2), f"prepass ran {len(calls)} times"
+        if keep:
+            again = torch.autograd.grad(out, wrt, g_out)
+    ref_leaves = make_leaves(inputs)
+    ref = torch.autograd.grad(call("reference", inputs, ref_leaves, weight_envelope),
+                              ref_leaves if weights else ref_leaves[:4], g_out)
+    for name, a, b, c, r in zip(NAMES, grads[True], grads[False], again, ref):
+        assert rel(a, r) < 1e-10, f"d/d{name}: rel err {rel(a, r):.2e} (seed {seed})"
+        assert rel(a, b) < 1e-12 and torch.equal(a, c), f"d/d{name} (seed {seed})"
+
+
 @pytest.mark.parametrize("weight_envelope", [None, 1.5])
 def test_double_backward(interpreter, weight_envelope):
     """Gradient of a force-like loss (|dL/d inputs|^2) matches the reference."""

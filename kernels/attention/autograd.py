@@ -19,6 +19,7 @@ from .common import EdgeRadialWeights, chunk_local, receiver_chunks, receiver_ro
 
 CHUNK_EDGES = 1 << 15
 BACKWARD_IMPL = "triton"  # "triton" or "chunked"
+KEEP_SCORES = True  # the forward's prepass scratch reused by the backward (E53)
 
 
 def _reference(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j,
@@ -71,19 +72,24 @@ class TritonAttention(torch.autograd.Function):
                 weight_envelope):
         from .triton_forward import attention_forward
 
-        out, m, den = attention_forward(
+        # the prepass's per-edge scalars (score, weight, gate: 3H floats per edge) are kept
+        # for the backward when a gradient will be taken and they fit one prepass chunk
+        # (kernels/NOTES.md E53); larger systems recompute them per backward chunk
+        out, m, den, scores = attention_forward(
             q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
-            emb_recv, emb_send, w_out, b_out, cutoff, eps, weight_envelope=weight_envelope)
+            emb_recv, emb_send, w_out, b_out, cutoff, eps, weight_envelope=weight_envelope,
+            keep_scores=KEEP_SCORES and any(ctx.needs_input_grad[:9]))
+        sw, gate = scores if scores is not None else (None, None)
         # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
-                              pair_i, pair_j, species, rowptr, centers, m, den)
+                              pair_i, pair_j, species, rowptr, centers, m, den, sw, gate)
         ctx.consts = (width, spacing, cutoff, eps, weight_envelope)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out, pair_i, pair_j, species,
-         rowptr, centers, m, den) = ctx.saved_tensors
+         rowptr, centers, m, den, sw, gate) = ctx.saved_tensors
         width, spacing, cutoff, eps, weight_envelope = ctx.consts
         needs = list(ctx.needs_input_grad[:9])
         diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
@@ -113,7 +119,8 @@ class TritonAttention(torch.autograd.Function):
                 grads = attention_backward(
                     grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
                     spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
-                    weight_grads=any(needs[4:]), weight_envelope=weight_envelope)
+                    weight_grads=any(needs[4:]), weight_envelope=weight_envelope,
+                    scores=None if sw is None else (sw, gate))
                 return tuple(g if need else None for g, need in zip(grads, needs)) + tuple(tail)
         grads = _chunked_reference_grads(
             grad_out, q, k, v, rij, (w_rbf, emb_recv, emb_send, w_out, b_out), pair_i, pair_j,

@@ -8,6 +8,18 @@ import torch
 from torch import Tensor
 
 
+# edges per launch of the Triton forward's prepass (bounds its [E, 2H] scratch); where all
+# pairs fit one launch, the scratch and the gate ([E, H]) are kept for the backward (E53)
+PRE_CHUNK_EDGES = 1 << 20
+
+
+def kept_scores_bytes(n_heads: int, n_pairs: int, itemsize: int = 4) -> int:
+    """Bytes one attention layer with the Triton kernels keeps from its forward for its
+    backward: score, weight and gate per pair when the pairs fit one prepass launch, else 0
+    (kernels/NOTES.md E53)."""
+    return 3 * n_heads * itemsize * n_pairs if n_pairs <= PRE_CHUNK_EDGES else 0
+
+
 def polynomial_envelope(x: Tensor) -> Tensor:
     """p(x) = 1 - 6x^5 + 15x^4 - 10x^3 on [0, 1], 0 beyond; value, slope, curvature vanish at 1."""
     x = x.clamp(max=1.0)

@@ -334,7 +334,8 @@ def default_bwd_blocks(n_heads: int, ch: int) -> dict[str, int]:
 
 def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width,
                        spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, eps, m, den,
-                       weight_grads: bool = True, weight_envelope: float | None = None):
+                       weight_grads: bool = True, weight_envelope: float | None = None,
+                       scores=None):
     """Gradients (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out) of <grad_out, out>.
 
     Per receiver chunk: the forward's prepass (s, w) [E_c, 2H] and the gate [E_c, H], the
@@ -343,6 +344,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     REDUCE "sorted", dv and dk come from the sender kernel instead), and PyTorch for the sum
     over head blocks plus dL/d|r| r_hat and, if weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
+    scores: the forward's prepass scratch (sw, gate) when it kept it (attention_forward's
+    keep_scores): if this backward runs in one chunk too, the prepass is not run again, and
+    the scratch is left as it was (a second backward through a retained graph reads it).
     """
     from .common import EdgeRadialWeights, gaussian_rbf
     from .triton_forward import edge_scores
@@ -364,14 +368,20 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     dw = [torch.zeros_like(t) for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
     chunks = receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES)
     max_e = max([e1 - e0 for _, _, e0, e1 in chunks] + [0])
-    sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
-    gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device)
+    if scores is not None and len(chunks) != 1:  # kept for one chunk: recompute per chunk
+        scores = None
+    if scores is None:
+        sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
+        gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device)
+    else:
+        sw, gate = scores
     for r0, r1, e0, e1 in chunks:
         if e1 <= e0:
             continue
-        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing, w_rbf,
-                    emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
-                    weight_envelope=weight_envelope, gate=gate)
+        if scores is None:
+            edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing,
+                        w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
+                        weight_envelope=weight_envelope, gate=gate)
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
         # every program writes all its edges' 3 numbers: no zeroing, no atomics
@@ -383,7 +393,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
         dd, d_o, d_pre = head_backward(
             q, k, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
             emb_recv, emb_send, w_out, cutoff, sw, gate, m, den, galpha, dsum, dq, dk, r0, r1,
-            e0, e1, weight_grads, atomic_dk=atomic, weight_envelope=weight_envelope)
+            e0, e1, weight_grads, atomic_dk=atomic, weight_envelope=weight_envelope,
+            overwrite_scores=scores is None)
         if not atomic:  # galpha now holds dL/d<q_i, k_j>
             sender_backward(grad_out, q, rij, pair_i, pair_j, sw, galpha, m, den, dv, dk,
                             cutoff, e0, e1, consts)

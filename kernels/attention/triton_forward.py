@@ -1,6 +1,7 @@
 """Triton forward of the fused equivariant attention (lmax = 2); see _triton_geometry for the plan.
 
-Launch: `attention_forward(...)` -> (out [n_recv, 20, C], m [n_recv, H], den [n_recv, H]).
+Launch: `attention_forward(...)` -> (out [n_recv, 20, C], m [n_recv, H], den [n_recv, H],
+scores: the prepass's (sw, gate) kept for the backward, or None).
 Accumulation dtype = input dtype (fp32 on the GPU; fp64 works in the interpreter for tests).
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _envelope, _load_rij, _rotation_to_pole, _wigner2
-from .common import receiver_chunks
+from .common import PRE_CHUNK_EDGES, receiver_chunks
 
 N_ROWS_IN = 9
 N_ROWS_OUT = 20
@@ -444,9 +445,6 @@ def _pow2(n: int, lo: int = 1) -> int:
     return max(lo, triton.next_power_of_2(int(n)))
 
 
-PRE_CHUNK_EDGES = 1 << 20  # edges per launch in PRE mode (bounds the [E, 2H] scratch)
-
-
 def heads_per_program(lanes: int, n_heads: int, ch: int) -> int:
     """BLOCK_H for tiles `lanes` = BLOCK_H x CH_P wide (heads x channels per head).
 
@@ -513,9 +511,12 @@ def edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_
 
 def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rbf_width,
                       rbf_spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, softmax_eps,
-                      blocks=None, weight_envelope: float | None = None):
+                      blocks=None, weight_envelope: float | None = None,
+                      keep_scores: bool = False):
     """Run the fused forward. All float tensors one dtype, contiguous. See module docstring;
-    weight_envelope: kernels.attention.reference's."""
+    weight_envelope: kernels.attention.reference's. keep_scores: return the prepass's
+    scratch (sw [E, 2H] flat, gate [E, H] flat) for the backward, which then skips its own
+    prepass; only where all edges fit one prepass chunk (else scores is None)."""
     n_recv, n_heads, d_k = q.shape
     channels = v.shape[-1]
     ch = channels // n_heads
@@ -524,7 +525,7 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
     m = torch.empty(n_recv, n_heads, dtype=q.dtype, device=q.device)
     den = torch.empty(n_recv, n_heads, dtype=q.dtype, device=q.device)
     if n_recv == 0:
-        return out, m, den
+        return out, m, den, None
     bl = blocks or default_blocks(n_heads, ch, q.device)
     consts = eaas_constants()
     win, inv_spacing = rbf_window(n_rbf, rbf_width, rbf_spacing)
@@ -541,16 +542,18 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
             out, m, den, out, 0, 0, *scal, PRE=False, **common)
-        return out, m, den
+        return out, m, den, None
     chunks = receiver_chunks(rowptr, pair_i.numel(), PRE_CHUNK_EDGES)
-    sw = torch.empty(max(e1 - e0 for _, _, e0, e1 in chunks) * 2 * n_heads + 1,
-                     dtype=q.dtype, device=q.device)
+    max_e = max(e1 - e0 for _, _, e0, e1 in chunks)
+    sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
+    keep = keep_scores and len(chunks) == 1
+    gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device) if keep else None
     for r0, r1, e0, e1 in chunks:
         edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing,
                     w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl,
-                    weight_envelope)
+                    weight_envelope, gate=gate)
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
             out, m, den, sw, r0, e0, *scal, PRE=True, **common)
-    return out, m, den
+    return out, m, den, ((sw, gate) if keep else None)

@@ -173,15 +173,17 @@ def default_head_blocks(n_heads: int) -> dict[str, int]:
 def head_backward(q, k, rij, pair_i, pair_j, species, rowptr, centers, rbf_width, rbf_spacing,
                   w_rbf, emb_recv, emb_send, w_out, cutoff, sw, gate, m, den, galpha, dsum, dq,
                   dk, r0: int, r1: int, e0: int, e1: int, weight_grads: bool,
-                  atomic_dk: bool = True, weight_envelope: float | None = None):
+                  atomic_dk: bool = True, weight_envelope: float | None = None,
+                  overwrite_scores: bool = True):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); stores dq of those
     receivers, adds into dk. sw [E_c, 2H], gate [E_c, H]: the chunk's backward prepass
     (triton_forward.edge_scores with gate); galpha is chunk-local [E_c, H], dsum [n, H].
 
     Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelopes, d_o [e1 - e0, 2H] =
-    dL/d(g_raw, w), d_pre [e1 - e0, hidden] or None). With atomic_dk, d_o is written over
-    sw (read by nothing after this); without, dk is left to the sender kernel, which reads
-    sw, and galpha is overwritten with dL/d<q_i, k_j> (what that kernel needs).
+    dL/d(g_raw, w), d_pre [e1 - e0, hidden] or None). With atomic_dk and overwrite_scores,
+    d_o is written over sw (read by nothing after this); without atomic_dk, dk is left to
+    the sender kernel, which reads sw, and galpha is overwritten with dL/d<q_i, k_j> (what
+    that kernel needs).
     weight_envelope: alpha's weight is w g(d).
     """
     n_heads, d_k = q.shape[1], q.shape[2]
@@ -191,7 +193,7 @@ def head_backward(q, k, rij, pair_i, pair_j, species, rowptr, centers, rbf_width
     block_h = min(bl["BLOCK_H"], _pow2(n_heads))
     n_hb = triton.cdiv(n_heads, block_h)
     sw = sw[:n_e * 2 * n_heads].view(n_e, 2 * n_heads)
-    d_o = sw if atomic_dk else torch.empty_like(sw)
+    d_o = sw if atomic_dk and overwrite_scores else torch.empty_like(sw)
     ddh = torch.empty(n_hb, n_e, dtype=q.dtype, device=q.device)
     _head_bwd_kernel[(r1 - r0, n_hb)](
         q, k, rij, pair_j, rowptr, sw, gate, m, den, galpha, dsum, dq, dk, d_o, ddh,
