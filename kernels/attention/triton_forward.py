@@ -105,6 +105,23 @@ def _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spa
 
 
 @triton.jit
+def _edge_embeddings(offs_e, emask, pi_ptr, pj_ptr, species_ptr, rij_ptr, emb_recv_ptr,
+                     emb_send_ptr, n_hid, offs_k, kmask):
+    """An edge-parallel tile's receivers i, senders j, distances d and the radial MLP's
+    element terms E_r[Z_i] + E_s[Z_j] [BLOCK_E, HID_P] (the first layer without rbf)."""
+    ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
+    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
+    zi = tl.load(species_ptr + ii, mask=emask, other=0)
+    zj = tl.load(species_ptr + j, mask=emask, other=0)
+    rx, ry, rz = _load_rij(rij_ptr, offs_e, emask)
+    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
+    m2 = emask[:, None] & kmask[None, :]
+    pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    return ii, j, d, pre
+
+
+@triton.jit
 def _radial_out(hidden, w_out_ptr, b_out_ptr, offs_k, kmask, offs_h, hmask, H: tl.constexpr,
                 DOT: tl.constexpr):
     """The radial MLP's output layer for heads offs_h: (W_gate, W_weight [HID_P, BLOCK_H],
@@ -182,17 +199,10 @@ def _edge_scores_kernel(
     gate sigmoid(g_raw) -> gate[e - e_base] (H), for the head backward."""
     offs_e = e_base + tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < e_end
-    ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
-    zi = tl.load(species_ptr + ii, mask=emask, other=0)
-    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-    rx, ry, rz = _load_rij(rij_ptr, offs_e, emask)
-    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
     offs_k = tl.arange(0, HID_P)
     kmask = offs_k < n_hid
-    zj = tl.load(species_ptr + j, mask=emask, other=0)
-    m2 = emask[:, None] & kmask[None, :]
-    pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
-    pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    ii, j, d, pre = _edge_embeddings(offs_e, emask, pi_ptr, pj_ptr, species_ptr, rij_ptr,
+                                     emb_recv_ptr, emb_send_ptr, n_hid, offs_k, kmask)
     pre = _radial_pre(pre, d, centers_ptr, w_rbf_ptr, n_rbf, n_hid, inv_width, inv_spacing,
                       offs_k, kmask, BLOCK_R, WIN, DOT)
     hidden = pre / (1.0 + tl.exp(-pre))

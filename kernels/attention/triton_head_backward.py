@@ -29,8 +29,8 @@ import triton
 import triton.language as tl
 
 from ._triton_geometry import _envelope, _envelope_slope, _load_rij
-from .triton_forward import (_pow2, _radial_pre, _rbf_at, _rbf_chunk, _window_start,
-                             dot_precision, rbf_window, weight_envelope_args)
+from .triton_forward import (_edge_embeddings, _pow2, _radial_pre, _rbf_at, _rbf_chunk,
+                             _window_start, dot_precision, rbf_window, weight_envelope_args)
 
 
 @triton.jit(do_not_specialize=["r_base", "e_base", "n_edges"])  # triton_forward: chunk bounds
@@ -117,17 +117,11 @@ def _radial_bwd_kernel(
     emask = offs_e < e_end
     le = (offs_e - e_base).to(tl.int64)
     n_edges = e_end - e_base
-    ii = tl.load(pi_ptr + offs_e, mask=emask, other=0)
-    j = tl.load(pj_ptr + offs_e, mask=emask, other=0)
-    zi = tl.load(species_ptr + ii, mask=emask, other=0)
-    zj = tl.load(species_ptr + j, mask=emask, other=0)
-    rx, ry, rz = _load_rij(rij_ptr, offs_e, emask)
-    d = tl.sqrt(rx * rx + ry * ry + rz * rz)
     offs_k = tl.arange(0, HID_P)
     kmask = offs_k < n_hid
     m2 = emask[:, None] & kmask[None, :]
-    pre = tl.load(emb_send_ptr + zj[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
-    pre += tl.load(emb_recv_ptr + zi[:, None] * n_hid + offs_k[None, :], mask=m2, other=0.0)
+    _, _, d, pre = _edge_embeddings(offs_e, emask, pi_ptr, pj_ptr, species_ptr, rij_ptr,
+                                    emb_recv_ptr, emb_send_ptr, n_hid, offs_k, kmask)
     if WIN > 0:
         # one pass over the window's rows of W_rbf gives both pre and w_dd = W_rbf^T
         # drbf/dd, and dd's radial term is dpre . w_dd; a loop, not unrolled: unrolled, most
