@@ -11,8 +11,8 @@ and m_i, den_i the forward's statistics (den includes eps * exp(-m)):
     dpre = ([dg_raw, dw] W_out^T) SiLU'(pre),  dd = (dpre W_rbf^T) . drbf/dd + dp p'(d).
 Split in three by what each part is sized by (kernels/NOTES.md E52):
   * the head kernel, one program per (receiver, head block) streaming the receiver's edges:
-    everything per (edge, head) from the backward prepass's s, w and gate (no radial MLP and
-    no <q, k> recomputed, no tl.dot): dq_i summed in registers and stored once, dk_j by
+    everything per (edge, head) from the prepass's s, w and gate (the forward's when it kept
+    them, E53, else the backward's own; no radial MLP and no <q, k> recomputed, no tl.dot): dq_i summed in registers and stored once, dk_j by
     atomics (or, REDUCE "sorted", dL/d<q_i, k_j> left for the sender kernel), [dg_raw, dw]
     per edge, and the envelope terms of dd per head block;
   * [dg_raw, dw] W_out^T for all edges of the chunk: one matrix product (cuBLAS);
@@ -42,7 +42,7 @@ def _head_bwd_kernel(
     BLOCK_H: tl.constexpr, ATOMIC_DK: tl.constexpr, WENV: tl.constexpr,
 ):
     """Program (receiver i, head block hb). sw [E_c, 2H] = (s, w) and gate [E_c, H] from the
-    backward prepass (WENV: w is already times g(d)); writes do [E_c, 2H] = (dg_raw, dw) (dw
+    prepass (WENV: w is already times g(d)); writes do [E_c, 2H] = (dg_raw, dw) (dw
     of the raw weight) and ddh [n_hb, E_c], this head block's envelope terms of dL/dd. do
     may be sw itself: each element is read before it is written, by the same program."""
     i = r_base + tl.program_id(0)
@@ -170,8 +170,8 @@ def head_backward(q, k, rij, pair_i, pair_j, species, rowptr, centers, rbf_width
                   atomic_dk: bool = True, weight_envelope: float | None = None,
                   overwrite_scores: bool = True):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); stores dq of those
-    receivers, adds into dk. sw [E_c, 2H], gate [E_c, H]: the chunk's backward prepass
-    (triton_forward.edge_scores with gate); galpha is chunk-local [E_c, H], dsum [n, H].
+    receivers, adds into dk. sw [E_c, 2H], gate [E_c, H]: the chunk's prepass
+    (triton_forward.edge_scores with gate, in the forward or the backward); galpha is chunk-local [E_c, H], dsum [n, H].
 
     Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelopes, d_o [e1 - e0, 2H] =
     dL/d(g_raw, w), d_pre [e1 - e0, hidden] or None). With atomic_dk and overwrite_scores,
