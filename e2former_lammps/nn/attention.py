@@ -83,18 +83,27 @@ class EquivariantAttention(nn.Module):
                                         self.w_query_key_2.weight.index_select(0, rows), rows,
                                         self.lmax + 1).flatten(1)
 
-    def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
-                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
-        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C].
-        shared: see kernels.attention.equivariant_attention."""
+    def project(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Node-wise inputs of the attention from x [n_total, rows, C]: query-key rows
+        [n_total, 2, heads, head_dim] (queries are used for receivers only) and values
+        [n_total, rows, C]."""
         qk = self.qk_mlp(self.invariants(x)).view(-1, 2, self.num_heads, self.head_dim)
-        q, k = qk[:n_recv, 0], qk[:, 1]
-        msg = equivariant_attention(
-            q, k, self.value(x), rij, pair_i, pair_j, species, self.radial.weights(),
+        return qk[:, 0], qk[:, 1], self.value(x)
+
+    def message(self, q: Tensor, k: Tensor, v: Tensor, species: Tensor, pair_i: Tensor,
+                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
+        """The per-edge part (kernels.attention.equivariant_attention): messages of the
+        len(q) receivers. shared: see there."""
+        return equivariant_attention(
+            q, k, v, rij, pair_i, pair_j, species, self.radial.weights(),
             self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
             identity_paths=self.identity_paths, shared=shared,
             weight_envelope=self.weight_envelope,
         )
+
+    def mix_paths(self, msg: Tensor) -> Tensor:
+        """Messages [n_recv, path rows, C] -> update [n_recv, rows, C]: per l3, a linear
+        mix of the paths that end in l3."""
         # the identity rows (sum_j alpha_ij v_j, all degrees) follow the path rows
         values = msg[:, n_path_rows(self.lmax):] if self.identity_paths else None
         out = []
@@ -108,3 +117,11 @@ class EquivariantAttention(nn.Module):
                 n_paths += 1
             out.append(paths.reshape(-1, width, n_paths * msg.shape[-1]) @ self.path_mix[l3])
         return torch.cat(out, dim=1)
+
+    def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
+                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
+        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C].
+        shared: see kernels.attention.equivariant_attention."""
+        q, k, v = self.project(x)
+        return self.mix_paths(self.message(q[:n_recv], k, v, species, pair_i, pair_j, rij,
+                                           shared))
