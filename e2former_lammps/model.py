@@ -42,6 +42,9 @@ NO_RECOMPUTE_ROW_COPIES = 6.4
 # configuration at 100k atoms 36.0 GB against 30.0 eager, +1.14 row copies per layer
 NO_RECOMPUTE_ROW_COPIES_COMPILED = 7.6
 RECOMPUTE_MARGIN = 1.25
+# The estimate above is low for steps below ~20k atoms (paper configuration at 10k: 0.77 of
+# the LAMMPS peak), where it decides only whether the attention keeps its scores (E53).
+KEEP_SCORES_MARGIN = 1.6
 # With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
 # memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
 OFFLOAD_ENV = "E2FORMER_OFFLOAD_BLOCK_INPUTS"
@@ -122,9 +125,10 @@ class TransformerBlock(nn.Module):
         return x_recv + self.ffn(self.norm_ffn(x_recv))
 
     def forward(self, x: Tensor, graph: AtomGraph, shared: dict | None = None,
-                compiled: bool = False) -> Tensor:
+                compiled: bool = False, keep_scores: bool = True) -> Tensor:
         """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]. shared: what the
-        blocks of one forward share (kernels.attention.equivariant_attention). compiled: the
+        blocks of one forward share, keep_scores: whether the attention may keep per-edge
+        scores for its backward (kernels.attention.equivariant_attention). compiled: the
         node-wise work through torch.compile (compiled_node_work)."""
         n_recv = graph.exchange.n_recv
         node_in, node_out = compiled_node_work() if compiled else (_node_in, _node_out)
@@ -134,7 +138,7 @@ class TransformerBlock(nn.Module):
             return x + self.ffn(self.norm_ffn(x))
         q, k, v = node_in(self, x)
         msg = self.attention.message(q[:n_recv], k, v, graph.species, graph.pair_i,
-                                     graph.pair_j, graph.rij, shared)
+                                     graph.pair_j, graph.rij, shared, keep_scores)
         return node_out(self, x[:n_recv], msg)
 
 
@@ -300,6 +304,21 @@ class E2FormerV2(nn.Module):
             raise ValueError(f"{OFFLOAD_ENV} must be 0 or 1, got {offload!r}")
         return "offload" if offload == "1" else "recompute"
 
+    def _keeps_attention_scores(self, n_atoms: int, n_pairs: int, device: torch.device,
+                                compiled: bool) -> bool:
+        """Whether the attention layers may keep their per-edge scores for the backward (E53,
+        up to 2^20 pairs): not when the step with them, estimated at KEEP_SCORES_MARGIN times
+        no_recompute_peak_bytes, would not fit the free memory of CUDA `device` (a 16-24 GB
+        GPU near 19k water atoms in the paper configuration); the backward then recomputes
+        them (E53's cost: ~6% of such a step)."""
+        if (kept_scores_bytes(self.config.num_heads, n_pairs) == 0
+                or device.type == "cuda" and torch.cuda.is_available()
+                and torch.cuda.is_current_stream_capturing()):
+            return True  # (CUDA graphs hold <= 2^18 pairs: small steps)
+        available = available_device_bytes(device)
+        return available is None or KEEP_SCORES_MARGIN * no_recompute_peak_bytes(
+            self.config, n_atoms, n_pairs, compiled) <= available
+
     def compiles_node_work(self, device: torch.device) -> bool:
         """Whether a forward on `device` runs the blocks' node-wise work compiled
         (COMPILE_NODES_ENV)."""
@@ -322,17 +341,21 @@ class E2FormerV2(nn.Module):
         # hold tensors made inside another's recompute)
         shared = {} if mode == "off" else None
         compiled = self.compiles_node_work(x.device)
+        keep_scores = self._keeps_attention_scores(graph.species.numel(), graph.pair_i.numel(),
+                                                   x.device, compiled)
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners
             x = ex(x)
             if mode == "off":
-                x = block(x, graph, shared, compiled)
+                x = block(x, graph, shared, compiled, keep_scores)
             elif mode == "recompute":
-                x = checkpoint(block, x, graph, None, compiled, use_reentrant=False)
+                x = checkpoint(block, x, graph, None, compiled, keep_scores,
+                               use_reentrant=False)
             else:
                 with keep_on_host(x):
-                    x = checkpoint(block, x, graph, None, compiled, use_reentrant=False)
+                    x = checkpoint(block, x, graph, None, compiled, keep_scores,
+                                   use_reentrant=False)
         return x
 
     @staticmethod

@@ -346,6 +346,47 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     assert model._checkpoint_mode(n, n, pairs, torch.device("cpu")) == "offload"
 
 
+def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkeypatch):
+    """E53's per-edge scores kept for the backward: on a GPU whose free memory holds the
+    step's estimated peak with KEEP_SCORES_MARGIN, not on a smaller one, and always beyond
+    one prepass chunk (nothing kept) or off the GPU; the model's choice reaches the kernels
+    (the prepass runs once per layer when kept, twice when not; same forces)."""
+    import e2former_lammps.model as model_module
+    import kernels.attention.triton_forward as triton_forward
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from e2former_lammps.neighbors import atoms_to_graph
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = random_model(seed, num_layers=1).requires_grad_(False)
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    n, pairs = 10_000, 540_000
+    need = model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
+        model.config, n, pairs, compiled=True)
+    for free, keep in ((need, True), (0.9 * need, False)):
+        monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
+        assert model._keeps_attention_scores(n, pairs, cuda, compiled=True) is keep
+        assert model._keeps_attention_scores(20_000, 1_100_000, cuda, compiled=True)
+    monkeypatch.undo()
+    assert model._keeps_attention_scores(n, pairs, cpu, compiled=False)
+
+    model.set_attention_impl("triton")
+    cfg = model.config
+    graph = atoms_to_graph(molecule("CH3OH"), cfg.elements, cfg.atomic_numbers, cfg.cutoff,
+                           torch.float64, "cpu")
+    calls = []
+    prepass = triton_forward.edge_scores
+    monkeypatch.setattr(triton_forward, "edge_scores",
+                        lambda *a, **kw: calls.append(1) or prepass(*a, **kw))
+    grads = {}
+    for keep in (True, False):
+        monkeypatch.setattr(model, "_keeps_attention_scores", lambda *a, keep=keep: keep)
+        calls.clear()
+        grads[keep] = energy_and_pair_gradient(model, graph)[1]
+        assert len(calls) == (1 if keep else 2) * cfg.num_layers, (keep, len(calls))
+    assert torch.allclose(grads[True], grads[False], rtol=0, atol=1e-12)
+
+
 def test_out_of_memory_with_activations_kept_retries_with_block_recompute(monkeypatch):
     """When the memory estimate said a step fits and the GPU still ran out, the step runs
     again with block recompute (same numbers), and later steps recompute; a collective

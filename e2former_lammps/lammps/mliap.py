@@ -239,6 +239,10 @@ class E2FormerMLIAP(MLIAPUnified):
                 gpu = dev.index if dev.index is not None else torch.cuda.current_device()
                 print(f"E2Former: {where} runs the model on cuda:{gpu} "
                       f"({torch.cuda.get_device_name(gpu)})", flush=True)
+                if self.model.compiles_node_work(dev):
+                    print("E2Former: node-wise work through torch.compile (the first step "
+                          "compiles, ~10-20 s; E2FORMER_COMPILE_NODES=0 runs it eagerly)",
+                          flush=True)
         try:
             eatoms, grad = self._evaluate(graph)
         except torch.OutOfMemoryError as exc:

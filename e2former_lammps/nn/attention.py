@@ -91,14 +91,15 @@ class EquivariantAttention(nn.Module):
         return qk[:, 0], qk[:, 1], self.value(x)
 
     def message(self, q: Tensor, k: Tensor, v: Tensor, species: Tensor, pair_i: Tensor,
-                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
+                pair_j: Tensor, rij: Tensor, shared: dict | None = None,
+                keep_scores: bool = True) -> Tensor:
         """The per-edge part (kernels.attention.equivariant_attention): messages of the
-        len(q) receivers. shared: see there."""
+        len(q) receivers. shared, keep_scores: see there."""
         return equivariant_attention(
             q, k, v, rij, pair_i, pair_j, species, self.radial.weights(),
             self.cutoff, self.softmax_eps, self.lmax, impl=self.impl,
             identity_paths=self.identity_paths, shared=shared,
-            weight_envelope=self.weight_envelope,
+            weight_envelope=self.weight_envelope, keep_scores=keep_scores,
         )
 
     def mix_paths(self, msg: Tensor) -> Tensor:

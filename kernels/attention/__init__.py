@@ -32,7 +32,7 @@ def equivariant_attention(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
     impl: str = "reference", identity_paths: bool = False, shared: dict | None = None,
-    weight_envelope: float | None = None,
+    weight_envelope: float | None = None, keep_scores: bool = True,
 ) -> Tensor:
     """Messages of the receiving atoms, per tensor-product path.
 
@@ -50,6 +50,8 @@ def equivariant_attention(
     the model, through which the reference's layers share the edge geometry and Wigner
     matrices of rij (the kernels compute theirs on the fly). weight_envelope: width (Å) of a
     second envelope on the signed weight, or None (kernels.attention.reference's docstring).
+    keep_scores: "triton" may keep per-edge scores from the forward for the backward (E53);
+    False when memory is short.
     """
     impl = resolve_impl(impl, q, lmax)
     if impl == "reference":
@@ -71,7 +73,7 @@ def equivariant_attention(
         with on_device_of(q):
             msg = equivariant_attention_triton(
                 q, k, v, rij, pair_i, pair_j, species, radial, cutoff, softmax_eps, lmax,
-                weight_envelope=weight_envelope,
+                weight_envelope=weight_envelope, keep_scores=keep_scores,
             )
         if not identity_paths:
             return msg

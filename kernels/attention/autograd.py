@@ -69,16 +69,17 @@ class TritonAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
                 pair_i, pair_j, species, rowptr, centers, width, spacing, cutoff, eps,
-                weight_envelope):
+                weight_envelope, keep_scores):
         from .triton_forward import attention_forward
 
         # the prepass's per-edge scalars (score, weight, gate: 3H floats per edge) are kept
-        # for the backward when a gradient will be taken and they fit one prepass chunk
-        # (kernels/NOTES.md E53); larger systems recompute them per backward chunk
+        # for the backward when a gradient will be taken, the caller allows it (memory) and
+        # they fit one prepass chunk (kernels/NOTES.md E53); larger systems recompute them
+        # per backward chunk
         out, m, den, scores = attention_forward(
             q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
             emb_recv, emb_send, w_out, b_out, cutoff, eps, weight_envelope=weight_envelope,
-            keep_scores=KEEP_SCORES and any(ctx.needs_input_grad[:9]))
+            keep_scores=KEEP_SCORES and keep_scores and any(ctx.needs_input_grad[:9]))
         sw, gate = scores if scores is not None else (None, None)
         # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
@@ -93,7 +94,7 @@ class TritonAttention(torch.autograd.Function):
         width, spacing, cutoff, eps, weight_envelope = ctx.consts
         needs = list(ctx.needs_input_grad[:9])
         diff = (q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out)
-        tail = [None] * 10
+        tail = [None] * 11
         if not any(needs):
             return (None,) * 9 + tuple(tail)
         if torch.is_grad_enabled():
@@ -131,9 +132,11 @@ class TritonAttention(torch.autograd.Function):
 def equivariant_attention_triton(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
-    weight_envelope: float | None = None,
+    weight_envelope: float | None = None, keep_scores: bool = True,
 ) -> Tensor:
-    """Fused Triton attention (lmax 2). Same interface and result as the reference."""
+    """Fused Triton attention (lmax 2). Same interface and result as the reference;
+    keep_scores=False: the backward recomputes the per-edge scores instead of keeping the
+    forward's (E53), 1.5 KB per pair less in the paper configuration."""
     if lmax != 2:
         raise ValueError(f"the Triton attention supports lmax 2 only, got {lmax}")
     n_heads = q.shape[1]
@@ -147,5 +150,5 @@ def equivariant_attention_triton(
         c(radial.w_out), c(radial.b_out), pair_i.contiguous(), pair_j.contiguous(),
         species.contiguous(), rowptr, c(radial.rbf_centers), float(radial.rbf_width),
         float(radial.rbf_spacing), float(cutoff), float(softmax_eps),
-        None if weight_envelope is None else float(weight_envelope),
+        None if weight_envelope is None else float(weight_envelope), keep_scores,
     )
