@@ -121,6 +121,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         n_pairs = int(graph.rij.shape[0])
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
         checkpointing = unified.model.last_checkpoint_mode  # what the MD steps ran
+        keep_scores = unified.model.last_keep_scores
         # the adapter's own evaluator: CUDA graphs where it used them
         alone = model_alone_seconds(unified._evaluate, graph, reps=3)
     finally:
@@ -142,6 +143,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         "lammps_overhead_ratio": step_s / alone,
         "cuda_graphs": unified._evaluate.in_use,
         "block_checkpointing": checkpointing,
+        "attention_keeps_scores": keep_scores,
         "etotal_eV_first_last": [etotal_first, etotal_last],
     }
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,8 +34,8 @@ CHECKPOINT_MIN_ATOMS = 20_000
 # data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
 # [heads, head_dim] rows), fitted to LAMMPS runs on the H200 (E47: paper configuration 37.7 GB
 # at 100k water atoms, shipped model 8.5 GB at 100k and 78.0 GB at 1M), plus the attention
-# scores each layer keeps for its backward where the pairs fit one kernel launch (E53; none
-# at those three sizes), and kept only with RECOMPUTE_MARGIN to spare.
+# scores each layer keeps for its backward when it keeps them (E53; none in those runs), and
+# kept only with RECOMPUTE_MARGIN to spare.
 NO_RECOMPUTE_FIXED_BYTES = 3 << 28
 NO_RECOMPUTE_BYTES_PER_PAIR = 520
 NO_RECOMPUTE_ROW_COPIES = 6.4
@@ -42,8 +43,9 @@ NO_RECOMPUTE_ROW_COPIES = 6.4
 # configuration at 100k atoms 36.0 GB against 30.0 eager, +1.14 row copies per layer
 NO_RECOMPUTE_ROW_COPIES_COMPILED = 7.6
 RECOMPUTE_MARGIN = 1.25
-# The estimate above is low for steps below ~20k atoms (paper configuration at 10k: 0.77 of
-# the LAMMPS peak), where it decides only whether the attention keeps its scores (E53).
+# Whether the attention layers keep their per-edge scores for the backward (E53) is decided
+# with this margin: the estimate above is low for small steps (paper configuration at 10k
+# atoms: 0.77 of the LAMMPS peak).
 KEEP_SCORES_MARGIN = 1.6
 # With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
 # memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
@@ -58,14 +60,15 @@ PACKAGED_MODELS = Path(__file__).parent / "models"
 
 
 def no_recompute_peak_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int,
-                            compiled: bool = False) -> float:
+                            compiled: bool = False, keep_scores: bool = False) -> float:
     """Estimated peak bytes of an energy + forces step without block recompute (E47), with
-    the node-wise work eager or compiled (E54)."""
+    the node-wise work eager or compiled (E54), and with each attention layer keeping its
+    per-edge scores for the backward or not (E53)."""
     rows = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
     copies = NO_RECOMPUTE_ROW_COPIES_COMPILED if compiled else NO_RECOMPUTE_ROW_COPIES
+    kept = kept_scores_bytes(config.num_heads, n_pairs) if keep_scores else 0
     return (NO_RECOMPUTE_FIXED_BYTES + NO_RECOMPUTE_BYTES_PER_PAIR * n_pairs
-            + copies * 4 * rows * config.num_layers * n_atoms
-            + config.num_layers * kept_scores_bytes(config.num_heads, n_pairs))
+            + copies * 4 * rows * config.num_layers * n_atoms + config.num_layers * kept)
 
 
 def available_device_bytes(device: torch.device) -> int | None:
@@ -125,7 +128,7 @@ class TransformerBlock(nn.Module):
         return x_recv + self.ffn(self.norm_ffn(x_recv))
 
     def forward(self, x: Tensor, graph: AtomGraph, shared: dict | None = None,
-                compiled: bool = False, keep_scores: bool = True) -> Tensor:
+                compiled: bool = False, keep_scores: bool | None = None) -> Tensor:
         """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]. shared: what the
         blocks of one forward share, keep_scores: whether the attention may keep per-edge
         scores for its backward (kernels.attention.equivariant_attention). compiled: the
@@ -142,6 +145,8 @@ class TransformerBlock(nn.Module):
         return node_out(self, x[:n_recv], msg)
 
 
+# Free functions of the block, compiled once: one graph then serves every block (the block's
+# parameters are its inputs; tests/test_compiled_node_work.py counts the graphs).
 def _node_in(block: TransformerBlock, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return block.node_in(x)
 
@@ -153,7 +158,7 @@ def _node_out(block: TransformerBlock, x_recv: Tensor, msg: Tensor) -> Tensor:
 _COMPILED_NODE_WORK = None
 
 
-def compiled_node_work():
+def compiled_node_work() -> tuple[Callable, Callable]:
     """(node_in, node_out) through torch.compile (Inductor fuses the norms' and gates'
     elementwise work; one graph for all blocks, the atom count dynamic)."""
     global _COMPILED_NODE_WORK
@@ -181,6 +186,7 @@ class E2FormerV2(nn.Module):
     # is 1); True / False; "offload": recompute and keep the inputs in host memory
     checkpoint_blocks: bool | str = "auto"
     last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
+    last_keep_scores: bool | None = None  # and whether its attention kept its scores (E53)
     # "auto" kept all activations of the latest large step because the memory estimate said
     # they fit; after an out-of-memory error the estimate is no longer trusted (forces.py)
     kept_activations_by_estimate = False
@@ -305,19 +311,21 @@ class E2FormerV2(nn.Module):
         return "offload" if offload == "1" else "recompute"
 
     def _keeps_attention_scores(self, n_atoms: int, n_pairs: int, device: torch.device,
-                                compiled: bool) -> bool:
-        """Whether the attention layers may keep their per-edge scores for the backward (E53,
-        up to 2^20 pairs): not when the step with them, estimated at KEEP_SCORES_MARGIN times
-        no_recompute_peak_bytes, would not fit the free memory of CUDA `device` (a 16-24 GB
-        GPU near 19k water atoms in the paper configuration); the backward then recomputes
-        them (E53's cost: ~6% of such a step)."""
-        if (kept_scores_bytes(self.config.num_heads, n_pairs) == 0
-                or device.type == "cuda" and torch.cuda.is_available()
-                and torch.cuda.is_current_stream_capturing()):
-            return True  # (CUDA graphs hold <= 2^18 pairs: small steps)
+                                compiled: bool, mode: str) -> bool | None:
+        """Whether the attention layers keep their per-edge scores for the backward (E53):
+        with all activations kept ("off") on a GPU whose free memory holds the step with them
+        (KEEP_SCORES_MARGIN times no_recompute_peak_bytes), for any number of pairs; not on a
+        GPU too small for that (the backward then recomputes them, ~6% of a step). None (the
+        kernels' default: up to one prepass launch of pairs) with block recompute, off the
+        GPU, or inside a CUDA-graph capture (<= 2^18 pairs)."""
+        if (mode != "off" or device.type != "cuda"
+                or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+            return None
         available = available_device_bytes(device)
-        return available is None or KEEP_SCORES_MARGIN * no_recompute_peak_bytes(
-            self.config, n_atoms, n_pairs, compiled) <= available
+        if available is None:
+            return None
+        return KEEP_SCORES_MARGIN * no_recompute_peak_bytes(
+            self.config, n_atoms, n_pairs, compiled, keep_scores=True) <= available
 
     def compiles_node_work(self, device: torch.device) -> bool:
         """Whether a forward on `device` runs the blocks' node-wise work compiled
@@ -342,7 +350,8 @@ class E2FormerV2(nn.Module):
         shared = {} if mode == "off" else None
         compiled = self.compiles_node_work(x.device)
         keep_scores = self._keeps_attention_scores(graph.species.numel(), graph.pair_i.numel(),
-                                                   x.device, compiled)
+                                                   x.device, compiled, mode)
+        self.last_keep_scores = keep_scores
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners

@@ -15,6 +15,7 @@ import torch
 
 import e2former_lammps  # noqa: F401  (import order: the package before kernels)
 from kernels.attention import EdgeRadialWeights, equivariant_attention
+from kernels.attention.common import receiver_chunks, receiver_rowptr
 
 import triton  # noqa: F401  (installed by deploy/setup_env.sh: a missing one fails)
 CUTOFF, EPS = 5.0, 1.0
@@ -227,6 +228,46 @@ def test_backward_reuses_the_forwards_scores(interpreter, reduce, weight_envelop
     for name, a, b, c, r in zip(NAMES, grads[True], grads[False], again, ref):
         assert rel(a, r) < 1e-10, f"d/d{name}: rel err {rel(a, r):.2e} (seed {seed})"
         assert rel(a, b) < 1e-12 and torch.equal(a, c), f"d/d{name} (seed {seed})"
+
+
+def test_scores_kept_over_several_prepass_launches(interpreter, monkeypatch):
+    """keep_scores=True with the pairs in several prepass launches (forward chunks of <= 20
+    edges, backward chunks of <= 30: different bounds): the forward keeps all edges' scores,
+    the backward runs no prepass, and the gradients equal those without keeping (None: the
+    default recomputes beyond one launch) and the reference."""
+    import kernels.attention.common as common
+    import kernels.attention.triton_backward as tb
+    import kernels.attention.triton_forward as tf
+
+    monkeypatch.setattr(tf, "PRE_CHUNK_EDGES", 20)
+    monkeypatch.setattr(common, "PRE_CHUNK_EDGES", 20)  # the default's bound (keeps_scores)
+    monkeypatch.setattr(tb, "CHUNK_EDGES", 30)
+    calls = []
+    prepass = tf.edge_scores
+    monkeypatch.setattr(tf, "edge_scores", lambda *a, **kw: calls.append(1) or prepass(*a, **kw))
+    seed = fresh_seed()
+    inputs = make_inputs(seed, DEGREES, n_total=9)
+    q, k, v, rij, pair_i, pair_j, species, radial = inputs
+    n_launches = len(receiver_chunks(receiver_rowptr(pair_i, len(DEGREES)), pair_i.numel(), 20))
+    n_bwd_chunks = len(receiver_chunks(receiver_rowptr(pair_i, len(DEGREES)), pair_i.numel(), 30))
+    assert n_launches > 2 and n_bwd_chunks > 1
+    grads = {}
+    for keep, prepasses in ((True, n_launches), (None, n_launches + n_bwd_chunks)):
+        leaves = make_leaves(inputs)
+        rad = dataclasses.replace(radial, w_rbf=leaves[4], emb_recv=leaves[5],
+                                  emb_send=leaves[6], w_out=leaves[7], b_out=leaves[8])
+        calls.clear()
+        out = equivariant_attention(*leaves[:4], pair_i, pair_j, species, rad, CUTOFF, EPS, 2,
+                                    impl="triton", keep_scores=keep)
+        g_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed),
+                            dtype=out.dtype)
+        grads[keep] = torch.autograd.grad(out, leaves, g_out)
+        assert len(calls) == prepasses, (keep, len(calls), prepasses)
+    ref_leaves = make_leaves(inputs)
+    ref = torch.autograd.grad(call("reference", inputs, ref_leaves), ref_leaves, g_out)
+    for name, a, b, r in zip(NAMES, grads[True], grads[None], ref):
+        assert rel(a, r) < 1e-10, f"d/d{name}: rel err {rel(a, r):.2e} (seed {seed})"
+        assert rel(a, b) < 1e-12, f"d/d{name} (seed {seed})"
 
 
 @pytest.mark.parametrize("weight_envelope", [None, 1.5])

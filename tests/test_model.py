@@ -347,10 +347,11 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
 
 
 def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkeypatch):
-    """E53's per-edge scores kept for the backward: on a GPU whose free memory holds the
-    step's estimated peak with KEEP_SCORES_MARGIN, not on a smaller one, and always beyond
-    one prepass chunk (nothing kept) or off the GPU; the model's choice reaches the kernels
-    (the prepass runs once per layer when kept, twice when not; same forces)."""
+    """E53's per-edge scores kept for the backward, for any number of pairs: on a GPU whose
+    free memory holds the step's estimated peak with them (KEEP_SCORES_MARGIN), not on a
+    smaller one; the kernels' default (None: up to one prepass launch) with block recompute
+    or off the GPU. The model's choice reaches the kernels (the prepass runs once per layer
+    when kept, twice when not; same forces)."""
     import e2former_lammps.model as model_module
     import kernels.attention.triton_forward as triton_forward
     from e2former_lammps.forces import energy_and_pair_gradient
@@ -360,15 +361,17 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     print("seed", seed)
     model = random_model(seed, num_layers=1).requires_grad_(False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    n, pairs = 10_000, 540_000
-    need = model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
-        model.config, n, pairs, compiled=True)
-    for free, keep in ((need, True), (0.9 * need, False)):
-        monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
-        assert model._keeps_attention_scores(n, pairs, cuda, compiled=True) is keep
-        assert model._keeps_attention_scores(20_000, 1_100_000, cuda, compiled=True)
+    for n, pairs in ((10_000, 540_000), (100_000, 5_400_000)):
+        need = model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
+            model.config, n, pairs, compiled=True, keep_scores=True)
+        assert need > model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
+            model.config, n, pairs, compiled=True)
+        for free, keep in ((need, True), (0.9 * need, False)):
+            monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
+            assert model._keeps_attention_scores(n, pairs, cuda, True, "off") is keep
+            assert model._keeps_attention_scores(n, pairs, cuda, True, "recompute") is None
     monkeypatch.undo()
-    assert model._keeps_attention_scores(n, pairs, cpu, compiled=False)
+    assert model._keeps_attention_scores(10_000, 540_000, cpu, False, "off") is None
 
     model.set_attention_impl("triton")
     cfg = model.config

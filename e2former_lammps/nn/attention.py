@@ -92,7 +92,7 @@ class EquivariantAttention(nn.Module):
 
     def message(self, q: Tensor, k: Tensor, v: Tensor, species: Tensor, pair_i: Tensor,
                 pair_j: Tensor, rij: Tensor, shared: dict | None = None,
-                keep_scores: bool = True) -> Tensor:
+                keep_scores: bool | None = None) -> Tensor:
         """The per-edge part (kernels.attention.equivariant_attention): messages of the
         len(q) receivers. shared, keep_scores: see there."""
         return equivariant_attention(

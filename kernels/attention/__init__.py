@@ -32,7 +32,7 @@ def equivariant_attention(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
     impl: str = "reference", identity_paths: bool = False, shared: dict | None = None,
-    weight_envelope: float | None = None, keep_scores: bool = True,
+    weight_envelope: float | None = None, keep_scores: bool | None = None,
 ) -> Tensor:
     """Messages of the receiving atoms, per tensor-product path.
 
@@ -50,8 +50,8 @@ def equivariant_attention(
     the model, through which the reference's layers share the edge geometry and Wigner
     matrices of rij (the kernels compute theirs on the fly). weight_envelope: width (Å) of a
     second envelope on the signed weight, or None (kernels.attention.reference's docstring).
-    keep_scores: "triton" may keep per-edge scores from the forward for the backward (E53);
-    False when memory is short.
+    keep_scores: whether "triton" keeps per-edge scores from the forward for the backward
+    (E53): True, False (memory is short), None (where the pairs fit one prepass launch).
     """
     impl = resolve_impl(impl, q, lmax)
     if impl == "reference":

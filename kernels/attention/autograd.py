@@ -15,7 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .common import EdgeRadialWeights, chunk_local, receiver_chunks, receiver_rowptr
+from .common import (EdgeRadialWeights, chunk_local, keeps_scores, receiver_chunks,
+                     receiver_rowptr)
 
 CHUNK_EDGES = 1 << 15
 BACKWARD_IMPL = "triton"  # "triton" or "chunked"
@@ -73,13 +74,14 @@ class TritonAttention(torch.autograd.Function):
         from .triton_forward import attention_forward
 
         # the prepass's per-edge scalars (score, weight, gate: 3H floats per edge) are kept
-        # for the backward when a gradient will be taken, the caller allows it (memory) and
-        # they fit one prepass chunk (kernels/NOTES.md E53); larger systems recompute them
-        # per backward chunk
+        # for the backward when a gradient will be taken and the caller asks for it (the
+        # model, by free memory) or, by default, they fit one prepass chunk
+        # (kernels/NOTES.md E53); otherwise the backward recomputes them per chunk
         out, m, den, scores = attention_forward(
             q, k, v, rij, pair_i, pair_j, species, rowptr, centers, width, spacing, w_rbf,
             emb_recv, emb_send, w_out, b_out, cutoff, eps, weight_envelope=weight_envelope,
-            keep_scores=KEEP_SCORES and keep_scores and any(ctx.needs_input_grad[:9]))
+            keep_scores=(KEEP_SCORES and keeps_scores(keep_scores, pair_i.numel())
+                         and any(ctx.needs_input_grad[:9])))
         sw, gate = scores if scores is not None else (None, None)
         # not `out` ([n_recv, 20, C], the largest tensor here): the backward does not need it
         ctx.save_for_backward(q, k, v, rij, w_rbf, emb_recv, emb_send, w_out, b_out,
@@ -132,11 +134,12 @@ class TritonAttention(torch.autograd.Function):
 def equivariant_attention_triton(
     q: Tensor, k: Tensor, v: Tensor, rij: Tensor, pair_i: Tensor, pair_j: Tensor,
     species: Tensor, radial: EdgeRadialWeights, cutoff: float, softmax_eps: float, lmax: int,
-    weight_envelope: float | None = None, keep_scores: bool = True,
+    weight_envelope: float | None = None, keep_scores: bool | None = None,
 ) -> Tensor:
-    """Fused Triton attention (lmax 2). Same interface and result as the reference;
-    keep_scores=False: the backward recomputes the per-edge scores instead of keeping the
-    forward's (E53), 1.5 KB per pair less in the paper configuration."""
+    """Fused Triton attention (lmax 2). Same interface and result as the reference.
+    keep_scores: the forward keeps its per-edge scores for the backward (E53; 1.5 KB per
+    pair in the paper configuration) instead of the backward recomputing them: True, False,
+    or None: where the pairs fit one prepass launch (common.keeps_scores)."""
     if lmax != 2:
         raise ValueError(f"the Triton attention supports lmax 2 only, got {lmax}")
     n_heads = q.shape[1]

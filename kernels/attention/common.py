@@ -9,15 +9,22 @@ from torch import Tensor
 
 
 # edges per launch of the Triton forward's prepass (bounds its [E, 2H] scratch); where all
-# pairs fit one launch, the scratch and the gate ([E, H]) are kept for the backward (E53)
+# pairs fit one launch, the scratch and the gate ([E, H]) are kept for the backward by
+# default, and for all pairs (one scratch per launch) when the caller says memory allows (E53)
 PRE_CHUNK_EDGES = 1 << 20
 
 
 def kept_scores_bytes(n_heads: int, n_pairs: int, itemsize: int = 4) -> int:
     """Bytes one attention layer with the Triton kernels keeps from its forward for its
-    backward: score, weight and gate per pair when the pairs fit one prepass launch, else 0
-    (kernels/NOTES.md E53)."""
-    return 3 * n_heads * itemsize * n_pairs if n_pairs <= PRE_CHUNK_EDGES else 0
+    backward when it keeps its scores: score, weight and gate per pair (kernels/NOTES.md
+    E53)."""
+    return 3 * n_heads * itemsize * n_pairs
+
+
+def keeps_scores(keep_scores: bool | None, n_pairs: int) -> bool:
+    """Whether the Triton attention keeps its per-edge scores for the backward: as asked
+    (True / False), or by default (None) where the pairs fit one prepass launch."""
+    return n_pairs <= PRE_CHUNK_EDGES if keep_scores is None else keep_scores
 
 
 def polynomial_envelope(x: Tensor) -> Tensor:

@@ -344,9 +344,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     REDUCE "sorted", dv and dk come from the sender kernel instead), and PyTorch for the sum
     over head blocks plus dL/d|r| r_hat and, if weight_grads, the weight products.
     The five weight gradients are None when weight_grads is False (MD: forces only).
-    scores: the forward's prepass scratch (sw, gate) when it kept it (attention_forward's
-    keep_scores): if this backward runs in one chunk too, the prepass is not run again, and
-    the scratch is left as it was (a second backward through a retained graph reads it).
+    scores: the forward's prepass scores of all edges (sw, gate) when it kept them
+    (attention_forward's keep_scores): the prepass is not run again, and they are left as
+    they were (a second backward through a retained graph reads them).
     """
     from .common import EdgeRadialWeights, gaussian_rbf
     from .triton_forward import edge_scores
@@ -368,13 +368,9 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
     dw = [torch.zeros_like(t) for t in (w_rbf, emb_recv, emb_send, w_out, b_out)]
     chunks = receiver_chunks(rowptr, pair_i.numel(), CHUNK_EDGES)
     max_e = max([e1 - e0 for _, _, e0, e1 in chunks] + [0])
-    if scores is not None and len(chunks) != 1:  # kept for one chunk: recompute per chunk
-        scores = None
     if scores is None:
         sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
         gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device)
-    else:
-        sw, gate = scores
     for r0, r1, e0, e1 in chunks:
         if e1 <= e0:
             continue
@@ -382,6 +378,8 @@ def attention_backward(grad_out, q, k, v, rij, pair_i, pair_j, species, rowptr, 
             edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, width, spacing,
                         w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1,
                         weight_envelope=weight_envelope, gate=gate)
+        else:  # the kept scores of all edges, from this chunk's first
+            sw, gate = scores[0][e0 * 2 * n_heads:], scores[1][e0 * n_heads:]
         galpha = torch.empty(e1 - e0, n_heads, dtype=q.dtype, device=q.device)
         grid = (r1 - r0, triton.cdiv(n_heads, bl["BLOCK_H"]))
         # every program writes all its edges' 3 numbers: no zeroing, no atomics

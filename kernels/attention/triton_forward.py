@@ -525,8 +525,8 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
                       keep_scores: bool = False):
     """Run the fused forward. All float tensors one dtype, contiguous. See module docstring;
     weight_envelope: kernels.attention.reference's. keep_scores: return the prepass's
-    scratch (sw [E, 2H] flat, gate [E, H] flat) for the backward, which then skips its own
-    prepass; only where all edges fit one prepass chunk (else scores is None)."""
+    scores for all edges (sw [E, 2H] flat, gate [E, H] flat) for the backward, which then
+    skips its own prepass (3H floats per edge kept instead of one chunk's scratch reused)."""
     n_recv, n_heads, d_k = q.shape
     channels = v.shape[-1]
     ch = channels // n_heads
@@ -554,16 +554,20 @@ def attention_forward(q, k, v, rij, pair_i, pair_j, species, rowptr, centers, rb
             out, m, den, out, 0, 0, *scal, PRE=False, **common)
         return out, m, den, None
     chunks = receiver_chunks(rowptr, pair_i.numel(), PRE_CHUNK_EDGES)
-    max_e = max(e1 - e0 for _, _, e0, e1 in chunks)
-    sw = torch.empty(max_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
-    keep = keep_scores and len(chunks) == 1
-    gate = torch.empty(max_e * n_heads + 1, dtype=q.dtype, device=q.device) if keep else None
+    # kept: one buffer for all edges, each chunk writing from its first edge; else one
+    # chunk-sized scratch reused
+    n_e = pair_i.numel() if keep_scores else max(e1 - e0 for _, _, e0, e1 in chunks)
+    sw = torch.empty(n_e * 2 * n_heads + 1, dtype=q.dtype, device=q.device)
+    gate = (torch.empty(n_e * n_heads + 1, dtype=q.dtype, device=q.device) if keep_scores
+            else None)
     for r0, r1, e0, e1 in chunks:
-        edge_scores(sw, q, k, rij, pair_i, pair_j, species, centers, rbf_width, rbf_spacing,
-                    w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl,
-                    weight_envelope, gate=gate)
+        sw_c, gate_c = ((sw[e0 * 2 * n_heads:], gate[e0 * n_heads:]) if keep_scores
+                        else (sw, None))
+        edge_scores(sw_c, q, k, rij, pair_i, pair_j, species, centers, rbf_width,
+                    rbf_spacing, w_rbf, emb_recv, emb_send, w_out, b_out, cutoff, e0, e1, bl,
+                    weight_envelope, gate=gate_c)
         _attention_fwd_kernel[(r1 - r0, n_hb)](
             q, k, v, rij, pair_j, species, rowptr,
             centers, w_rbf, emb_recv, emb_send, w_out, b_out,
-            out, m, den, sw, r0, e0, *scal, PRE=True, **common)
-    return out, m, den, ((sw, gate) if keep else None)
+            out, m, den, sw_c, r0, e0, *scal, PRE=True, **common)
+    return out, m, den, ((sw, gate) if keep_scores else None)
