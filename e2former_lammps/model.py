@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from kernels.attention.common import kept_scores_bytes
+from kernels.attention.common import PRE_CHUNK_EDGES, kept_scores_bytes
 
 from .config import E2FormerConfig, normalize_charge_energies
 from .exchange import Exchange, NoGhosts, atoms_owned_once
@@ -187,6 +187,9 @@ class E2FormerV2(nn.Module):
     checkpoint_blocks: bool | str = "auto"
     last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
     last_keep_scores: bool | None = None  # and whether its attention kept its scores (E53)
+    # E55: keep the scores beyond one prepass launch (> 2^20 pairs) where memory allows; off
+    # until its GPU accuracy check and timing (kernels/NOTES.md E55)
+    keep_scores_beyond_one_launch = False
     # "auto" kept all activations of the latest large step because the memory estimate said
     # they fit; after an out-of-memory error the estimate is no longer trusted (forces.py)
     kept_activations_by_estimate = False
@@ -314,12 +317,14 @@ class E2FormerV2(nn.Module):
                                 compiled: bool, mode: str) -> bool | None:
         """Whether the attention layers keep their per-edge scores for the backward (E53):
         with all activations kept ("off") on a GPU whose free memory holds the step with them
-        (KEEP_SCORES_MARGIN times no_recompute_peak_bytes), for any number of pairs; not on a
-        GPU too small for that (the backward then recomputes them, ~6% of a step). None (the
-        kernels' default: up to one prepass launch of pairs) with block recompute, off the
-        GPU, or inside a CUDA-graph capture (<= 2^18 pairs)."""
+        (KEEP_SCORES_MARGIN times no_recompute_peak_bytes), up to one prepass launch of
+        pairs, or any number with keep_scores_beyond_one_launch; not on a GPU too small for
+        that (the backward then recomputes them, ~6% of a step). None (the kernels' default:
+        up to one launch) with block recompute, off the GPU, inside a CUDA-graph capture
+        (<= 2^18 pairs), or beyond one launch."""
         if (mode != "off" or device.type != "cuda"
-                or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+                or n_pairs > PRE_CHUNK_EDGES and not self.keep_scores_beyond_one_launch):
             return None
         available = available_device_bytes(device)
         if available is None:

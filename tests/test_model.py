@@ -347,10 +347,10 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
 
 
 def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkeypatch):
-    """E53's per-edge scores kept for the backward, for any number of pairs: on a GPU whose
-    free memory holds the step's estimated peak with them (KEEP_SCORES_MARGIN), not on a
-    smaller one; the kernels' default (None: up to one prepass launch) with block recompute
-    or off the GPU. The model's choice reaches the kernels (the prepass runs once per layer
+    """E53's per-edge scores kept for the backward (beyond one prepass launch of pairs only
+    with E55's switch): on a GPU whose free memory holds the step's estimated peak with them
+    (KEEP_SCORES_MARGIN), not on a smaller one; the kernels' default (None: up to one
+    prepass launch) with block recompute or off the GPU. The model's choice reaches the kernels (the prepass runs once per layer
     when kept, twice when not; same forces)."""
     import e2former_lammps.model as model_module
     import kernels.attention.triton_forward as triton_forward
@@ -361,6 +361,10 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     print("seed", seed)
     model = random_model(seed, num_layers=1).requires_grad_(False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert not model.keep_scores_beyond_one_launch  # E55 off by default until GPU-checked
+    monkeypatch.setattr(model_module, "available_device_bytes", lambda device: 1 << 50)
+    assert model._keeps_attention_scores(100_000, 5_400_000, cuda, True, "off") is None
+    model.keep_scores_beyond_one_launch = True
     for n, pairs in ((10_000, 540_000), (100_000, 5_400_000)):
         need = model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
             model.config, n, pairs, compiled=True, keep_scores=True)
