@@ -10,7 +10,7 @@ from torch import Tensor
 
 # edges per launch of the Triton forward's prepass (bounds its [E, 2H] scratch); where all
 # pairs fit one launch, the scratch and the gate ([E, H]) are kept for the backward by
-# default, and for all pairs (one scratch per launch) when the caller says memory allows (E53)
+# default, and for all pairs (one buffer, each launch its part) when the caller asks (E55)
 PRE_CHUNK_EDGES = 1 << 20
 
 
