@@ -17,7 +17,8 @@ if [[ -z "$LMP" || ! -x "$LMP" ]]; then
 fi
 # ML-IAP's pair handling (deploy/lammps-patches/0002) runs on OMP_NUM_THREADS threads per
 # rank; unless the caller chose, each rank gets its share of the cores, at most 8 (LAMMPS
-# itself would default to one thread).
+# itself would default to one thread). So do the workers with which each rank's first step
+# compiles the model's node work (torch.compile; Inductor would start one per core per rank).
 threads_per_rank() { local n=$(( $(nproc) / $1 )); (( n < 1 )) && n=1; (( n > 8 )) && n=8; echo $n; }
 if [[ " $* " == *" -- "* ]]; then
     mpi_args=(); ranks=1
@@ -26,7 +27,9 @@ if [[ " $* " == *" -- "* ]]; then
         mpi_args+=("$1"); shift
     done; shift
     export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(threads_per_rank "$ranks")}"
+    export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-$(threads_per_rank "$ranks")}"
     exec mpirun "${mpi_args[@]}" "$LMP" "$@"  # (Open MPI passes the environment to local ranks)
 fi
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-$(threads_per_rank 1)}"
+export TORCHINDUCTOR_COMPILE_THREADS="${TORCHINDUCTOR_COMPILE_THREADS:-$(threads_per_rank 1)}"
 exec "$LMP" "$@"

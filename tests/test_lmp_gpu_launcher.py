@@ -1,6 +1,7 @@
 """deploy/lmp_gpu.sh, the launcher for runs with the model on the GPU: it gives each MPI rank
-its share of the cores for ML-IAP's pair handling (at most 8 threads) unless the caller set
-OMP_NUM_THREADS. Driven with the real `lmp` and mpirun on a Lennard-Jones deck (no model)."""
+its share of the cores for ML-IAP's pair handling (at most 8 threads) and as many workers for
+torch.compile, unless the caller set OMP_NUM_THREADS / TORCHINDUCTOR_COMPILE_THREADS. Driven
+with the real `lmp` and mpirun on a Lennard-Jones deck (no model)."""
 from __future__ import annotations
 
 import os
@@ -21,13 +22,16 @@ create_atoms 1 box
 mass 1 1.0
 pair_style lj/cut 2.5
 pair_coeff 1 1 1.0 1.0 2.5
+variable compile_threads getenv TORCHINDUCTOR_COMPILE_THREADS
+print "compile threads: ${compile_threads}"
 run 0
 """
 
 
 def _threads_used(tmp_path: Path, mpi: list[str], omp: str | None) -> tuple[int, str]:
     (tmp_path / "in.lj").write_text(DECK)
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS")}
     env["LMP"] = lmp_binary()
     if omp is not None:
         env["OMP_NUM_THREADS"] = omp
@@ -47,8 +51,10 @@ def test_each_rank_gets_its_share_of_the_cores(tmp_path, ranks):
     mpi = [] if ranks == 1 else ["-np", str(ranks), "--"]
     threads, out = _threads_used(tmp_path, mpi, omp=None)
     cores = len(os.sched_getaffinity(0))  # what nproc counts
-    assert threads == max(1, min(8, cores // ranks)), out[-2000:]
+    share = max(1, min(8, cores // ranks))
+    assert threads == share, out[-2000:]
     assert "OMP_NUM_THREADS environment is not set" not in out
+    assert f"compile threads: {share}" in out, out[-2000:]
 
 
 def test_the_callers_thread_count_is_kept(tmp_path):
