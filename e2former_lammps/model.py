@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from kernels.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from kernels.attention.common import PRE_CHUNK_EDGES, kept_scores_bytes
 
+from . import step_plan
 from .config import E2FormerConfig, normalize_charge_energies
 from .exchange import Exchange, NoGhosts, atoms_owned_once
 from .host_offload import keep_on_host
@@ -20,64 +20,12 @@ from .nn.attention import EquivariantAttention
 from .nn.coulomb import CoulombEnergy
 from .nn.embedding import ChargeSpinEmbedding, DistributedChargeSpin, EdgeDegreeEmbedding
 from .nn.ffn import GatedFeedForward
-from .nn.linear import node_matmul_precision
 from .nn.norm import EquivariantRMSNorm
 from .nn.radial import GaussianBasis
 from .validation import InputError
 
 FORMAT_VERSION = 1
-# Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
-# in the backward (activations kept for one block instead of all, kernels/NOTES.md E11) when
-# the GPU could not hold all blocks' activations: recompute costs 15-20% of the step (E47).
-CHECKPOINT_MIN_ATOMS = 20_000
-# Peak bytes of an energy + forces step without block recompute: a fixed workspace, the pair
-# data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
-# [heads, head_dim] rows), fitted to LAMMPS runs on the H200 (E47: paper configuration 37.7 GB
-# at 100k water atoms, shipped model 8.5 GB at 100k and 78.0 GB at 1M), plus the attention
-# scores each layer keeps for its backward when it keeps them (E53; none in those runs), and
-# kept only with RECOMPUTE_MARGIN to spare.
-NO_RECOMPUTE_FIXED_BYTES = 3 << 28
-NO_RECOMPUTE_BYTES_PER_PAIR = 520
-NO_RECOMPUTE_ROW_COPIES = 6.4
-# with the node-wise work compiled (E54), Inductor keeps more for the backward: paper
-# configuration at 100k atoms 36.0 GB against 30.0 eager, +1.14 row copies per layer
-NO_RECOMPUTE_ROW_COPIES_COMPILED = 7.6
-RECOMPUTE_MARGIN = 1.25
-# Whether the attention layers keep their per-edge scores for the backward (E53) is decided
-# with this margin: the estimate above is low for small steps (paper configuration at 10k
-# atoms: 0.77 of the LAMMPS peak).
-KEEP_SCORES_MARGIN = 1.6
-# With block recompute, E2FORMER_OFFLOAD_BLOCK_INPUTS=1 also keeps each block's input in host
-# memory until its backward (the paper configuration at 1M atoms: kernels/NOTES.md E24).
-OFFLOAD_ENV = "E2FORMER_OFFLOAD_BLOCK_INPUTS"
-# The blocks' node-wise work (norms, projections, FFN) through torch.compile, with frozen
-# weights only (a compiled backward cannot be differentiated again: force-loss training runs
-# eager): E2FORMER_COMPILE_NODES=auto (default: on CUDA, with fp32 node products), 1 (also on
-# the CPU, which needs a C++ compiler) or 0. Inductor fuses the elementwise work: the step
-# 1.2-1.3x faster on the H200 (kernels/NOTES.md E54); the first step compiles (~10 s).
-COMPILE_NODES_ENV = "E2FORMER_COMPILE_NODES"
 PACKAGED_MODELS = Path(__file__).parent / "models"
-
-
-def no_recompute_peak_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int,
-                            compiled: bool = False, keep_scores: bool = False) -> float:
-    """Estimated peak bytes of an energy + forces step without block recompute (E47), with
-    the node-wise work eager or compiled (E54), and with each attention layer keeping its
-    per-edge scores for the backward or not (E53)."""
-    rows = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
-    copies = NO_RECOMPUTE_ROW_COPIES_COMPILED if compiled else NO_RECOMPUTE_ROW_COPIES
-    kept = kept_scores_bytes(config.num_heads, n_pairs) if keep_scores else 0
-    return (NO_RECOMPUTE_FIXED_BYTES + NO_RECOMPUTE_BYTES_PER_PAIR * n_pairs
-            + copies * 4 * rows * config.num_layers * n_atoms + config.num_layers * kept)
-
-
-def available_device_bytes(device: torch.device) -> int | None:
-    """Free memory of a CUDA device plus what PyTorch holds there cached but unused; None
-    for other devices (host memory is not estimated)."""
-    if device.type != "cuda":
-        return None
-    free, _ = torch.cuda.mem_get_info(device)
-    return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
 
 @dataclass
@@ -285,77 +233,19 @@ class E2FormerV2(nn.Module):
         """No parameter asks for a gradient (inference / MD: forces only)."""
         return not any(p.requires_grad for p in self.parameters())
 
-    def _checkpoint_mode(self, n_recv: int, n_atoms: int = 0, n_pairs: int = 0,
-                         device: torch.device | None = None) -> str:
-        """How blocks keep what their backward needs: "off" (all activations), "recompute"
-        (only each block's input; the block runs again in the backward) or "offload"
-        (recompute, with the inputs in host memory). "auto" keeps all activations unless
-        the weights are frozen, there are >= CHECKPOINT_MIN_ATOMS receivers and the step
-        (n_atoms with ghosts, n_pairs) would not fit the free memory of CUDA `device`."""
-        self.kept_activations_by_estimate = False
-        mode = self.checkpoint_blocks
-        if mode == "offload":
-            return mode
-        if mode != "auto":
-            return "recompute" if mode else "off"
-        if not (self.weights_frozen and torch.is_grad_enabled()
-                and n_recv >= CHECKPOINT_MIN_ATOMS):
-            return "off"
-        available = (available_device_bytes(device)
-                     if device is not None and self.memory_estimate_trusted else None)
-        if available is not None and (RECOMPUTE_MARGIN * no_recompute_peak_bytes(
-                self.config, n_atoms, n_pairs, self.compiles_node_work(device))
-                <= available):
-            self.kept_activations_by_estimate = True
-            return "off"
-        offload = os.environ.get(OFFLOAD_ENV, "0")
-        if offload not in ("0", "1"):
-            raise ValueError(f"{OFFLOAD_ENV} must be 0 or 1, got {offload!r}")
-        return "offload" if offload == "1" else "recompute"
-
-    def _keeps_attention_scores(self, n_atoms: int, n_pairs: int, device: torch.device,
-                                compiled: bool, mode: str) -> bool | None:
-        """Whether the attention layers keep their per-edge scores for the backward (E53):
-        with all activations kept ("off") on a GPU whose free memory holds the step with them
-        (KEEP_SCORES_MARGIN times no_recompute_peak_bytes), up to one prepass launch of
-        pairs, or any number with keep_scores_beyond_one_launch; not on a GPU too small for
-        that (the backward then recomputes them, ~6% of a step). None (the kernels' default:
-        up to one launch) with block recompute, off the GPU, inside a CUDA-graph capture
-        (<= 2^18 pairs), or beyond one launch."""
-        if (mode != "off" or device.type != "cuda"
-                or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-                or n_pairs > PRE_CHUNK_EDGES and not self.keep_scores_beyond_one_launch):
-            return None
-        available = available_device_bytes(device)
-        if available is None:
-            return None
-        return KEEP_SCORES_MARGIN * no_recompute_peak_bytes(
-            self.config, n_atoms, n_pairs, compiled, keep_scores=True) <= available
-
-    def compiles_node_work(self, device: torch.device) -> bool:
-        """Whether a forward on `device` runs the blocks' node-wise work compiled
-        (COMPILE_NODES_ENV)."""
-        value = os.environ.get(COMPILE_NODES_ENV, "auto")
-        if value not in ("auto", "0", "1"):
-            raise ValueError(f"{COMPILE_NODES_ENV} must be auto, 0 or 1, got {value!r}")
-        if value == "0" or not self.weights_frozen:
-            return False
-        # tf32 / bf16 node products run through their own autograd functions, left eager
-        return value == "1" or (device.type == "cuda" and node_matmul_precision() == "fp32")
-
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
-        mode = self._checkpoint_mode(ex.n_recv, graph.species.numel(), graph.pair_i.numel(),
-                                     graph.rij.device)
+        mode, self.kept_activations_by_estimate = step_plan.checkpoint_mode(
+            self, ex.n_recv, graph.species.numel(), graph.pair_i.numel(), graph.rij.device)
         self.last_checkpoint_mode = mode
         distributed = isinstance(self.charge_spin, DistributedChargeSpin)
         # blocks share the edge geometry when kept in memory (a recomputed block must not
         # hold tensors made inside another's recompute)
         shared = {} if mode == "off" else None
-        compiled = self.compiles_node_work(x.device)
-        keep_scores = self._keeps_attention_scores(graph.species.numel(), graph.pair_i.numel(),
-                                                   x.device, compiled, mode)
+        compiled = step_plan.compiles_node_work(self, x.device)
+        keep_scores = step_plan.keeps_attention_scores(
+            self, graph.species.numel(), graph.pair_i.numel(), x.device, compiled, mode)
         self.last_keep_scores = keep_scores
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import e2former_lammps.model as model_module
+from e2former_lammps import step_plan
 from e2former_lammps.forces import energy_and_pair_gradient
 from e2former_lammps.neighbors import atoms_to_graph
 
@@ -34,10 +34,10 @@ def test_compiled_node_work_equals_eager_for_any_atom_count(monkeypatch):
     for n_side, checkpoint in ((3, "auto"), (4, "auto"), (3, True)):
         atoms = water_box(n_side, seed=seed + n_side)
         model.checkpoint_blocks = checkpoint
-        monkeypatch.setenv(model_module.COMPILE_NODES_ENV, "0")
+        monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "0")
         e_eager, g_eager = _energy_and_gradient(model, atoms)
-        monkeypatch.setenv(model_module.COMPILE_NODES_ENV, "1")
-        assert model.compiles_node_work(torch.device("cpu"))
+        monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "1")
+        assert step_plan.compiles_node_work(model, torch.device("cpu"))
         e_compiled, g_compiled = _energy_and_gradient(model, atoms)
         assert abs(e_compiled - e_eager) <= 1e-10 * abs(e_eager), (n_side, checkpoint)
         assert torch.allclose(g_compiled, g_eager, rtol=0, atol=1e-10 * g_eager.abs().max())
@@ -51,17 +51,17 @@ def test_compiled_only_with_frozen_weights_and_on_cuda_by_default(monkeypatch):
     is named."""
     model = random_model(0)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.delenv(model_module.COMPILE_NODES_ENV, raising=False)
+    monkeypatch.delenv(step_plan.COMPILE_NODES_ENV, raising=False)
     monkeypatch.delenv("E2FORMER_NODE_MATMUL", raising=False)
-    assert not model.compiles_node_work(cuda)  # weights train
+    assert not step_plan.compiles_node_work(model, cuda)  # weights train
     model.requires_grad_(False)
-    assert model.compiles_node_work(cuda) and not model.compiles_node_work(cpu)
+    assert step_plan.compiles_node_work(model, cuda) and not step_plan.compiles_node_work(model, cpu)
     monkeypatch.setenv("E2FORMER_NODE_MATMUL", "tf32")
-    assert not model.compiles_node_work(cuda)
-    monkeypatch.setenv(model_module.COMPILE_NODES_ENV, "1")
-    assert model.compiles_node_work(cpu) and model.compiles_node_work(cuda)
-    monkeypatch.setenv(model_module.COMPILE_NODES_ENV, "0")
-    assert not model.compiles_node_work(cuda)
-    monkeypatch.setenv(model_module.COMPILE_NODES_ENV, "yes")
+    assert not step_plan.compiles_node_work(model, cuda)
+    monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "1")
+    assert step_plan.compiles_node_work(model, cpu) and step_plan.compiles_node_work(model, cuda)
+    monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "0")
+    assert not step_plan.compiles_node_work(model, cuda)
+    monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "yes")
     with pytest.raises(ValueError, match="E2FORMER_COMPILE_NODES must be auto, 0 or 1"):
-        model.compiles_node_work(cuda)
+        step_plan.compiles_node_work(model, cuda)

@@ -10,7 +10,7 @@ from ase import Atoms
 from ase.build import molecule
 from scipy.spatial.transform import Rotation
 
-from e2former_lammps import E2FormerCalculator, E2FormerConfig, E2FormerV2
+from e2former_lammps import E2FormerCalculator, E2FormerConfig, E2FormerV2, step_plan
 from e2former_lammps.validation import InputError
 
 from conftest import distributed_charge_model, random_model, spice_molecules, water_box
@@ -280,7 +280,7 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatc
         graph = atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
         results[mode] = energy_and_pair_gradient(model, graph)
     assert moved == [1] * cfg.num_layers
-    assert model._checkpoint_mode(10) == "offload"
+    assert step_plan.checkpoint_mode(model, 10)[0] == "offload"
     alive = {}
     for mode in (True, "offload"):  # the forward only: what stays for the backward
         model.checkpoint_blocks = mode
@@ -300,15 +300,15 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatc
         assert torch.equal(results[mode][0], results[False][0])
         assert torch.allclose(results[mode][1], results[False][1], rtol=0, atol=1e-12)
     model.checkpoint_blocks = "auto"
-    assert model._checkpoint_mode(10) == "off" and model._checkpoint_mode(10**6) == "recompute"
-    monkeypatch.setenv(model_module.OFFLOAD_ENV, "1")
-    assert model._checkpoint_mode(10) == "off" and model._checkpoint_mode(10**6) == "offload"
-    monkeypatch.setenv(model_module.OFFLOAD_ENV, "yes")
-    with pytest.raises(ValueError, match=model_module.OFFLOAD_ENV):
-        model._checkpoint_mode(10**6)
-    monkeypatch.delenv(model_module.OFFLOAD_ENV)
+    assert step_plan.checkpoint_mode(model, 10)[0] == "off" and step_plan.checkpoint_mode(model, 10**6)[0] == "recompute"
+    monkeypatch.setenv(step_plan.OFFLOAD_ENV, "1")
+    assert step_plan.checkpoint_mode(model, 10)[0] == "off" and step_plan.checkpoint_mode(model, 10**6)[0] == "offload"
+    monkeypatch.setenv(step_plan.OFFLOAD_ENV, "yes")
+    with pytest.raises(ValueError, match=step_plan.OFFLOAD_ENV):
+        step_plan.checkpoint_mode(model, 10**6)[0]
+    monkeypatch.delenv(step_plan.OFFLOAD_ENV)
     model.requires_grad_(True)
-    assert model._checkpoint_mode(10**6) == "off"  # training keeps activations (weight grads)
+    assert step_plan.checkpoint_mode(model, 10**6)[0] == "off"  # training keeps activations (weight grads)
 
 
 def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
@@ -318,7 +318,6 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     atoms, benchmarks/results/lammps_scaling*.json and lammps_session22.log) within 5%, and
     with the node work compiled (E54, lammps_scaling*.json at bfe2459) within 5% below and
     8% above (an estimate too high only recomputes sooner)."""
-    import e2former_lammps.model as model_module
 
     paper = E2FormerConfig(elements=["H", "O"], channels=256, lmax=2, num_layers=4,
                            num_heads=128, head_dim=8)
@@ -326,24 +325,24 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     for cfg, n_atoms, n_pairs, measured in ((paper, 100_000, 5_342_958, 37.74e9),
                                             (shipped, 100_000, 5_338_720, 8.47e9),
                                             (shipped, 1_000_000, 53_761_074, 78.04e9)):
-        estimate = model_module.no_recompute_peak_bytes(cfg, n_atoms, n_pairs)
+        estimate = step_plan.no_recompute_peak_bytes(cfg, n_atoms, n_pairs)
         assert abs(estimate / measured - 1) < 0.05, (cfg.channels, n_atoms, estimate)
     for cfg, n_atoms, n_pairs, measured in ((paper, 99_999, 5_342_958, 43.33e9),
                                             (shipped, 99_999, 5_338_720, 8.95e9)):
-        estimate = model_module.no_recompute_peak_bytes(cfg, n_atoms, n_pairs, compiled=True)
+        estimate = step_plan.no_recompute_peak_bytes(cfg, n_atoms, n_pairs, compiled=True)
         assert 0.95 < estimate / measured < 1.08, (cfg.channels, n_atoms, estimate)
     model = random_model(seed=3).requires_grad_(False)
     n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
-    need = model_module.no_recompute_peak_bytes(model.config, n, pairs,
-                                                model.compiles_node_work(cuda))
+    need = step_plan.no_recompute_peak_bytes(model.config, n, pairs,
+                                                step_plan.compiles_node_work(model, cuda))
     for free, expected in ((2 * need, "off"), (need, "recompute")):
-        monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
-        assert model._checkpoint_mode(n, n, pairs, cuda) == expected
-        assert model._checkpoint_mode(10_000, 10_000, 540_000, cuda) == "off"  # small: always
-    monkeypatch.setenv(model_module.OFFLOAD_ENV, "1")
-    assert model._checkpoint_mode(n, n, pairs, cuda) == "offload"
+        monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: free)
+        assert step_plan.checkpoint_mode(model, n, n, pairs, cuda)[0] == expected
+        assert step_plan.checkpoint_mode(model, 10_000, 10_000, 540_000, cuda)[0] == "off"  # small: always
+    monkeypatch.setenv(step_plan.OFFLOAD_ENV, "1")
+    assert step_plan.checkpoint_mode(model, n, n, pairs, cuda)[0] == "offload"
     # on the CPU (host memory) the atom count alone decides, as before
-    assert model._checkpoint_mode(n, n, pairs, torch.device("cpu")) == "offload"
+    assert step_plan.checkpoint_mode(model, n, n, pairs, torch.device("cpu"))[0] == "offload"
 
 
 def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkeypatch):
@@ -352,7 +351,6 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     (KEEP_SCORES_MARGIN), not on a smaller one; the kernels' default (None: up to one
     prepass launch) with block recompute or off the GPU. The model's choice reaches the kernels (the prepass runs once per layer
     when kept, twice when not; same forces)."""
-    import e2former_lammps.model as model_module
     import kernels.attention.triton_forward as triton_forward
     from e2former_lammps.forces import energy_and_pair_gradient
     from e2former_lammps.neighbors import atoms_to_graph
@@ -362,20 +360,20 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     model = random_model(seed, num_layers=1).requires_grad_(False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     assert not model.keep_scores_beyond_one_launch  # E55 off by default until GPU-checked
-    monkeypatch.setattr(model_module, "available_device_bytes", lambda device: 1 << 50)
-    assert model._keeps_attention_scores(100_000, 5_400_000, cuda, True, "off") is None
+    monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: 1 << 50)
+    assert step_plan.keeps_attention_scores(model, 100_000, 5_400_000, cuda, True, "off") is None
     model.keep_scores_beyond_one_launch = True
     for n, pairs in ((10_000, 540_000), (100_000, 5_400_000)):
-        need = model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
+        need = step_plan.KEEP_SCORES_MARGIN * step_plan.no_recompute_peak_bytes(
             model.config, n, pairs, compiled=True, keep_scores=True)
-        assert need > model_module.KEEP_SCORES_MARGIN * model_module.no_recompute_peak_bytes(
+        assert need > step_plan.KEEP_SCORES_MARGIN * step_plan.no_recompute_peak_bytes(
             model.config, n, pairs, compiled=True)
         for free, keep in ((need, True), (0.9 * need, False)):
-            monkeypatch.setattr(model_module, "available_device_bytes", lambda device: free)
-            assert model._keeps_attention_scores(n, pairs, cuda, True, "off") is keep
-            assert model._keeps_attention_scores(n, pairs, cuda, True, "recompute") is None
+            monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: free)
+            assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True, "off") is keep
+            assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True, "recompute") is None
     monkeypatch.undo()
-    assert model._keeps_attention_scores(10_000, 540_000, cpu, False, "off") is None
+    assert step_plan.keeps_attention_scores(model, 10_000, 540_000, cpu, False, "off") is None
 
     model.set_attention_impl("triton")
     cfg = model.config
@@ -387,7 +385,7 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
                         lambda *a, **kw: calls.append(1) or prepass(*a, **kw))
     grads = {}
     for keep in (True, False):
-        monkeypatch.setattr(model, "_keeps_attention_scores", lambda *a, keep=keep: keep)
+        monkeypatch.setattr(step_plan, "keeps_attention_scores", lambda *a, keep=keep: keep)
         calls.clear()
         grads[keep] = energy_and_pair_gradient(model, graph)[1]
         assert len(calls) == (1 if keep else 2) * cfg.num_layers, (keep, len(calls))
@@ -398,7 +396,6 @@ def test_out_of_memory_with_activations_kept_retries_with_block_recompute(monkey
     """When the memory estimate said a step fits and the GPU still ran out, the step runs
     again with block recompute (same numbers), and later steps recompute; a collective
     exchange (other ranks wait in it) or a mode not chosen by the estimate re-raises."""
-    import e2former_lammps.model as model_module
     from e2former_lammps.exchange import NoGhosts
     from e2former_lammps.forces import energy_and_pair_gradient
     from e2former_lammps.neighbors import atoms_to_graph
@@ -411,8 +408,8 @@ def test_out_of_memory_with_activations_kept_retries_with_block_recompute(monkey
         return atoms_to_graph(atoms, cfg.elements, cfg.atomic_numbers, cfg.cutoff)
 
     expected = energy_and_pair_gradient(model, graph())
-    monkeypatch.setattr(model_module, "CHECKPOINT_MIN_ATOMS", 1)
-    monkeypatch.setattr(model_module, "available_device_bytes", lambda device: 10**15)
+    monkeypatch.setattr(step_plan, "CHECKPOINT_MIN_ATOMS", 1)
+    monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: 10**15)
     first_block = type(model.blocks[0]).forward
     failures = []
 

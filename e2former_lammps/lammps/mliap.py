@@ -23,6 +23,7 @@ from ..forces import pair_gradient_to_forces
 from ..model import AtomGraph, E2FormerV2
 from ..neighbors import message_passing_index
 from ..parallel import GhostShell, KokkosExchange, build_exchange
+from ..step_plan import compiles_node_work
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 from .profiler import TraceOneCall
@@ -239,7 +240,7 @@ class E2FormerMLIAP(MLIAPUnified):
                 gpu = dev.index if dev.index is not None else torch.cuda.current_device()
                 print(f"E2Former: {where} runs the model on cuda:{gpu} "
                       f"({torch.cuda.get_device_name(gpu)})", flush=True)
-                if self.model.compiles_node_work(dev):
+                if compiles_node_work(self.model, dev):
                     print("E2Former: node-wise work through torch.compile (the first step "
                           "compiles, ~10-20 s; E2FORMER_COMPILE_NODES=0 runs it eagerly)",
                           flush=True)
