@@ -130,14 +130,15 @@ class E2FormerV2(nn.Module):
     """Per-atom energies (eV) of E2Former-V2; forces and virial come from autograd on rij."""
 
     # "auto": recompute blocks in the backward for large frozen-weight systems whose
-    # activations would not fit the GPU (and keep their inputs in host memory if OFFLOAD_ENV
-    # is 1); True / False; "offload": recompute and keep the inputs in host memory
+    # activations would not fit the GPU (and keep their inputs in host memory if
+    # step_plan.OFFLOAD_ENV is 1); True / False; "offload": recompute and keep the inputs in
+    # host memory (step_plan.checkpoint_mode)
     checkpoint_blocks: bool | str = "auto"
     last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
     last_keep_scores: bool | None = None  # and whether its attention kept its scores (E53)
     # E55: keep the scores beyond one prepass launch (> 2^20 pairs) where memory allows; off
     # until its GPU accuracy check and timing (kernels/NOTES.md E55)
-    keep_scores_beyond_one_launch = False
+    keep_scores_beyond_one_launch: bool = False
     # "auto" kept all activations of the latest large step because the memory estimate said
     # they fit; after an out-of-memory error the estimate is no longer trusted (forces.py)
     kept_activations_by_estimate = False
