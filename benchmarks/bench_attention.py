@@ -499,6 +499,8 @@ def main():
         print(s, flush=True)
         lines.append(s)
 
+    from e2former_lammps.step_plan import compiles_node_work
+
     dev = torch.device("cuda")
     commit = provenance.commit()
     result = {
@@ -508,6 +510,8 @@ def main():
         "commit": commit,
         "torch": torch.__version__, "command": " ".join(sys.argv),
         "config": CFG, "settings": provenance.settings(),
+        # the model rows' node-wise work (frozen weights on CUDA: E2FORMER_COMPILE_NODES)
+        "compiled_node_work": compiles_node_work(paper_model("cpu"), dev),
         "system": "water 1 g/cm^3, periodic cubic box, r_c 5 A",
         "flops_per_edge": flops_per_edge(),
         "bytes_per_edge_no_reuse": bytes_per_edge(),

@@ -34,6 +34,9 @@ def test_lammps_scaling_harness_on_the_cpu(tmp_path):
     assert 0 < row["model_fraction"] <= 1
     assert row["model_alone_atom_steps_per_s"] > 0
     assert row["peak_mem_bytes"] is None  # no GPU memory on the CPU
+    # how the model ran: on the CPU eagerly, the kernels' default for the kept scores
+    assert row["compiled_node_work"] is False and row["attention_keeps_scores"] is None
+    assert row["cuda_graphs"] is False and row["block_checkpointing"] == "off"
     # one model time per timed step, each within the step's share of the loop
     assert len(row["model_s_each_call"]) == steps and min(row["model_s_each_call"]) > 0
     first, last = row["etotal_eV_first_last"]
