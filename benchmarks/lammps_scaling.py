@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import provenance  # noqa: E402
 from bench_attention import CFG, water_box, water_species  # noqa: E402
 
-from e2former_lammps import E2FormerConfig, E2FormerV2, step_plan  # noqa: E402
+from e2former_lammps import E2FormerConfig, E2FormerV2  # noqa: E402
 from e2former_lammps.forces import energy_and_pair_gradient  # noqa: E402
 from e2former_lammps.lammps import E2FormerMLIAP, attach  # noqa: E402
 from e2former_lammps.lammps.profiler import CallProfiler  # noqa: E402
@@ -122,7 +122,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
         checkpointing = unified.model.last_checkpoint_mode  # what the MD steps ran
         keep_scores = unified.model.last_keep_scores
-        compiled = step_plan.compiles_node_work(unified.model, torch.device(device))
+        compiled = unified.model.last_compiled_node_work
         # the adapter's own evaluator: CUDA graphs where it used them
         alone = model_alone_seconds(unified._evaluate, graph, reps=3)
     finally:

@@ -72,8 +72,11 @@ class TransformerBlock(nn.Module):
 
     def node_out(self, x_recv: Tensor, msg: Tensor) -> Tensor:
         """Node-wise work after the attention: the receivers' new features."""
-        x_recv = x_recv + self.attention.mix_paths(msg)
-        return x_recv + self.ffn(self.norm_ffn(x_recv))
+        return self.feed_forward(x_recv + self.attention.mix_paths(msg))
+
+    def feed_forward(self, x: Tensor) -> Tensor:
+        """x <- x + FFN(Norm(x))."""
+        return x + self.ffn(self.norm_ffn(x))
 
     def forward(self, x: Tensor, graph: AtomGraph, shared: dict | None = None,
                 compiled: bool = False, keep_scores: bool | None = None) -> Tensor:
@@ -86,7 +89,7 @@ class TransformerBlock(nn.Module):
         if graph.pair_i.numel() == 0 and x.shape[0] == n_recv:
             # no pairs (isolated atoms: the per-step baseline in training): the attention
             # update is an empty sum, exactly zero; skipping it saves ~300 operators per block
-            return x + self.ffn(self.norm_ffn(x))
+            return self.feed_forward(x)
         q, k, v = node_in(self, x)
         msg = self.attention.message(q[:n_recv], k, v, graph.species, graph.pair_i,
                                      graph.pair_j, graph.rij, shared, keep_scores)
@@ -136,6 +139,7 @@ class E2FormerV2(nn.Module):
     checkpoint_blocks: bool | str = "auto"
     last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
     last_keep_scores: bool | None = None  # and whether its attention kept its scores (E53)
+    last_compiled_node_work: bool | None = None  # and compiled its node-wise work (E54)
     # E55: keep the scores beyond one prepass launch (> 2^20 pairs) where memory allows; off
     # until its GPU accuracy check and timing (kernels/NOTES.md E55)
     keep_scores_beyond_one_launch: bool = False
@@ -237,17 +241,18 @@ class E2FormerV2(nn.Module):
     def _features(self, graph: AtomGraph) -> Tensor:
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
+        compiled = step_plan.compiles_node_work(self, x.device)
         mode, self.kept_activations_by_estimate = step_plan.checkpoint_mode(
-            self, ex.n_recv, graph.species.numel(), graph.pair_i.numel(), graph.rij.device)
-        self.last_checkpoint_mode = mode
+            self, ex.n_recv, graph.species.numel(), graph.pair_i.numel(), graph.rij.device,
+            compiled)
+        keep_scores = step_plan.keeps_attention_scores(
+            self, graph.species.numel(), graph.pair_i.numel(), x.device, compiled, mode)
+        self.last_checkpoint_mode, self.last_keep_scores = mode, keep_scores
+        self.last_compiled_node_work = compiled
         distributed = isinstance(self.charge_spin, DistributedChargeSpin)
         # blocks share the edge geometry when kept in memory (a recomputed block must not
         # hold tensors made inside another's recompute)
         shared = {} if mode == "off" else None
-        compiled = step_plan.compiles_node_work(self, x.device)
-        keep_scores = step_plan.keeps_attention_scores(
-            self, graph.species.numel(), graph.pair_i.numel(), x.device, compiled, mode)
-        self.last_keep_scores = keep_scores
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners

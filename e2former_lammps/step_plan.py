@@ -84,14 +84,15 @@ def compiles_node_work(model: E2FormerV2, device: torch.device) -> bool:
 
 
 def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: int = 0,
-                    device: torch.device | None = None) -> tuple[str, bool]:
+                    device: torch.device | None = None,
+                    compiled: bool = False) -> tuple[str, bool]:
     """How blocks keep what their backward needs, and whether the memory estimate chose it:
     "off" (all activations), "recompute" (only each block's input; the block runs again in
     the backward) or "offload" (recompute, with the inputs in host memory).
     `model.checkpoint_blocks` "auto" keeps all activations unless the weights are frozen,
     there are >= CHECKPOINT_MIN_ATOMS receivers and the step (n_atoms with ghosts, n_pairs)
-    would not fit the free memory of CUDA `device` (without the attention's kept scores,
-    which give way first: keeps_attention_scores)."""
+    would not fit the free memory of CUDA `device` with the node work `compiled` or not
+    (without the attention's kept scores, which give way first: keeps_attention_scores)."""
     mode = model.checkpoint_blocks
     if mode == "offload":
         return mode, False
@@ -103,8 +104,7 @@ def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: i
     available = (available_device_bytes(device)
                  if device is not None and model.memory_estimate_trusted else None)
     if available is not None and (RECOMPUTE_MARGIN * no_recompute_peak_bytes(
-            model.config, n_atoms, n_pairs, compiles_node_work(model, device))
-            <= available):
+            model.config, n_atoms, n_pairs, compiled) <= available):
         return "off", True
     offload = os.environ.get(OFFLOAD_ENV, "0")
     if offload not in ("0", "1"):

@@ -300,15 +300,18 @@ def test_block_checkpointing_gives_the_same_forces(model64, periodic, monkeypatc
         assert torch.equal(results[mode][0], results[False][0])
         assert torch.allclose(results[mode][1], results[False][1], rtol=0, atol=1e-12)
     model.checkpoint_blocks = "auto"
-    assert step_plan.checkpoint_mode(model, 10)[0] == "off" and step_plan.checkpoint_mode(model, 10**6)[0] == "recompute"
+    assert step_plan.checkpoint_mode(model, 10)[0] == "off"
+    assert step_plan.checkpoint_mode(model, 10**6)[0] == "recompute"
     monkeypatch.setenv(step_plan.OFFLOAD_ENV, "1")
-    assert step_plan.checkpoint_mode(model, 10)[0] == "off" and step_plan.checkpoint_mode(model, 10**6)[0] == "offload"
+    assert step_plan.checkpoint_mode(model, 10)[0] == "off"
+    assert step_plan.checkpoint_mode(model, 10**6)[0] == "offload"
     monkeypatch.setenv(step_plan.OFFLOAD_ENV, "yes")
     with pytest.raises(ValueError, match=step_plan.OFFLOAD_ENV):
-        step_plan.checkpoint_mode(model, 10**6)[0]
+        step_plan.checkpoint_mode(model, 10**6)
     monkeypatch.delenv(step_plan.OFFLOAD_ENV)
     model.requires_grad_(True)
-    assert step_plan.checkpoint_mode(model, 10**6)[0] == "off"  # training keeps activations (weight grads)
+    # training keeps activations (weight grads)
+    assert step_plan.checkpoint_mode(model, 10**6)[0] == "off"
 
 
 def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
@@ -333,14 +336,15 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
         assert 0.95 < estimate / measured < 1.08, (cfg.channels, n_atoms, estimate)
     model = random_model(seed=3).requires_grad_(False)
     n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
-    need = step_plan.no_recompute_peak_bytes(model.config, n, pairs,
-                                                step_plan.compiles_node_work(model, cuda))
+    compiled = step_plan.compiles_node_work(model, cuda)
+    need = step_plan.no_recompute_peak_bytes(model.config, n, pairs, compiled)
     for free, expected in ((2 * need, "off"), (need, "recompute")):
         monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: free)
-        assert step_plan.checkpoint_mode(model, n, n, pairs, cuda)[0] == expected
-        assert step_plan.checkpoint_mode(model, 10_000, 10_000, 540_000, cuda)[0] == "off"  # small: always
+        assert step_plan.checkpoint_mode(model, n, n, pairs, cuda, compiled)[0] == expected
+        # small: always
+        assert step_plan.checkpoint_mode(model, 10_000, 10_000, 540_000, cuda, compiled)[0] == "off"
     monkeypatch.setenv(step_plan.OFFLOAD_ENV, "1")
-    assert step_plan.checkpoint_mode(model, n, n, pairs, cuda)[0] == "offload"
+    assert step_plan.checkpoint_mode(model, n, n, pairs, cuda, compiled)[0] == "offload"
     # on the CPU (host memory) the atom count alone decides, as before
     assert step_plan.checkpoint_mode(model, n, n, pairs, torch.device("cpu"))[0] == "offload"
 
@@ -349,8 +353,8 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     """E53's per-edge scores kept for the backward (beyond one prepass launch of pairs only
     with E55's switch): on a GPU whose free memory holds the step's estimated peak with them
     (KEEP_SCORES_MARGIN), not on a smaller one; the kernels' default (None: up to one
-    prepass launch) with block recompute or off the GPU. The model's choice reaches the kernels (the prepass runs once per layer
-    when kept, twice when not; same forces)."""
+    prepass launch) with block recompute or off the GPU. The model's choice reaches the
+    kernels (the prepass runs once per layer when kept, twice when not; same forces)."""
     import kernels.attention.triton_forward as triton_forward
     from e2former_lammps.forces import energy_and_pair_gradient
     from e2former_lammps.neighbors import atoms_to_graph
@@ -371,7 +375,8 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
         for free, keep in ((need, True), (0.9 * need, False)):
             monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: free)
             assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True, "off") is keep
-            assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True, "recompute") is None
+            assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True,
+                                                    "recompute") is None
     monkeypatch.undo()
     assert step_plan.keeps_attention_scores(model, 10_000, 540_000, cpu, False, "off") is None
 

@@ -118,11 +118,3 @@ class EquivariantAttention(nn.Module):
                 n_paths += 1
             out.append(paths.reshape(-1, width, n_paths * msg.shape[-1]) @ self.path_mix[l3])
         return torch.cat(out, dim=1)
-
-    def forward(self, x: Tensor, n_recv: int, species: Tensor, pair_i: Tensor,
-                pair_j: Tensor, rij: Tensor, shared: dict | None = None) -> Tensor:
-        """x [n_total, rows, C] (ghost rows filled) -> update of receivers [n_recv, rows, C].
-        shared: see kernels.attention.equivariant_attention."""
-        q, k, v = self.project(x)
-        return self.mix_paths(self.message(q[:n_recv], k, v, species, pair_i, pair_j, rij,
-                                           shared))
