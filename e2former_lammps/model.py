@@ -140,9 +140,10 @@ class E2FormerV2(nn.Module):
     last_checkpoint_mode: str | None = None  # what the latest forward chose (benchmarks)
     last_keep_scores: bool | None = None  # and whether its attention kept its scores (E53)
     last_compiled_node_work: bool | None = None  # and compiled its node-wise work (E54)
-    # E55: keep the scores beyond one prepass launch (> 2^20 pairs) where memory allows; off
-    # until its GPU accuracy check and timing (kernels/NOTES.md E55)
-    keep_scores_beyond_one_launch: bool = False
+    # E55: keep the scores beyond one prepass launch (> 2^20 pairs) where memory allows
+    # (1.07x the paper configuration's step at 30k-100k atoms for 1.9x its peak memory,
+    # kernels/NOTES.md E55); False keeps them up to one launch only
+    keep_scores_beyond_one_launch: bool = True
     # "auto" kept all activations of the latest large step because the memory estimate said
     # they fit; after an out-of-memory error the estimate is no longer trusted (forces.py)
     kept_activations_by_estimate = False

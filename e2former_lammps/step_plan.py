@@ -13,7 +13,6 @@ import torch
 from kernels.attention.common import PRE_CHUNK_EDGES, kept_scores_bytes
 
 from .config import E2FormerConfig
-from .nn.linear import node_matmul_precision
 
 if TYPE_CHECKING:
     from .model import E2FormerV2
@@ -44,7 +43,7 @@ KEEP_SCORES_MARGIN = 1.6
 OFFLOAD_ENV = "E2FORMER_OFFLOAD_BLOCK_INPUTS"
 # The blocks' node-wise work (norms, projections, FFN) through torch.compile, with frozen
 # weights only (a compiled backward cannot be differentiated again: force-loss training runs
-# eager): E2FORMER_COMPILE_NODES=auto (default: on CUDA, with fp32 node products), 1 (also on
+# eager): E2FORMER_COMPILE_NODES=auto (default: on CUDA, any E2FORMER_NODE_MATMUL), 1 (also on
 # the CPU, which needs a C++ compiler) or 0. Inductor fuses the elementwise work: the step
 # 1.2-1.3x faster on the H200 (kernels/NOTES.md E54); the first step compiles (~10 s).
 COMPILE_NODES_ENV = "E2FORMER_COMPILE_NODES"
@@ -79,8 +78,8 @@ def compiles_node_work(model: E2FormerV2, device: torch.device) -> bool:
         raise ValueError(f"{COMPILE_NODES_ENV} must be auto, 0 or 1, got {value!r}")
     if value == "0" or not model.weights_frozen:
         return False
-    # tf32 / bf16 node products run through their own autograd functions, left eager
-    return value == "1" or (device.type == "cuda" and node_matmul_precision() == "fp32")
+    # any E2FORMER_NODE_MATMUL: the tf32 product is a custom operator the graph holds (E56)
+    return value == "1" or device.type == "cuda"
 
 
 def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: int = 0,

@@ -46,9 +46,9 @@ def test_compiled_node_work_equals_eager_for_any_atom_count(monkeypatch):
 
 
 def test_compiled_only_with_frozen_weights_and_on_cuda_by_default(monkeypatch):
-    """auto compiles on CUDA with fp32 node products only; training (weights that ask for
-    gradients, a force loss differentiates the backward again) never compiles; a bad value
-    is named."""
+    """auto compiles on CUDA, whatever the node products' precision (the tf32 product is a
+    custom operator the graph holds, E56); training (weights that ask for gradients, a force
+    loss differentiates the backward again) never compiles; a bad value is named."""
     model = random_model(0)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv(step_plan.COMPILE_NODES_ENV, raising=False)
@@ -57,8 +57,10 @@ def test_compiled_only_with_frozen_weights_and_on_cuda_by_default(monkeypatch):
     model.requires_grad_(False)
     assert step_plan.compiles_node_work(model, cuda)
     assert not step_plan.compiles_node_work(model, cpu)
-    monkeypatch.setenv("E2FORMER_NODE_MATMUL", "tf32")
-    assert not step_plan.compiles_node_work(model, cuda)
+    for precision in ("tf32", "bf16"):
+        monkeypatch.setenv("E2FORMER_NODE_MATMUL", precision)
+        assert step_plan.compiles_node_work(model, cuda)
+        assert not step_plan.compiles_node_work(model, cpu)
     monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "1")
     assert step_plan.compiles_node_work(model, cpu) and step_plan.compiles_node_work(model, cuda)
     monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "0")

@@ -44,22 +44,24 @@ def test_gpu_model_fp32_kernels_match_fp64_reference(n_atoms):
     n = pos.shape[0]
     pair_i, pair_j, rij = neighbour_list(pos, box, CUTOFF)
     runs = {}
-    # the kernels twice: as the model decides, and keeping the attention's scores for all
-    # pairs (E55's switch; at 100k atoms more than one prepass launch)
+    # the kernels twice: as the model decides (keeping the attention's scores for all pairs
+    # where memory allows, E55: at 100k atoms more than one prepass launch), and keeping them
+    # up to one launch only (the backward reruns the prepass per chunk beyond it)
+    big_gpu = torch.cuda.get_device_properties(dev).total_memory > 120e9
     for name, dtype, impl in (("kernels fp32", torch.float32, "auto"),  # Triton on CUDA
-                              ("kernels fp32, scores kept", torch.float32, "auto"),
+                              ("kernels fp32, scores up to one launch", torch.float32, "auto"),
                               ("reference fp32", torch.float32, "reference_chunked"),
                               ("reference fp64", torch.float64, "reference_chunked")):
         model = paper_model(dev).to(dtype)
         model.set_attention_impl(impl)
-        model.keep_scores_beyond_one_launch = name.endswith("kept")
+        model.keep_scores_beyond_one_launch = not name.endswith("one launch")
         runs[name] = eatoms_and_pair_gradient(model, species, pair_i, pair_j, rij.to(dtype), n)
-        if name.endswith("kept"):
+        if name == "kernels fp32" and big_gpu:  # 100k: ~77 GB x 1.6 (step_plan) to keep them
             assert model.last_keep_scores, "the step did not keep the scores"
         del model
         torch.cuda.empty_cache()
     errors = {}
-    for kernels in ("kernels fp32", "kernels fp32, scores kept"):
+    for kernels in ("kernels fp32", "kernels fp32, scores up to one launch"):
         eatoms, grad = runs[kernels]
         assert torch.isfinite(eatoms).all() and torch.isfinite(grad).all()
         for ref in ("reference fp32", "reference fp64"):

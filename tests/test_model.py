@@ -363,8 +363,9 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     print("seed", seed)
     model = random_model(seed, num_layers=1).requires_grad_(False)
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert not model.keep_scores_beyond_one_launch  # E55 off by default until GPU-checked
+    assert model.keep_scores_beyond_one_launch  # E55 on by default (GPU-checked, session 25)
     monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: 1 << 50)
+    model.keep_scores_beyond_one_launch = False
     assert step_plan.keeps_attention_scores(model, 100_000, 5_400_000, cuda, True, "off") is None
     model.keep_scores_beyond_one_launch = True
     for n, pairs in ((10_000, 540_000), (100_000, 5_400_000)):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from e2former_lammps import E2FormerCalculator
-from e2former_lammps.nn.linear import NODE_MATMUL_ENV, _BmmTF32, degree_matmul
+from e2former_lammps.nn.linear import NODE_MATMUL_ENV, bmm_tf32, degree_matmul
 
 from conftest import random_model, water_box
 
@@ -23,12 +23,39 @@ def test_unknown_setting_names_the_variable(monkeypatch):
 
 def test_tf32_product_and_its_derivatives():
     """The tf32 bmm's backward is itself differentiable: first and second derivatives by
-    finite differences (fp64 on the CPU, where the tf32 flag changes nothing)."""
+    finite differences (fp64 on the CPU, where the tf32 flag changes nothing), and the
+    custom operator's registration (fake tensor shapes, autograd) checked by opcheck."""
     a = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     b = torch.randn(3, 5, 2, dtype=torch.float64, requires_grad=True)
-    assert torch.equal(_BmmTF32.apply(a, b), torch.bmm(a, b))
-    assert torch.autograd.gradcheck(_BmmTF32.apply, (a, b))
-    assert torch.autograd.gradgradcheck(_BmmTF32.apply, (a, b))
+    assert torch.equal(bmm_tf32(a, b), torch.bmm(a, b))
+    assert torch.autograd.gradcheck(bmm_tf32, (a, b))
+    assert torch.autograd.gradgradcheck(bmm_tf32, (a, b))
+    torch.library.opcheck(torch.ops.e2former.bmm_tf32.default, (a, b))
+
+
+def test_tf32_product_compiles_into_one_graph():
+    """torch.compile traces the tf32 product as one node (the autograd.Function that set
+    cuBLAS's flag inside broke the node work's graph into 16: kernels/NOTES.md E56), on
+    transposed views as degree_matmul passes them, forward and backward as eager."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+
+    def mix(x, w):
+        return torch.tanh(bmm_tf32(x.transpose(0, 1), w)).transpose(0, 1).sum(-1)
+
+    compiled = torch.compile(mix, fullgraph=True, dynamic=True)
+    w = torch.randn(9, 8, 6, dtype=torch.float64, requires_grad=True)
+    for n in (5, 11):
+        x = torch.randn(n, 9, 8, dtype=torch.float64)
+        got = compiled(x, w)
+        (g_got,) = torch.autograd.grad(got.square().sum(), w)
+        want = mix(x, w)
+        (g_want,) = torch.autograd.grad(want.square().sum(), w)
+        assert torch.allclose(got, want, rtol=1e-12, atol=1e-12)
+        assert torch.allclose(g_got, g_want, rtol=1e-12, atol=1e-12)
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -35,23 +35,35 @@ def _tf32_matmuls():
         torch.backends.cuda.matmul.fp32_precision = old
 
 
-class _BmmTF32(torch.autograd.Function):
-    """torch.bmm with cuBLAS allowed to use tf32, in the backward too (a plain bmm under the
-    flag would run its backward, outside it, in full fp32). The backward is made of this
-    function again, so second derivatives (force-loss training) stay exact for its math."""
+@torch.library.custom_op("e2former::bmm_tf32", mutates_args=())
+def bmm_tf32(a: Tensor, b: Tensor) -> Tensor:
+    """torch.bmm with cuBLAS allowed to use tf32 (on the CPU a plain bmm). A custom operator,
+    not an autograd.Function around the flag, so torch.compile traces it as one node of the
+    node work's graph (setting the flag inside a traced function breaks the graph: E56)."""
+    with _tf32_matmuls():
+        return torch.bmm(a, b)
 
-    @staticmethod
-    def forward(ctx, a: Tensor, b: Tensor) -> Tensor:
-        ctx.save_for_backward(a, b)
-        with _tf32_matmuls():
-            return torch.bmm(a, b)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        a, b = ctx.saved_tensors
-        grad_a = _BmmTF32.apply(grad, b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
-        grad_b = _BmmTF32.apply(a.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b
+@bmm_tf32.register_fake
+def _bmm_tf32_shape(a: Tensor, b: Tensor) -> Tensor:
+    return a.new_empty(a.shape[0], a.shape[1], b.shape[2])
+
+
+def _bmm_tf32_setup(ctx, inputs: tuple[Tensor, Tensor], output: Tensor) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _bmm_tf32_backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+    # made of the operator again: its backward runs in tf32 too (a plain bmm under the flag
+    # would run its backward, outside it, in full fp32), and second derivatives (force-loss
+    # training) stay exact for its math
+    a, b = ctx.saved_tensors
+    grad_a = bmm_tf32(grad, b.transpose(1, 2)) if ctx.needs_input_grad[0] else None
+    grad_b = bmm_tf32(a.transpose(1, 2), grad) if ctx.needs_input_grad[1] else None
+    return grad_a, grad_b
+
+
+bmm_tf32.register_autograd(_bmm_tf32_backward, setup_context=_bmm_tf32_setup)
 
 
 def degree_matmul(x: Tensor, weight_rows: Tensor, bias_rows: Tensor | None = None) -> Tensor:
@@ -69,7 +81,7 @@ def degree_matmul(x: Tensor, weight_rows: Tensor, bias_rows: Tensor | None = Non
     if precision == "bf16":
         out = torch.bmm(xt.to(torch.bfloat16), weight_rows.to(torch.bfloat16)).float()
     elif precision == "tf32" and x.is_cuda:
-        out = _BmmTF32.apply(xt, weight_rows)
+        out = bmm_tf32(xt, weight_rows)
     else:
         out = (torch.bmm(xt, weight_rows) if bias_rows is None
                else torch.baddbmm(bias_rows[:, None, :], xt, weight_rows))
