@@ -320,7 +320,8 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     the estimate matches the peaks of LAMMPS runs on the H200 (E47: water at 100k and 1M
     atoms, benchmarks/results/lammps_scaling*.json and lammps_session22.log) within 5%, and
     with the node work compiled (E54, lammps_scaling*.json at bfe2459) within 5% below and
-    8% above (an estimate too high only recomputes sooner)."""
+    8% above (an estimate too high only recomputes sooner), and with every attention layer
+    keeping its scores (E55, the model alone) up to 15% above."""
 
     paper = E2FormerConfig(elements=["H", "O"], channels=256, lmax=2, num_layers=4,
                            num_heads=128, head_dim=8)
@@ -334,6 +335,12 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
                                             (shipped, 99_999, 5_338_720, 8.95e9)):
         estimate = step_plan.no_recompute_peak_bytes(cfg, n_atoms, n_pairs, compiled=True)
         assert 0.95 < estimate / measured < 1.08, (cfg.channels, n_atoms, estimate)
+    # every layer keeping its scores (E55; the model alone, results/ab_e55_keep_scores*.json)
+    for n_atoms, n_pairs, measured in ((30_000, 1_603_666, 21.25e9),
+                                       (99_999, 5_341_924, 68.83e9)):
+        estimate = step_plan.no_recompute_peak_bytes(paper, n_atoms, n_pairs, compiled=True,
+                                                     keep_scores=True)
+        assert 1.0 < estimate / measured < 1.15, (n_atoms, estimate)
     model = random_model(seed=3).requires_grad_(False)
     n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
     compiled = step_plan.compiles_node_work(model, cuda)
@@ -352,8 +359,8 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
 def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkeypatch):
     """E53's per-edge scores kept for the backward (beyond one prepass launch of pairs only
     with E55's switch): on a GPU whose free memory holds the step's estimated peak with them
-    (KEEP_SCORES_MARGIN), not on a smaller one; the kernels' default (None: up to one
-    prepass launch) with block recompute or off the GPU. The model's choice reaches the
+    (step_plan.keep_scores_need_bytes), not on a smaller one; the kernels' default (None: up
+    to one prepass launch) with block recompute or off the GPU. The model's choice reaches the
     kernels (the prepass runs once per layer when kept, twice when not; same forces)."""
     import kernels.attention.triton_forward as triton_forward
     from e2former_lammps.forces import energy_and_pair_gradient
@@ -369,10 +376,9 @@ def test_attention_keeps_its_scores_only_where_the_step_fits(interpreter, monkey
     assert step_plan.keeps_attention_scores(model, 100_000, 5_400_000, cuda, True, "off") is None
     model.keep_scores_beyond_one_launch = True
     for n, pairs in ((10_000, 540_000), (100_000, 5_400_000)):
-        need = step_plan.KEEP_SCORES_MARGIN * step_plan.no_recompute_peak_bytes(
-            model.config, n, pairs, compiled=True, keep_scores=True)
-        assert need > step_plan.KEEP_SCORES_MARGIN * step_plan.no_recompute_peak_bytes(
-            model.config, n, pairs, compiled=True)
+        need = step_plan.keep_scores_need_bytes(model.config, n, pairs, compiled=True)
+        assert need > step_plan.no_recompute_peak_bytes(model.config, n, pairs, compiled=True,
+                                                        keep_scores=True)
         for free, keep in ((need, True), (0.9 * need, False)):
             monkeypatch.setattr(step_plan, "available_device_bytes", lambda device: free)
             assert step_plan.keeps_attention_scores(model, n, pairs, cuda, True, "off") is keep
