@@ -26,6 +26,10 @@ class Exchange:
     # the receivers are the atoms this rank owns (each atom of the system on one rank) and
     # every other row a copy of an owned atom on some rank: set by the MPI feature exchange
     receivers_are_owned_atoms: bool = False
+    # each call is a collective (every rank calls it once per layer, in the same order): the
+    # model exchanges whole features between blocks; otherwise a block exchanges only its
+    # attention's keys and values (model.TransformerBlock.forward)
+    collective: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         raise NotImplementedError

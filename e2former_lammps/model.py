@@ -67,7 +67,7 @@ class TransformerBlock(nn.Module):
         self.ffn = GatedFeedForward(c, cfg.ffn_channels, lmax)
 
     def node_in(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Node-wise work before the attention: q, k, v of x [n_total, rows, C]."""
+        """Node-wise work before the attention: q, k, v of x [n, rows, C]."""
         return self.attention.project(self.norm_attn(x))
 
     def node_out(self, x_recv: Tensor, msg: Tensor) -> Tensor:
@@ -80,17 +80,23 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: Tensor, graph: AtomGraph, shared: dict | None = None,
                 compiled: bool = False, keep_scores: bool | None = None) -> Tensor:
-        """x [n_total, rows, C] -> receivers' new features [n_recv, rows, C]. shared: what the
-        blocks of one forward share, keep_scores: whether the attention may keep per-edge
-        scores for its backward (kernels.attention.equivariant_attention). compiled: the
-        node-wise work through torch.compile (compiled_node_work)."""
-        n_recv = graph.exchange.n_recv
+        """x [n_recv, rows, C] (or [n_total, ...], ghost rows included, from a collective
+        exchange) -> receivers' new features [n_recv, rows, C]. shared: what the blocks of one
+        forward share, keep_scores: whether the attention may keep per-edge scores for its
+        backward (kernels.attention.equivariant_attention). compiled: the node-wise work
+        through torch.compile (compiled_node_work)."""
+        ex = graph.exchange
+        n_recv = ex.n_recv
         node_in, node_out = compiled_node_work() if compiled else (_node_in, _node_out)
-        if graph.pair_i.numel() == 0 and x.shape[0] == n_recv:
+        if graph.pair_i.numel() == 0 and x.shape[0] == n_recv and not ex.collective:
             # no pairs (isolated atoms: the per-step baseline in training): the attention
             # update is an empty sum, exactly zero; skipping it saves ~300 operators per block
             return self.feed_forward(x)
         q, k, v = node_in(self, x)
+        if x.shape[0] < ex.n_total:
+            # receivers only: the ghosts' keys and values are copies of their owners' (E58;
+            # node_in on ghost rows was up to 3/4 of it in a small periodic LAMMPS box)
+            k, v = ex(k), ex(v)
         msg = self.attention.message(q[:n_recv], k, v, graph.species, graph.pair_i,
                                      graph.pair_j, graph.rij, shared, keep_scores)
         return node_out(self, x[:n_recv], msg)
@@ -257,7 +263,11 @@ class E2FormerV2(nn.Module):
         for block in self.blocks:
             if self.charge_spin is not None and (graph.charge is not None or distributed):
                 x = self._add_charge_spin(x, graph)  # receivers; ghosts get it from owners
-            x = ex(x)
+            if ex.collective:
+                # every rank exchanges once per layer, outside any block recompute (a
+                # recomputed block would call the collective again in the backward); other
+                # exchanges copy only keys and values to the ghost rows, in the block (E58)
+                x = ex(x)
             if mode == "off":
                 x = block(x, graph, shared, compiled, keep_scores)
             elif mode == "recompute":

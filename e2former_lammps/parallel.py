@@ -331,6 +331,7 @@ class MPIExchange(_RankReductions):
     differentiate with respect to it as well (see forces.energy_and_pair_gradient)."""
 
     receivers_are_owned_atoms = True
+    collective = True
 
     def __init__(self, plan: MPIExchangePlan):
         super().__init__(plan.comm)
@@ -374,6 +375,8 @@ class KokkosExchange(_RankReductions):
     """Exchange through LAMMPS's own (Kokkos, GPU-resident) ghost communication:
     `data.forward_exchange` / `data.reverse_exchange`. No tags needed; mpi4py (comm) only for
     sums over a whole structure on several ranks."""
+
+    collective = True
 
     def __init__(self, data, nlocal: int, ntotal: int, comm=None):
         super().__init__(comm)

@@ -38,3 +38,42 @@ def test_kokkos_exchange_wrapper_matches_local_images():
     out = ex(x)
     (g,) = torch.autograd.grad((out * w).sum(), x)
     assert torch.equal(out, ref) and torch.allclose(g, g_ref, atol=1e-14)
+
+
+def test_blocks_copy_keys_and_values_to_ghosts_as_whole_features_would(monkeypatch):
+    """E58: with an exchange that is not collective (one rank, ghosts as periodic images) a
+    block runs its node-wise input work (norm, invariants, q/k/v) on the receivers only and
+    copies keys and values to the ghost rows; a collective exchange (the Kokkos wrapper over
+    the same owner map) still copies whole features between blocks. Same energies and
+    dE/drij in fp64, with the blocks' activations kept and with blocks recomputed."""
+    import dataclasses
+
+    import numpy as np
+
+    import e2former_lammps.model as model_module
+    from conftest import random_model, water_box
+    from e2former_lammps.forces import energy_and_pair_gradient
+    from test_cuda_graphs import ghost_graph
+
+    seed = int(np.random.SeedSequence().entropy % 2**31)
+    print("seed", seed)
+    model = random_model(seed, num_layers=2).requires_grad_(False)
+    graph, owner = ghost_graph(water_box(2, seed=seed), model, torch.float64)
+    n, n_total = graph.n_local, graph.species.numel()
+    assert n_total > 2 * n  # a small periodic box: most rows are ghosts
+    kokkos = dataclasses.replace(graph, exchange=KokkosExchange(
+        OwnerMapComm(owner, n), n, n_total))
+    rows_seen = []
+    node_in = model_module._node_in
+    monkeypatch.setattr(model_module, "_node_in",
+                        lambda block, x: rows_seen.append(x.shape[0]) or node_in(block, x))
+    for checkpoint in (False, True):
+        model.checkpoint_blocks = checkpoint
+        rows_seen.clear()
+        eatoms, grad = energy_and_pair_gradient(model, graph)
+        assert set(rows_seen) == {n}
+        rows_seen.clear()
+        eatoms_whole, grad_whole = energy_and_pair_gradient(model, kokkos)
+        assert set(rows_seen) == {n_total}
+        assert torch.allclose(eatoms, eatoms_whole, rtol=0, atol=1e-12), checkpoint
+        assert torch.allclose(grad, grad_whole, rtol=0, atol=1e-10 * grad.abs().max())
