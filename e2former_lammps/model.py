@@ -88,7 +88,7 @@ class TransformerBlock(nn.Module):
         ex = graph.exchange
         n_recv = ex.n_recv
         node_in, node_out = compiled_node_work() if compiled else (_node_in, _node_out)
-        if graph.pair_i.numel() == 0 and x.shape[0] == n_recv and not ex.collective:
+        if graph.pair_i.numel() == 0 and x.shape[0] == n_recv:
             # no pairs (isolated atoms: the per-step baseline in training): the attention
             # update is an empty sum, exactly zero; skipping it saves ~300 operators per block
             return self.feed_forward(x)
