@@ -119,6 +119,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         per_call = prof.per_call()
         graph = prof.last_graph
         n_pairs = int(graph.rij.shape[0])
+        n_rows = int(graph.species.numel())
         peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
         checkpointing = unified.model.last_checkpoint_mode  # what the MD steps ran
         keep_scores = unified.model.last_keep_scores
@@ -132,6 +133,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
     model_s = per_call.get("model", float("nan"))
     return {
         "n_atoms": n_atoms, "pairs": n_pairs, "steps": steps,
+        "rows_with_ghosts": n_rows,  # what the memory rule counts (step_plan)
         "timesteps_per_s": 1.0 / step_s,
         "atom_steps_per_s": n_atoms / step_s,
         "ns_per_day": TIMESTEP_PS * 1e-3 * 86400 / step_s,

@@ -30,6 +30,7 @@ def test_lammps_scaling_harness_on_the_cpu(tmp_path):
     (row,) = result["results"]
     assert "error" not in row, row
     assert row["n_atoms"] == 192 and row["steps"] == steps  # 193 asked: whole molecules
+    assert row["rows_with_ghosts"] > 192  # a small periodic box: ghosts beside the atoms
     assert row["atom_steps_per_s"] == pytest.approx(192 * row["timesteps_per_s"])
     assert 0 < row["model_fraction"] <= 1
     assert row["model_alone_atom_steps_per_s"] > 0
