@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -88,8 +89,25 @@ def model_alone_seconds(evaluate, graph, reps: int) -> float:
     return float(np.median(times))
 
 
-def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, workdir: Path):
-    """LAMMPS NVE on a water box of about `n_atoms` atoms; the row records the box's count."""
+# The timed run lasts at least this long (--min-seconds): at 10k atoms five steps were too few
+# to rank two runs (kernels/NOTES.md E58), while at 100k five take ~5 s.
+MIN_TIMED_SECONDS = 2.0
+MAX_TIMED_STEPS = 2000
+
+
+def timed_steps(steps: int, min_seconds: float, probe_step_s: float) -> int:
+    """Steps to time: at least `steps`, and enough for `min_seconds` at the probe's pace
+    (at most MAX_TIMED_STEPS)."""
+    if min_seconds <= 0 or probe_step_s <= 0:
+        return steps
+    return max(steps, min(MAX_TIMED_STEPS, math.ceil(min_seconds / probe_step_s)))
+
+
+def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, workdir: Path,
+             min_seconds: float = MIN_TIMED_SECONDS):
+    """LAMMPS NVE on a water box of about `n_atoms` atoms; the row records the box's count.
+    After the warm-up, two untimed probe steps set how many steps the timed run takes
+    (timed_steps) when `min_seconds` > 0."""
     from lammps import lammps
     from lammps.mliap import activate_mliappy, load_unified
 
@@ -107,6 +125,11 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         attach(lmp)
         lmp.commands_string(water_deck(data) + f"\nthermo {steps}")
         lmp.command(f"run {warmup}")
+        if min_seconds > 0:
+            t0 = time.perf_counter()
+            lmp.command("run 2 pre no post no")
+            steps = timed_steps(steps, min_seconds, (time.perf_counter() - t0) / 2)
+            lmp.command(f"thermo {steps}")
         etotal_first = lmp.get_thermo("etotal")
         unified.profiler = CallProfiler(keep_graph=True)
         if device.startswith("cuda"):
@@ -236,7 +259,10 @@ def plot_json(path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
-    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--steps", type=int, default=5, help="fewest timed steps per size")
+    p.add_argument("--min-seconds", type=float, default=MIN_TIMED_SECONDS,
+                   help="time at least this long per size (more steps than --steps where a "
+                        "step is short; 0: exactly --steps)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda")
     p.add_argument("--config", choices=["paper", "small"], default="paper",
@@ -295,7 +321,8 @@ def main() -> None:
     results = []
     for n in args.sizes:
         try:
-            r = run_size(n, make_model, args.device, args.steps, args.warmup, workdir)
+            r = run_size(n, make_model, args.device, args.steps, args.warmup, workdir,
+                         args.min_seconds)
         except Exception as exc:  # OOM inside LAMMPS arrives as a LAMMPS exception
             r = {"n_atoms": n, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         results.append(r)
