@@ -117,19 +117,17 @@ def keeps_attention_scores(model: E2FormerV2, n_atoms: int, n_pairs: int,
                            device: torch.device, compiled: bool, mode: str) -> bool | None:
     """Whether the attention layers keep their per-edge scores for the backward (E53):
     with all activations kept ("off") on a GPU whose free memory holds the step with them
-    (keep_scores_need_bytes), up to one prepass launch of pairs,
-    or any number with `model.keep_scores_beyond_one_launch` (E55); not on a GPU too small
-    for that (the backward then recomputes them, ~6% of a step). None (the kernels' default:
-    up to one launch) with block recompute, off the GPU, inside a CUDA-graph capture
-    (<= 2^18 pairs), or beyond one launch."""
+    (keep_scores_need_bytes), up to one prepass launch of pairs, or any number with
+    `model.keep_scores_beyond_one_launch` (E55); not on a GPU too small for that (the
+    backward then recomputes them, ~6% of a step). None (the kernels' default: up to one
+    launch) with block recompute, off the GPU, inside a CUDA-graph capture (<= 2^18 pairs),
+    or beyond one launch without that switch."""
     if (mode != "off" or device.type != "cuda"
             or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
             or n_pairs > PRE_CHUNK_EDGES and not model.keep_scores_beyond_one_launch):
         return None
-    available = available_device_bytes(device)
-    if available is None:
-        return None
-    return keep_scores_need_bytes(model.config, n_atoms, n_pairs, compiled) <= available
+    return (keep_scores_need_bytes(model.config, n_atoms, n_pairs, compiled)
+            <= available_device_bytes(device))
 
 
 def keep_scores_need_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int,

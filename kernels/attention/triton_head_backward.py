@@ -12,9 +12,10 @@ and m_i, den_i the forward's statistics (den includes eps * exp(-m)):
 Split in three by what each part is sized by (kernels/NOTES.md E52):
   * the head kernel, one program per (receiver, head block) streaming the receiver's edges:
     everything per (edge, head) from the prepass's s, w and gate (the forward's when it kept
-    them, E53, else the backward's own; no radial MLP and no <q, k> recomputed, no tl.dot): dq_i summed in registers and stored once, dk_j by
-    atomics (or, REDUCE "sorted", dL/d<q_i, k_j> left for the sender kernel), [dg_raw, dw]
-    per edge, and the envelope terms of dd per head block;
+    them, E53, else the backward's own; no radial MLP and no <q, k> recomputed, no tl.dot):
+    dq_i summed in registers and stored once, dk_j by atomics (or, REDUCE "sorted",
+    dL/d<q_i, k_j> left for the sender kernel), [dg_raw, dw] per edge, and the envelope terms
+    of dd per head block;
   * [dg_raw, dw] W_out^T for all edges of the chunk: one matrix product (cuBLAS);
   * the radial kernel, edge-parallel: recomputes pre (the Gaussians near d), SiLU'(pre), dpre,
     and dd; dpre is kept only when the weights need gradients.
@@ -171,7 +172,8 @@ def head_backward(q, k, rij, pair_i, pair_j, species, rowptr, centers, rbf_width
                   overwrite_scores: bool = True):
     """Run the head backward for receivers [r0, r1) (edges [e0, e1)); stores dq of those
     receivers, adds into dk. sw [E_c, 2H], gate [E_c, H]: the chunk's prepass
-    (triton_forward.edge_scores with gate, in the forward or the backward); galpha is chunk-local [E_c, H], dsum [n, H].
+    (triton_forward.edge_scores with gate, in the forward or the backward); galpha is
+    chunk-local [E_c, H], dsum [n, H].
 
     Returns (dd [e1 - e0] = dL/d|r_ij| of the radial MLP and envelopes, d_o [e1 - e0, 2H] =
     dL/d(g_raw, w), d_pre [e1 - e0, hidden] or None). With atomic_dk and overwrite_scores,
