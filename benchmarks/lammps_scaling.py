@@ -274,6 +274,10 @@ def main() -> None:
     p.add_argument("--peer", choices=["mace", "off"], default="mace",
                    help="time MACE alone on the same boxes before the LAMMPS runs (default)")
     p.add_argument("--peer-timeout", type=float, default=900, help="seconds for the peer")
+    p.add_argument("--checkpoint-blocks", choices=["auto", "on", "off", "offload"],
+                   default="auto", help="block recompute in the backward: as the memory "
+                   "estimate decides (auto, the default), always, never, or with the block "
+                   "inputs in host memory (model.checkpoint_blocks)")
     p.add_argument("--workdir", type=Path,
                    help="where the water data files are written (default: a temporary folder, "
                         "removed at exit; 1M atoms is ~100 MB)")
@@ -284,6 +288,11 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this machine has no CUDA device (--device cpu runs "
                 f"the model on the CPU)")
+    def with_checkpointing(model: E2FormerV2) -> E2FormerV2:
+        model.checkpoint_blocks = {"auto": "auto", "on": True, "off": False,
+                                   "offload": "offload"}[args.checkpoint_blocks]
+        return model
+
     if args.model:
         trained = E2FormerV2.load(args.model)
         missing = {"H", "O"} - set(trained.elements)
@@ -292,14 +301,15 @@ def main() -> None:
         cfg = trained.config.to_dict()
 
         def make_model() -> E2FormerV2:
-            return E2FormerV2.load(args.model).to(args.device)
+            return with_checkpointing(E2FormerV2.load(args.model).to(args.device))
     else:
         cfg = dict(CFG) if args.config == "paper" else dict(
             channels=32, lmax=2, num_layers=2, num_heads=4, head_dim=8, num_rbf=32, cutoff=5.0)
 
         def make_model() -> E2FormerV2:
             torch.manual_seed(0)
-            return E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(args.device)
+            return with_checkpointing(
+                E2FormerV2(E2FormerConfig(elements=["H", "O"], **cfg)).to(args.device))
     # As deploy/lmp_gpu.sh for one rank: ML-IAP's pair handling (deploy/lammps-patches/0002)
     # on up to 8 cores; LAMMPS reads the variable when each instance starts (its own default
     # is one thread). Here, not at import: lammps_host_cost.py imports this module.

@@ -249,11 +249,13 @@ class E2FormerV2(nn.Module):
         ex = graph.exchange
         x = self.embedding(graph.species, ex.n_recv, graph.pair_i, graph.pair_j, graph.rij)
         compiled = step_plan.compiles_node_work(self, x.device)
+        # the ghost rows of a non-collective exchange get only keys and values (E58)
+        kv_ghosts = 0 if ex.collective else graph.species.numel() - ex.n_recv
+        n_rows, n_pairs = graph.species.numel() - kv_ghosts, graph.pair_i.numel()
         mode, self.kept_activations_by_estimate = step_plan.checkpoint_mode(
-            self, ex.n_recv, graph.species.numel(), graph.pair_i.numel(), graph.rij.device,
-            compiled)
+            self, ex.n_recv, n_rows, n_pairs, graph.rij.device, compiled, kv_ghosts)
         keep_scores = step_plan.keeps_attention_scores(
-            self, graph.species.numel(), graph.pair_i.numel(), x.device, compiled, mode)
+            self, n_rows, n_pairs, x.device, compiled, mode, kv_ghosts)
         self.last_checkpoint_mode, self.last_keep_scores = mode, keep_scores
         self.last_compiled_node_work = compiled
         distributed = isinstance(self.charge_spin, DistributedChargeSpin)

@@ -33,6 +33,11 @@ NO_RECOMPUTE_ROW_COPIES = 6.4
 # with the node-wise work compiled (E54), Inductor keeps more for the backward: paper
 # configuration at 100k atoms 36.0 GB against 30.0 eager, +1.14 row copies per layer
 NO_RECOMPUTE_ROW_COPIES_COMPILED = 7.6
+# A ghost row of a non-collective exchange (one rank) holds only the keys and values its
+# owner's row gave it (E58), [heads x head_dim] + [(lmax + 1)^2 x C] per layer: LAMMPS at 100k
+# water atoms peaked 2.6 GB above the model alone with 41,106 ghost rows, 1.2 copies of
+# them (kernels/NOTES.md E59); counted as receivers' rows they made the estimate 31% high.
+KV_GHOST_ROW_COPIES = 1.5
 RECOMPUTE_MARGIN = 1.25
 # Whether the attention layers keep their per-edge scores for the backward (E53, E55) is
 # decided with this margin and slack: the estimate above is low by a few GB for small steps
@@ -52,15 +57,21 @@ COMPILE_NODES_ENV = "E2FORMER_COMPILE_NODES"
 
 
 def no_recompute_peak_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int,
-                            compiled: bool = False, keep_scores: bool = False) -> float:
-    """Estimated peak bytes of an energy + forces step without block recompute (E47), with
-    the node-wise work eager or compiled (E54), and with each attention layer keeping its
+                            compiled: bool = False, keep_scores: bool = False,
+                            kv_ghosts: int = 0) -> float:
+    """Estimated peak bytes of an energy + forces step without block recompute (E47) of
+    n_atoms rows that run the blocks' node-wise work (receivers, and the ghosts of a
+    collective exchange) and kv_ghosts ghost rows that only receive keys and values (E58),
+    with the node-wise work eager or compiled (E54), and with each attention layer keeping its
     per-edge scores for the backward or not (E53)."""
-    rows = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
+    row = (config.lmax + 1) ** 2 * config.channels + config.num_heads * config.head_dim
     copies = NO_RECOMPUTE_ROW_COPIES_COMPILED if compiled else NO_RECOMPUTE_ROW_COPIES
     kept = kept_scores_bytes(config.num_heads, n_pairs) if keep_scores else 0
+    # the keys and values of a ghost are the same sizes as a row: one per head and one per
+    # degree and channel
+    row_copies = copies * n_atoms + KV_GHOST_ROW_COPIES * kv_ghosts
     return (NO_RECOMPUTE_FIXED_BYTES + NO_RECOMPUTE_BYTES_PER_PAIR * n_pairs
-            + copies * 4 * rows * config.num_layers * n_atoms + config.num_layers * kept)
+            + 4 * row * config.num_layers * row_copies + config.num_layers * kept)
 
 
 def available_device_bytes(device: torch.device) -> int | None:
@@ -85,15 +96,16 @@ def compiles_node_work(model: E2FormerV2, device: torch.device) -> bool:
 
 
 def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: int = 0,
-                    device: torch.device | None = None,
-                    compiled: bool = False) -> tuple[str, bool]:
+                    device: torch.device | None = None, compiled: bool = False,
+                    kv_ghosts: int = 0) -> tuple[str, bool]:
     """How blocks keep what their backward needs, and whether the memory estimate chose it:
     "off" (all activations), "recompute" (only each block's input; the block runs again in
     the backward) or "offload" (recompute, with the inputs in host memory).
     `model.checkpoint_blocks` "auto" keeps all activations unless the weights are frozen,
-    there are >= CHECKPOINT_MIN_ATOMS receivers and the step (n_atoms with ghosts, n_pairs)
-    would not fit the free memory of CUDA `device` with the node work `compiled` or not
-    (without the attention's kept scores, which give way first: keeps_attention_scores)."""
+    there are >= CHECKPOINT_MIN_ATOMS receivers and the step (n_atoms rows with node-wise
+    work, kv_ghosts rows with keys and values only, n_pairs: no_recompute_peak_bytes) would
+    not fit the free memory of CUDA `device` with the node work `compiled` or not (without
+    the attention's kept scores, which give way first: keeps_attention_scores)."""
     mode = model.checkpoint_blocks
     if mode == "offload":
         return mode, False
@@ -105,7 +117,7 @@ def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: i
     available = (available_device_bytes(device)
                  if device is not None and model.memory_estimate_trusted else None)
     if available is not None and (RECOMPUTE_MARGIN * no_recompute_peak_bytes(
-            model.config, n_atoms, n_pairs, compiled) <= available):
+            model.config, n_atoms, n_pairs, compiled, kv_ghosts=kv_ghosts) <= available):
         return "off", True
     offload = os.environ.get(OFFLOAD_ENV, "0")
     if offload not in ("0", "1"):
@@ -114,7 +126,8 @@ def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: i
 
 
 def keeps_attention_scores(model: E2FormerV2, n_atoms: int, n_pairs: int,
-                           device: torch.device, compiled: bool, mode: str) -> bool | None:
+                           device: torch.device, compiled: bool, mode: str,
+                           kv_ghosts: int = 0) -> bool | None:
     """Whether the attention layers keep their per-edge scores for the backward (E53):
     with all activations kept ("off") on a GPU whose free memory holds the step with them
     (keep_scores_need_bytes), up to one prepass launch of pairs, or any number with
@@ -126,13 +139,15 @@ def keeps_attention_scores(model: E2FormerV2, n_atoms: int, n_pairs: int,
             or torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
             or n_pairs > PRE_CHUNK_EDGES and not model.keep_scores_beyond_one_launch):
         return None
-    return (keep_scores_need_bytes(model.config, n_atoms, n_pairs, compiled)
+    return (keep_scores_need_bytes(model.config, n_atoms, n_pairs, compiled, kv_ghosts)
             <= available_device_bytes(device))
 
 
 def keep_scores_need_bytes(config: E2FormerConfig, n_atoms: int, n_pairs: int,
-                           compiled: bool) -> float:
+                           compiled: bool, kv_ghosts: int = 0) -> float:
     """Free device memory a step must find for its attention layers to keep their scores:
-    the step's estimate with them, KEEP_SCORES_MARGIN and KEEP_SCORES_SLACK_BYTES to spare."""
+    the step's estimate with them (no_recompute_peak_bytes), KEEP_SCORES_MARGIN and
+    KEEP_SCORES_SLACK_BYTES to spare."""
     return KEEP_SCORES_MARGIN * no_recompute_peak_bytes(
-        config, n_atoms, n_pairs, compiled, keep_scores=True) + KEEP_SCORES_SLACK_BYTES
+        config, n_atoms, n_pairs, compiled, keep_scores=True,
+        kv_ghosts=kv_ghosts) + KEEP_SCORES_SLACK_BYTES

@@ -45,13 +45,16 @@ def test_blocks_copy_keys_and_values_to_ghosts_as_whole_features_would(monkeypat
     block runs its node-wise input work (norm, invariants, q/k/v) on the receivers only and
     copies keys and values to the ghost rows; a collective exchange (the Kokkos wrapper over
     the same owner map) still copies whole features between blocks. Same energies and
-    dE/drij in fp64, with the blocks' activations kept and with blocks recomputed."""
+    dE/drij in fp64, with the blocks' activations kept and with blocks recomputed. The memory
+    estimate (step_plan) is told which rows run the node work and which hold keys and values
+    only (E59)."""
     import dataclasses
 
     import numpy as np
 
     import e2former_lammps.model as model_module
     from conftest import random_model, water_box
+    from e2former_lammps import step_plan
     from e2former_lammps.forces import energy_and_pair_gradient
     from test_cuda_graphs import ghost_graph
 
@@ -67,13 +70,18 @@ def test_blocks_copy_keys_and_values_to_ghosts_as_whole_features_would(monkeypat
     node_in = model_module._node_in
     monkeypatch.setattr(model_module, "_node_in",
                         lambda block, x: rows_seen.append(x.shape[0]) or node_in(block, x))
+    planned = []
+    checkpoint_mode = step_plan.checkpoint_mode
+    monkeypatch.setattr(step_plan, "checkpoint_mode", lambda model, n_recv, n_atoms, *a: (
+        planned.append((n_atoms, a[-1])) or checkpoint_mode(model, n_recv, n_atoms, *a)))
     for checkpoint in (False, True):
         model.checkpoint_blocks = checkpoint
-        rows_seen.clear()
+        rows_seen.clear(), planned.clear()
         eatoms, grad = energy_and_pair_gradient(model, graph)
-        assert set(rows_seen) == {n}
-        rows_seen.clear()
+        # the first plan is the structure's (then the isolated atoms' baseline)
+        assert set(rows_seen) == {n} and planned[0] == (n, n_total - n)
+        rows_seen.clear(), planned.clear()
         eatoms_whole, grad_whole = energy_and_pair_gradient(model, kokkos)
-        assert set(rows_seen) == {n_total}
+        assert set(rows_seen) == {n_total} and planned[0] == (n_total, 0)
         assert torch.allclose(eatoms, eatoms_whole, rtol=0, atol=1e-12), checkpoint
         assert torch.allclose(grad, grad_whole, rtol=0, atol=1e-10 * grad.abs().max())
