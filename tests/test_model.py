@@ -322,7 +322,7 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     with the node work compiled (E54, lammps_scaling*.json at bfe2459) within 5% below and
     8% above (an estimate too high only recomputes sooner), with every attention layer
     keeping its scores (E55, the model alone) up to 15% above, and with one rank's ghost rows
-    holding keys and values only (E58, E59) up to 20% above."""
+    holding keys and values only (E58, E59) up to 25% above."""
 
     paper = E2FormerConfig(elements=["H", "O"], channels=256, lmax=2, num_layers=4,
                            num_heads=128, head_dim=8)
@@ -351,6 +351,12 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
         whole_rows = step_plan.no_recompute_peak_bytes(cfg, 99_999 + 41_106, n_pairs,
                                                        compiled=True, keep_scores=True)
         assert whole_rows / measured > 1.3
+    # and at 200k atoms (64,422 ghost rows, no scores kept; lammps_scaling_200k_auto_d1d7847):
+    # 1.22x, so 1.25 x the estimate fits a 141 GB GPU (115.6 GB; whole rows asked 141.8 GB and
+    # recomputed every block, 1.31x slower: kernels/NOTES.md E59)
+    estimate = step_plan.no_recompute_peak_bytes(paper, 200_001, 10_745_378, compiled=True,
+                                                 kv_ghosts=64_422)
+    assert 1.0 < estimate / 75.81e9 < 1.25, estimate
     model = random_model(seed=3).requires_grad_(False)
     n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
     compiled = step_plan.compiles_node_work(model, cuda)
