@@ -318,11 +318,12 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
     """"auto" on a GPU: large frozen-weight steps keep every block's activations when the
     estimated peak (with margin) fits the free memory, and recompute (or offload) when not;
     the estimate matches the peaks of LAMMPS runs on the H200 (E47: water at 100k and 1M
-    atoms, benchmarks/results/lammps_scaling*.json and lammps_session22.log) within 5%, and
-    with the node work compiled (E54, lammps_scaling*.json at bfe2459) within 5% below and
-    8% above (an estimate too high only recomputes sooner), with every attention layer
-    keeping its scores (E55, the model alone) up to 15% above, and with one rank's ghost rows
-    holding keys and values only (E58, E59) up to 25% above."""
+    atoms, benchmarks/results/lammps_scaling*.json and lammps_session22.log) within 5%; with
+    the node work compiled (E54, E61) the model alone with every attention layer keeping its
+    scores (E55) and LAMMPS since E58 (one rank's ghost rows hold keys and values only, E59)
+    within 5% and 10% above (the step's margins give the slack; an estimate too high only
+    recomputes sooner), LAMMPS before E58 (ghost rows ran the node work, counted as whole
+    rows) up to 20% above."""
 
     paper = E2FormerConfig(elements=["H", "O"], channels=256, lmax=2, num_layers=4,
                            num_heads=128, head_dim=8)
@@ -332,31 +333,33 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
                                             (shipped, 1_000_000, 53_761_074, 78.04e9)):
         estimate = step_plan.no_recompute_peak_bytes(cfg, n_atoms, n_pairs)
         assert abs(estimate / measured - 1) < 0.05, (cfg.channels, n_atoms, estimate)
-    for cfg, n_atoms, n_pairs, measured in ((paper, 99_999, 5_342_958, 43.33e9),
-                                            (shipped, 99_999, 5_338_720, 8.95e9)):
-        estimate = step_plan.no_recompute_peak_bytes(cfg, n_atoms, n_pairs, compiled=True)
-        assert 0.95 < estimate / measured < 1.08, (cfg.channels, n_atoms, estimate)
+    # compiled, LAMMPS before E58 (bfe2459): 41,106 ghost rows ran the node work too, as with
+    # a collective exchange, where the rule counts every row (E61)
+    for cfg, n_pairs, measured in ((paper, 5_342_958, 43.33e9), (shipped, 5_338_720, 8.95e9)):
+        estimate = step_plan.no_recompute_peak_bytes(cfg, 99_999 + 41_106, n_pairs,
+                                                     compiled=True)
+        assert 1.0 < estimate / measured < 1.2, (cfg.channels, estimate)
     # every layer keeping its scores (E55; the model alone, results/ab_e55_keep_scores*.json)
     for n_atoms, n_pairs, measured in ((30_000, 1_603_666, 21.25e9),
                                        (99_999, 5_341_924, 68.83e9)):
         estimate = step_plan.no_recompute_peak_bytes(paper, n_atoms, n_pairs, compiled=True,
                                                      keep_scores=True)
-        assert 1.0 < estimate / measured < 1.15, (n_atoms, estimate)
+        assert 1.0 < estimate / measured < 1.05, (n_atoms, estimate)
     # LAMMPS on one rank since E58 (results/lammps_scaling*.json at b23d0ad): the 41,106 ghost
     # rows of the 100k box hold keys and values only; as receivers' rows they were 31% high
     for cfg, n_pairs, measured in ((paper, 5_342_958, 71.44e9), (shipped, 5_338_720, 9.60e9)):
         estimate = step_plan.no_recompute_peak_bytes(cfg, 99_999, n_pairs, compiled=True,
                                                      keep_scores=True, kv_ghosts=41_106)
-        assert 1.0 < estimate / measured < 1.2, (cfg.channels, estimate)
+        assert 1.0 < estimate / measured < 1.1, (cfg.channels, estimate)
         whole_rows = step_plan.no_recompute_peak_bytes(cfg, 99_999 + 41_106, n_pairs,
                                                        compiled=True, keep_scores=True)
-        assert whole_rows / measured > 1.3
-    # and at 200k atoms (64,422 ghost rows, no scores kept; lammps_scaling_200k_auto_d1d7847):
-    # 1.22x, so 1.25 x the estimate fits a 141 GB GPU (115.6 GB; whole rows asked 141.8 GB and
-    # recomputed every block, 1.31x slower: kernels/NOTES.md E59)
+        assert whole_rows / measured > 1.15
+    # and at 200k atoms (64,422 ghost rows, no scores kept; lammps_scaling_200k_auto_d1d7847;
+    # whole rows asked 141.8 GB with the margin and recomputed every block, 1.31x slower:
+    # kernels/NOTES.md E59)
     estimate = step_plan.no_recompute_peak_bytes(paper, 200_001, 10_745_378, compiled=True,
                                                  kv_ghosts=64_422)
-    assert 1.0 < estimate / 75.81e9 < 1.25, estimate
+    assert 1.0 < estimate / 75.81e9 < 1.05, estimate
     model = random_model(seed=3).requires_grad_(False)
     n, pairs, cuda = 100_000, 5_400_000, torch.device("cuda")
     compiled = step_plan.compiles_node_work(model, cuda)
