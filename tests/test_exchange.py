@@ -76,11 +76,13 @@ def test_blocks_copy_keys_and_values_to_ghosts_as_whole_features_would(monkeypat
         planned.append((n_atoms, a[-1])) or checkpoint_mode(model, n_recv, n_atoms, *a)))
     for checkpoint in (False, True):
         model.checkpoint_blocks = checkpoint
-        rows_seen.clear(), planned.clear()
+        rows_seen.clear()
+        planned.clear()
         eatoms, grad = energy_and_pair_gradient(model, graph)
         # the first plan is the structure's (then the isolated atoms' baseline)
         assert set(rows_seen) == {n} and planned[0] == (n, n_total - n)
-        rows_seen.clear(), planned.clear()
+        rows_seen.clear()
+        planned.clear()
         eatoms_whole, grad_whole = energy_and_pair_gradient(model, kokkos)
         assert set(rows_seen) == {n_total} and planned[0] == (n_total, 0)
         assert torch.allclose(eatoms, eatoms_whole, rtol=0, atol=1e-12), checkpoint
