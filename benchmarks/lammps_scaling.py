@@ -71,7 +71,9 @@ def water_deck(data: Path, skin: float = 1.0, tether: float | None = None) -> st
     """LAMMPS commands: NVE at 0.5 fs of the water data file, through the unified model that
     lammps.mliap.load_unified registered (`EXISTS`); with `tether` (eV/Å^2) each atom is held
     to its start by a spring (fix spring/self) and the neighbour list rebuilt every 10 steps."""
-    tethered = f"\nfix tether all spring/self {tether}" if tether else ""
+    # the springs' energy counted in pe and etotal (fix_modify energy), so NVE still conserves
+    tethered = (f"\nfix tether all spring/self {tether}\nfix_modify tether energy yes"
+                if tether else "")
     check = "no" if tether else "yes"
     return f"""units metal
 atom_style atomic
