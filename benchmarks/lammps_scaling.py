@@ -8,9 +8,11 @@ with GPU syncs), and the same model alone on the same pair list. Writes JSON and
     PYTHONPATH=. python benchmarks/lammps_scaling.py --sizes 1000 10000 100000 \
         --out benchmarks/results/lammps_scaling.json
 
-`--config paper|small` times random weights of that size; `--model spice-xtb` (a packaged
+`--config paper|small` times random weights of that size, whose atoms are tethered to their
+starts (random forces hold nothing together; water_deck); `--model spice-xtb` (a packaged
 name or a file) times a trained model, whose water is physical MD (the total energy at the
-first and last step of the timed run is recorded).
+first and last step of the timed run is recorded). `--checkpoint-blocks` overrides the
+memory rule's choice of block recompute (A/B runs).
 
 The peer in the same run (`--peer mace`, the default): MACE (cuEquivariance where it loads,
 else e3nn; `peers/mace_peer.py`, random weights) alone on the same water boxes, energy and
