@@ -354,11 +354,10 @@ def test_auto_recomputes_blocks_only_when_the_gpu_would_run_out(monkeypatch):
         whole_rows = step_plan.no_recompute_peak_bytes(cfg, 99_999 + 41_106, n_pairs,
                                                        compiled=True, keep_scores=True)
         assert whole_rows / measured > 1.15
-    # and at 200k atoms (64,422 ghost rows, no scores kept; lammps_scaling_200k_auto_d1d7847;
-    # whole rows asked 141.8 GB with the margin and recomputed every block, 1.31x slower:
-    # kernels/NOTES.md E59)
-    # and with the refitted rows (E61, lammps_scaling_150k_250k_183728b): 150k atoms with
-    # their scores kept (106.9 GB), 250k without (94.7 GB)
+    # and at 200k-250k atoms, where whole ghost rows made the rule recompute every block
+    # (1.31x slower at 200k: kernels/NOTES.md E59): 200k without scores
+    # (lammps_scaling_200k_auto_d1d7847), and with the refitted rows (E61,
+    # lammps_scaling_150k_250k_183728b) 150k with its scores kept, 250k without
     for n_atoms, ghosts, n_pairs, scores, measured in (
             (200_001, 64_422, 10_745_378, False, 75.81e9),
             (150_000, 54_108, 8_087_370, True, 106.89e9),
