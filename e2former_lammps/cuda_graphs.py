@@ -37,6 +37,7 @@ EDGES_PER_DUMMY = 32  # bounds the longest dummy row the attention kernels walk
 # launches bound the step: on the H200 both models ran 10k-15k water atoms (5.4e5-8e5 pairs)
 # 1-5% slower graphed than eager, 1k atoms 1.5x faster (kernels/NOTES.md E46).
 MAX_GRAPH_EDGES = 1 << 18
+CUDA_GRAPHS_ENV = "E2FORMER_CUDA_GRAPHS"  # "1" (default) or "0": always eager
 
 
 def quantum(n: int, minimum: int, parts: int = 32) -> int:
@@ -218,7 +219,10 @@ class GraphedEnergyForces:
         self.max_graphs = max_graphs
         # the embedding reads its chunk bounds back from the GPU, which a graph cannot hold
         self.max_edges = max_edges or min(model.embedding.chunk_edges, MAX_GRAPH_EDGES)
-        self.enabled = os.environ.get("E2FORMER_CUDA_GRAPHS", "1") != "0"
+        setting = os.environ.get(CUDA_GRAPHS_ENV, "1")
+        if setting not in ("0", "1"):
+            raise ValueError(f"{CUDA_GRAPHS_ENV} must be 0 or 1, got {setting!r}")
+        self.enabled = setting == "1"
         self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()
         self._pool = None
 

@@ -144,6 +144,15 @@ def test_unsupported_inputs_run_eagerly():
     assert torch.equal(e, e_ref) and torch.equal(g, g_ref) and not runner.in_use
 
 
+def test_misspelt_switch_is_an_error(monkeypatch):
+    model = random_model(seed=1).eval().requires_grad_(False)
+    monkeypatch.setenv("E2FORMER_CUDA_GRAPHS", "off")
+    with pytest.raises(ValueError, match="E2FORMER_CUDA_GRAPHS must be 0 or 1, got 'off'"):
+        GraphedEnergyForces(model)
+    monkeypatch.setenv("E2FORMER_CUDA_GRAPHS", "0")
+    assert not GraphedEnergyForces(model).enabled
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("periodic, charge, coulomb", [
     (False, None, False), (True, None, False), (False, 1.0, False), (True, 1.0, False),
