@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 # Forces of at least this many receiving atoms with frozen weights (MD) recompute each block
 # in the backward (activations kept for one block instead of all, kernels/NOTES.md E11) when
-# the GPU could not hold all blocks' activations: recompute costs 15-20% of the step (E47).
+# the GPU could not hold all blocks' activations: recompute makes the step ~1.3x longer (paper
+# configuration in LAMMPS at 200k-250k atoms, kernels/NOTES.md E59, E61).
 CHECKPOINT_MIN_ATOMS = 20_000
 # Peak bytes of an energy + forces step without block recompute: a fixed workspace, the pair
 # data, and each block's node activations (float32 copies of its [(lmax + 1)^2, C] and
