@@ -14,7 +14,6 @@ stay inside it. The results equal the eager ones up to float summation order.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from torch import Tensor
 from .exchange import LocalImages, NoGhosts, computed_here
 from .forces import energy_and_pair_gradient
 from .model import AtomGraph, E2FormerV2
+from .switches import env_choice
 
 T = TypeVar("T")
 
@@ -219,10 +219,7 @@ class GraphedEnergyForces:
         self.max_graphs = max_graphs
         # the embedding reads its chunk bounds back from the GPU, which a graph cannot hold
         self.max_edges = max_edges or min(model.embedding.chunk_edges, MAX_GRAPH_EDGES)
-        setting = os.environ.get(CUDA_GRAPHS_ENV, "1")
-        if setting not in ("0", "1"):
-            raise ValueError(f"{CUDA_GRAPHS_ENV} must be 0 or 1, got {setting!r}")
-        self.enabled = setting == "1"
+        self.enabled = env_choice(CUDA_GRAPHS_ENV, ("0", "1"), "1") == "1"
         self._graphs: OrderedDict[GraphKey, _Captured] = OrderedDict()
         self._pool = None
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import math
-import os
 import socket
 import time
 
@@ -29,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .exchange import Exchange, LocalImages
+from .switches import env_choice
 from .validation import InputError
 
 
@@ -51,9 +51,7 @@ SETTINGS = ("auto", *TRANSPORTS)
 def exchange_transport(comm, device: torch.device) -> str:
     """The transport for features on `device`: the one E2FORMER_EXCHANGE names, or for
     `auto` (default) the one `auto_transport` picks. Collective under `auto`."""
-    value = os.environ.get(EXCHANGE_ENV, "auto")
-    if value not in SETTINGS:
-        raise InputError(f"{EXCHANGE_ENV}={value!r}: expected one of {SETTINGS}")
+    value = env_choice(EXCHANGE_ENV, SETTINGS, "auto")
     if value != "auto":
         return value
     import torch.distributed as dist

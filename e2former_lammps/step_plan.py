@@ -5,7 +5,6 @@ work compiled or not (E54). None of it changes what the model computes, only its
 memory."""
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 import torch
@@ -13,6 +12,7 @@ import torch
 from kernels.attention.common import PRE_CHUNK_EDGES, kept_scores_bytes
 
 from .config import E2FormerConfig
+from .switches import env_choice
 
 if TYPE_CHECKING:
     from .model import E2FormerV2
@@ -89,9 +89,7 @@ def available_device_bytes(device: torch.device) -> int | None:
 def compiles_node_work(model: E2FormerV2, device: torch.device) -> bool:
     """Whether a forward of `model` on `device` runs the blocks' node-wise work compiled
     (COMPILE_NODES_ENV)."""
-    value = os.environ.get(COMPILE_NODES_ENV, "auto")
-    if value not in ("auto", "0", "1"):
-        raise ValueError(f"{COMPILE_NODES_ENV} must be auto, 0 or 1, got {value!r}")
+    value = env_choice(COMPILE_NODES_ENV, ("auto", "0", "1"), "auto")
     if value == "0" or not model.weights_frozen:
         return False
     # any E2FORMER_NODE_MATMUL: the tf32 product is a custom operator the graph holds (E56)
@@ -122,10 +120,8 @@ def checkpoint_mode(model: E2FormerV2, n_recv: int, n_atoms: int = 0, n_pairs: i
     if available is not None and (RECOMPUTE_MARGIN * no_recompute_peak_bytes(
             model.config, n_atoms, n_pairs, compiled, kv_ghosts=kv_ghosts) <= available):
         return "off", True
-    offload = os.environ.get(OFFLOAD_ENV, "0")
-    if offload not in ("0", "1"):
-        raise ValueError(f"{OFFLOAD_ENV} must be 0 or 1, got {offload!r}")
-    return ("offload" if offload == "1" else "recompute"), False
+    offload = env_choice(OFFLOAD_ENV, ("0", "1"), "0") == "1"
+    return ("offload" if offload else "recompute"), False
 
 
 def keeps_attention_scores(model: E2FormerV2, n_atoms: int, n_pairs: int,

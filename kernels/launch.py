@@ -3,7 +3,6 @@
 device, not their tensors' one; cuda:1 data with cuda:0 current reads the wrong memory)."""
 from __future__ import annotations
 
-import os
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -28,8 +27,8 @@ def kernel_or_reference(op: str, impl: str, x: Tensor, setting_env: str,
         raise ValueError(f"{op} impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     if impl != "auto":
         return impl
-    setting = os.environ.get(setting_env, "triton")
-    if setting not in ("reference", "triton"):
-        raise ValueError(f"{setting_env} must be 'reference' or 'triton', got {setting!r}")
+    from e2former_lammps.switches import env_choice  # the package imports kernels/
+
+    setting = env_choice(setting_env, ("reference", "triton"), "triton")
     on_gpu = x.is_cuda and (dtypes is None or x.dtype in dtypes)
     return "triton" if setting == "triton" and on_gpu else "reference"

@@ -24,6 +24,7 @@ from ..model import AtomGraph, E2FormerV2
 from ..neighbors import message_passing_index
 from ..parallel import GhostShell, KokkosExchange, build_exchange
 from ..step_plan import compiles_node_work
+from ..switches import env_choice
 from ..validation import InputError, check_pairs
 from .hook import DECK_LINES, attached, install_excepthook
 from .profiler import TraceOneCall
@@ -397,9 +398,7 @@ def _trace_from_env() -> TraceOneCall | None:
     call = os.environ.get("E2FORMER_PROFILE_CALL", "5")
     if not call.isdigit() or int(call) < 1:
         raise InputError(f"E2FORMER_PROFILE_CALL must be a model call number >= 1, got {call!r}")
-    trace = os.environ.get("E2FORMER_PROFILE_TRACE", "1")
-    if trace not in ("0", "1"):
-        raise InputError(f"E2FORMER_PROFILE_TRACE must be 0 or 1, got {trace!r}")
+    trace = env_choice("E2FORMER_PROFILE_TRACE", ("0", "1"), "1")
     os.makedirs(directory, exist_ok=True)
     return TraceOneCall(directory, int(call), chrome_trace=trace == "1")
 

@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import os
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
 from ..o3 import row_degrees
+from ..switches import env_choice
 
 # Precision of the node-wise products of float32 features (degree_matmul): "fp32" (default),
 # "tf32" (CUDA tensor cores, inputs rounded to 10 mantissa bits) or "bf16" (inputs rounded to
@@ -19,10 +19,7 @@ NODE_MATMUL_PRECISIONS = ("fp32", "tf32", "bf16")
 
 def node_matmul_precision() -> str:
     """The precision E2FORMER_NODE_MATMUL asks for (read at each call: set it before a run)."""
-    value = os.environ.get(NODE_MATMUL_ENV, "fp32")
-    if value not in NODE_MATMUL_PRECISIONS:
-        raise ValueError(f"{NODE_MATMUL_ENV}={value!r}: expected one of {NODE_MATMUL_PRECISIONS}")
-    return value
+    return env_choice(NODE_MATMUL_ENV, NODE_MATMUL_PRECISIONS, "fp32")
 
 
 @contextmanager

@@ -7,7 +7,6 @@ Accumulation dtype = input dtype (fp32 on the GPU; fp64 works in the interpreter
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -440,9 +439,9 @@ def dot_precision(dtype: torch.dtype) -> str:
     the environment variable E2FORMER_DOT_PRECISION; float64 always "ieee". Only the radial
     MLP (per-edge scalars) uses tl.dot: geometry, rotations and the channel sums stay fp32.
     Measured error and speed: kernels/NOTES.md, E16."""
-    value = os.environ.get("E2FORMER_DOT_PRECISION", "ieee")
-    if value not in DOT_PRECISIONS:
-        raise ValueError(f"E2FORMER_DOT_PRECISION={value!r}: expected one of {DOT_PRECISIONS}")
+    from e2former_lammps.switches import env_choice  # the package imports kernels/
+
+    value = env_choice("E2FORMER_DOT_PRECISION", DOT_PRECISIONS, "ieee")
     return value if dtype == torch.float32 else "ieee"
 
 
