@@ -88,7 +88,7 @@ if [[ -f "$MARKER" && "$(head -n1 "$MARKER")" == "key $KEY" && -x "$PREFIX/bin/l
     log "cached LAMMPS build is complete: skipping build"
 else
     command -v cmake >/dev/null || die "cmake not found (apt-get install cmake)"
-    log "building LAMMPS with $JOBS jobs (build tree $BUILD_DIR); takes ~4 min on 2 cores"
+    log "building LAMMPS with $JOBS jobs (build tree $BUILD_DIR); takes ~5 min on 2 cores"
     # An existing build tree of the same key (an interrupted or failed build) is resumed
     # incrementally; the prefix is always installed afresh.
     rm -rf "$PREFIX"
