@@ -68,5 +68,6 @@ def test_compiled_only_with_frozen_weights_and_on_cuda_by_default(monkeypatch):
     monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "0")
     assert not step_plan.compiles_node_work(model, cuda)
     monkeypatch.setenv(step_plan.COMPILE_NODES_ENV, "yes")
-    with pytest.raises(ValueError, match=re.escape("E2FORMER_COMPILE_NODES='yes': expected one of ('auto', '0', '1')")):
+    with pytest.raises(ValueError, match=re.escape(
+            "E2FORMER_COMPILE_NODES='yes': expected one of ('auto', '0', '1')")):
         step_plan.compiles_node_work(model, cuda)

@@ -149,7 +149,8 @@ def test_unsupported_inputs_run_eagerly():
 def test_misspelt_switch_is_an_error(monkeypatch):
     model = random_model(seed=1).eval().requires_grad_(False)
     monkeypatch.setenv("E2FORMER_CUDA_GRAPHS", "off")
-    with pytest.raises(ValueError, match=re.escape("E2FORMER_CUDA_GRAPHS='off': expected one of ('0', '1')")):
+    with pytest.raises(ValueError, match=re.escape(
+            "E2FORMER_CUDA_GRAPHS='off': expected one of ('0', '1')")):
         GraphedEnergyForces(model)
     monkeypatch.setenv("E2FORMER_CUDA_GRAPHS", "0")
     assert not GraphedEnergyForces(model).enabled

@@ -85,5 +85,6 @@ def test_profile_settings_are_checked(monkeypatch, tmp_path):
     monkeypatch.setenv("E2FORMER_PROFILE_TRACE", "0")
     assert not _trace_from_env().chrome_trace
     monkeypatch.setenv("E2FORMER_PROFILE_TRACE", "yes")
-    with pytest.raises(InputError, match=re.escape("E2FORMER_PROFILE_TRACE='yes': expected one of ('0', '1')")):
+    with pytest.raises(InputError, match=re.escape(
+            "E2FORMER_PROFILE_TRACE='yes': expected one of ('0', '1')")):
         _trace_from_env()
